@@ -1,0 +1,652 @@
+"""Signed wire format: packet schemas, msgpack codec, signatures, limits, replay cache.
+
+Every packet is a msgpack map ``{v, type, from, ts, nonce, body}`` signed with the
+sender's ed25519 key; the frame on the wire is ``msgpack([payload, signature])``.
+Decoding is ordered cheapest-first so hostile input costs as little as possible:
+size, msgpack shape (with hard length limits), header, signature, clock, replay,
+and only then the body schema. Every rejection is a :class:`WireError` with a
+:class:`WireReason`, so callers can count rejections without catching anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
+
+import msgpack
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+PROTOCOL_VERSION = 1
+NONCE_BYTES = 16
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+COMMIT_BYTES = 32
+HEADER_KEYS = frozenset({"v", "type", "from", "ts", "nonce", "body"})
+
+
+class PacketType(StrEnum):
+    INFERENCE_REQUEST = "inference_request"
+    INFERENCE_COMMIT = "inference_commit"
+    INFERENCE_REVEAL_REQUEST = "inference_reveal_request"
+    INFERENCE_REVEAL = "inference_reveal"
+    INFERENCE_REVEAL_REJECTED = "inference_reveal_rejected"
+    INFERENCE_QUORUM_COMPUTED = "inference_quorum_computed"
+    PEER_INFO = "peer_info"
+    PEER_STATUS = "peer_status"
+
+
+class WireReason(StrEnum):
+    """Why a frame was rejected; stable strings, safe to use as metric labels."""
+
+    TRUNCATED = "truncated"  # frame or payload ends before the msgpack data does
+    MALFORMED = "malformed"  # not msgpack, or not the frame/header shape
+    OVERSIZE = "oversize"  # frame larger than WireLimits.max_frame_bytes
+    BAD_VERSION = "bad_version"  # header v is not PROTOCOL_VERSION
+    UNKNOWN_TYPE = "unknown_type"  # header type is not a PacketType
+    BAD_KEY = "bad_key"  # `from` is not a valid ed25519 public key
+    # The signature does not verify for `from` over the payload. A tampered body, a
+    # replaced `from` (key of another sender) and forged signature bytes all land
+    # here: ed25519 does not let a verifier tell them apart (no key recovery).
+    BAD_SIGNATURE = "bad_signature"
+    CLOCK_SKEW = "clock_skew"  # ts further than max_clock_skew_ms from now
+    REPLAY = "replay"  # payload already accepted (SeenCache)
+    SCHEMA = "schema"  # body misses fields, has extra ones, or has wrong types/ranges
+    LIMIT = "limit"  # body is well-formed but over a configured WireLimits value
+
+
+class WireError(Exception):
+    """The only exception :func:`decode` raises; ``reason`` says which check failed."""
+
+    def __init__(self, reason: WireReason, detail: str = "") -> None:
+        self.reason = WireReason(reason)
+        self.detail = detail
+        super().__init__(f"{self.reason.value}: {detail}" if detail else self.reason.value)
+
+
+class WireLimits(BaseModel):
+    """Configurable bounds; the defaults keep any frame well under the 256 KiB limit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_frame_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_prompt_chars: int = Field(32_000, ge=1, le=4_000_000)
+    max_output_chars: int = Field(32_000, ge=1, le=4_000_000)
+    max_tokens: int = Field(4096, ge=1, le=1_000_000)
+    max_time_ms: int = Field(600_000, ge=1, le=86_400_000)
+    max_accepted_models: int = Field(16, ge=1, le=1024)
+    max_commits: int = Field(256, ge=1, le=65_536)
+    max_name_chars: int = Field(256, ge=8, le=4096)
+    max_reason_chars: int = Field(1024, ge=8, le=65_536)
+    max_b_bytes: int = Field(1024, ge=1, le=65_536)
+    max_clock_skew_ms: int = Field(60_000, ge=1, le=86_400_000)
+
+
+DEFAULT_LIMITS = WireLimits()
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+NodeId = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
+RequestId = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
+InferenceId = Annotated[str, StringConstraints(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")]
+Hash32Hex = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, StringConstraints(min_length=1)]
+Commit = Annotated[bytes, Field(min_length=COMMIT_BYTES, max_length=COMMIT_BYTES)]
+Float = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _limits(info: ValidationInfo) -> WireLimits:
+    """Limits come from the validation context so one schema serves every node config."""
+    ctx = info.context
+    if isinstance(ctx, dict) and isinstance(ctx.get("limits"), WireLimits):
+        return ctx["limits"]
+    return DEFAULT_LIMITS
+
+
+def _check_len(value: Any, limit: int, what: str) -> Any:
+    if len(value) > limit:
+        raise ValueError(f"{what} has length {len(value)}, over the limit of {limit}")
+    return value
+
+
+class _Body(BaseModel):
+    """Base of all bodies: immutable, strict types (msgpack gives exact types), no extras."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    packet_type: ClassVar[PacketType]
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _names_bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        # Every free-form string except the big text fields is a "name" (model, device,
+        # version, reason...): bound them all here instead of field by field.
+        if isinstance(value, str) and info.field_name not in ("prompt", "output", "reason"):
+            _check_len(value, _limits(info).max_name_chars, info.field_name or "string")
+        return value
+
+
+class SecurityFrame(_Body):
+    quorum: int = Field(ge=1)
+    max_time_ms: int = Field(ge=1)
+    sec_distance: Float = Field(ge=0.0)
+    sec_percentage: Float = Field(gt=0.0, le=1.0)
+    embedding_model: Name
+
+    @field_validator("quorum")
+    @classmethod
+    def _quorum_limit(cls, v: int, info: ValidationInfo) -> int:
+        lim = _limits(info).max_commits
+        if v > lim:
+            raise ValueError(f"quorum {v} is over the limit of {lim}")
+        return v
+
+    @field_validator("max_time_ms")
+    @classmethod
+    def _time_limit(cls, v: int, info: ValidationInfo) -> int:
+        lim = _limits(info).max_time_ms
+        if v > lim:
+            raise ValueError(f"max_time_ms {v} is over the limit of {lim}")
+        return v
+
+
+class InferenceRequest(_Body):
+    packet_type: ClassVar[PacketType] = PacketType.INFERENCE_REQUEST
+    prompt: str = Field(min_length=1)
+    accepted_models: list[Name] = Field(min_length=1)
+    temperature: Float = Field(ge=0.0, le=2.0)
+    max_tokens: int = Field(ge=1)
+    security_frame: SecurityFrame
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_limit(cls, v: str, info: ValidationInfo) -> str:
+        return _check_len(v, _limits(info).max_prompt_chars, "prompt")
+
+    @field_validator("accepted_models")
+    @classmethod
+    def _models_limit(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        lim = _limits(info)
+        _check_len(v, lim.max_accepted_models, "accepted_models")
+        for name in v:
+            _check_len(name, lim.max_name_chars, "model name")
+        return v
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _tokens_limit(cls, v: int, info: ValidationInfo) -> int:
+        lim = _limits(info).max_tokens
+        if v > lim:
+            raise ValueError(f"max_tokens {v} is over the limit of {lim}")
+        return v
+
+
+class InferenceCommit(_Body):
+    packet_type: ClassVar[PacketType] = PacketType.INFERENCE_COMMIT
+    request_id: RequestId
+    inference_id: InferenceId
+    model: Name
+    commit: Commit
+
+
+class CommitRef(_Body):
+    node_id: NodeId
+    inference_id: InferenceId
+    commit: Commit
+
+
+class InferenceRevealRequest(_Body):
+    packet_type: ClassVar[PacketType] = PacketType.INFERENCE_REVEAL_REQUEST
+    request_id: RequestId
+    commits: list[CommitRef] = Field(min_length=1)
+
+    @field_validator("commits")
+    @classmethod
+    def _commits_limit(cls, v: list[CommitRef], info: ValidationInfo) -> list[CommitRef]:
+        return _check_len(v, _limits(info).max_commits, "commits")
+
+
+class InferenceReveal(_Body):
+    packet_type: ClassVar[PacketType] = PacketType.INFERENCE_REVEAL
+    request_id: RequestId
+    inference_id: InferenceId
+    output: str
+    b: bytes = Field(min_length=1)
+
+    @field_validator("output")
+    @classmethod
+    def _output_limit(cls, v: str, info: ValidationInfo) -> str:
+        return _check_len(v, _limits(info).max_output_chars, "output")
+
+    @field_validator("b")
+    @classmethod
+    def _b_limit(cls, v: bytes, info: ValidationInfo) -> bytes:
+        return _check_len(v, _limits(info).max_b_bytes, "b")
+
+
+class InferenceRevealRejected(_Body):
+    packet_type: ClassVar[PacketType] = PacketType.INFERENCE_REVEAL_REJECTED
+    request_id: RequestId
+    inference_id: InferenceId
+    reason: str = Field(min_length=1)
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_limit(cls, v: str, info: ValidationInfo) -> str:
+        return _check_len(v, _limits(info).max_reason_chars, "reason")
+
+
+class InferenceQuorumComputed(_Body):
+    packet_type: ClassVar[PacketType] = PacketType.INFERENCE_QUORUM_COMPUTED
+    request_id: RequestId
+    success: bool
+    valid_inferences: list[InferenceId]
+    joint_hash: Hash32Hex
+    output: str
+    from_node: NodeId
+    reason: str | None = Field(default=None, min_length=1)
+
+    @field_validator("valid_inferences")
+    @classmethod
+    def _valid_limit(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return _check_len(v, _limits(info).max_commits, "valid_inferences")
+
+    @field_validator("output")
+    @classmethod
+    def _output_limit(cls, v: str, info: ValidationInfo) -> str:
+        return _check_len(v, _limits(info).max_output_chars, "output")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_limit(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return v if v is None else _check_len(v, _limits(info).max_reason_chars, "reason")
+
+    @model_validator(mode="after")
+    def _failure_has_reason(self) -> InferenceQuorumComputed:
+        # A failed quorum without a reason is useless to clients and certificates.
+        if not self.success and self.reason is None:
+            raise ValueError("reason is required when success is false")
+        return self
+
+
+class PeerInfo(_Body):
+    packet_type: ClassVar[PacketType] = PacketType.PEER_INFO
+    models: list[Name]
+    embedding_models: list[Name]
+    workers: dict[Name, Annotated[int, Field(ge=0, le=1_000_000)]]
+    device: Name
+    version: Name
+    api_url: str | None = None
+
+    @field_validator("models", "embedding_models", "workers")
+    @classmethod
+    def _count_limit(cls, v: Any, info: ValidationInfo) -> Any:
+        lim = _limits(info)
+        _check_len(v, lim.max_accepted_models * 4, info.field_name or "list")
+        for name in v:
+            _check_len(name, lim.max_name_chars, "model name")
+        return v
+
+
+class PeerStatus(_Body):
+    packet_type: ClassVar[PacketType] = PacketType.PEER_STATUS
+    load: Float = Field(ge=0.0, le=1_000_000.0)
+    queue_depth: int = Field(ge=0, le=2**31 - 1)
+    tokens_per_s: Float = Field(ge=0.0, le=1e12)
+    busy_workers: int = Field(default=0, ge=0, le=1_000_000)
+    total_workers: int = Field(default=0, ge=0, le=1_000_000)
+    uptime_s: Float = Field(default=0.0, ge=0.0)
+
+
+Body = (
+    InferenceRequest
+    | InferenceCommit
+    | InferenceRevealRequest
+    | InferenceReveal
+    | InferenceRevealRejected
+    | InferenceQuorumComputed
+    | PeerInfo
+    | PeerStatus
+)
+
+BODY_MODELS: dict[PacketType, type[_Body]] = {
+    m.packet_type: m
+    for m in (
+        InferenceRequest,
+        InferenceCommit,
+        InferenceRevealRequest,
+        InferenceReveal,
+        InferenceRevealRejected,
+        InferenceQuorumComputed,
+        PeerInfo,
+        PeerStatus,
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SignedPacket:
+    """A verified packet; ``payload`` and ``signature`` are kept so it can be relayed
+    unchanged or stored in a certificate and re-verified offline."""
+
+    type: PacketType
+    sender: bytes
+    sender_id: str
+    ts_ms: int
+    nonce: bytes
+    body: Body
+    payload: bytes
+    signature: bytes
+    frame: bytes
+    packet_id: str
+
+
+class SeenCache:
+    """Bounded replay cache keyed by packet id.
+
+    An entry only needs to live until its packet's timestamp falls out of the
+    clock-skew window (after that :func:`decode` rejects it as ``clock_skew``), so
+    each entry expires at ``ts_ms + window_ms``. When full, the oldest insertions are
+    evicted first; pair with per-peer rate limits so a flood cannot flush it.
+    """
+
+    def __init__(self, max_entries: int = 100_000, window_ms: int = DEFAULT_LIMITS.max_clock_skew_ms) -> None:
+        if max_entries < 1 or window_ms < 1:
+            raise ValueError("SeenCache needs max_entries >= 1 and window_ms >= 1")
+        self.max_entries = max_entries
+        self.window_ms = window_ms
+        self._entries: OrderedDict[str, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, packet_id: object) -> bool:
+        return isinstance(packet_id, str) and self.seen(packet_id)
+
+    def seen(self, packet_id: str, now_ms: int | None = None) -> bool:
+        expiry = self._entries.get(packet_id)
+        return expiry is not None and expiry >= (_now_ms() if now_ms is None else now_ms)
+
+    def add(self, packet_id: str, ts_ms: int, now_ms: int | None = None) -> None:
+        now = _now_ms() if now_ms is None else now_ms
+        self._entries[packet_id] = ts_ms + self.window_ms
+        self._entries.move_to_end(packet_id)
+        self._prune(now)
+
+    def check_and_add(self, packet_id: str, ts_ms: int, now_ms: int | None = None) -> bool:
+        """Record the id; return True when it was already present (a replay)."""
+        now = _now_ms() if now_ms is None else now_ms
+        if self.seen(packet_id, now):
+            return True
+        self.add(packet_id, ts_ms, now)
+        return False
+
+    def _prune(self, now_ms: int) -> None:
+        entries = self._entries
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
+        # Expiries are roughly insertion-ordered; drop the expired head cheaply.
+        while entries:
+            first_id, expiry = next(iter(entries.items()))
+            if expiry >= now_ms:
+                break
+            del entries[first_id]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _packet_type_of(body: BaseModel) -> PacketType:
+    ptype = getattr(type(body), "packet_type", None)
+    if not isinstance(ptype, PacketType) or BODY_MODELS.get(ptype) is not type(body):
+        raise TypeError(f"{type(body).__name__} is not a packet body model")
+    return ptype
+
+
+def encode(
+    body: Body,
+    signing_key: nacl.signing.SigningKey,
+    *,
+    ts_ms: int | None = None,
+    nonce: bytes | None = None,
+    limits: WireLimits = DEFAULT_LIMITS,
+) -> bytes:
+    """Sign ``body`` as a packet from ``signing_key`` and return the wire frame.
+
+    Raises ``WireError(OVERSIZE)`` when the frame would be rejected by receivers using
+    ``limits``: better to fail at the sender than to be dropped silently by everyone.
+    """
+    ptype = _packet_type_of(body)
+    if nonce is None:
+        nonce = os.urandom(NONCE_BYTES)
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"nonce must be {NONCE_BYTES} bytes, got {len(nonce)}")
+    packet = {
+        "v": PROTOCOL_VERSION,
+        "type": ptype.value,
+        "from": bytes(signing_key.verify_key),
+        "ts": _now_ms() if ts_ms is None else int(ts_ms),
+        "nonce": bytes(nonce),
+        "body": body.model_dump(mode="python"),
+    }
+    payload = msgpack.packb(packet, use_bin_type=True)
+    signature = signing_key.sign(payload).signature
+    frame = msgpack.packb([payload, signature], use_bin_type=True)
+    if len(frame) > limits.max_frame_bytes:
+        raise WireError(
+            WireReason.OVERSIZE, f"frame is {len(frame)} bytes, limit is {limits.max_frame_bytes}"
+        )
+    return frame
+
+
+def _unpack(data: bytes, *, limits: WireLimits, what: str) -> Any:
+    # Explicit element limits keep a hostile frame from allocating much; msgpack also
+    # caps every declared length at len(data), so nothing can claim more than it carries.
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=limits.max_frame_bytes,
+            max_str_len=limits.max_frame_bytes,
+            # Twice the schema's largest list/map, so a slightly-too-long list is reported
+            # by the schema as LIMIT while an absurd one never gets allocated.
+            max_array_len=2 * max(limits.max_commits, limits.max_accepted_models * 4) + 16,
+            max_map_len=2 * limits.max_accepted_models * 4 + 32,
+            max_ext_len=0,
+        )
+    except ValueError as exc:  # msgpack's errors (incl. UnicodeDecodeError) are ValueErrors
+        if "incomplete input" in str(exc):
+            raise WireError(WireReason.TRUNCATED, f"{what} ends early") from None
+        raise WireError(WireReason.MALFORMED, f"{what} is not valid msgpack: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - anything else from a parser is still bad input
+        raise WireError(WireReason.MALFORMED, f"{what} is not valid msgpack: {type(exc).__name__}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def decode(
+    frame: bytes,
+    *,
+    now_ms: int | None = None,
+    limits: WireLimits = DEFAULT_LIMITS,
+    seen: SeenCache | None = None,
+) -> SignedPacket:
+    """Verify and parse one frame; raises only :class:`WireError`.
+
+    With ``seen`` given, a packet is recorded there only when it passes every check,
+    and an already-recorded one is rejected as ``replay``.
+    """
+    try:
+        return _decode(frame, now_ms=now_ms, limits=limits, seen=seen)
+    except WireError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the contract: nothing but WireError escapes
+        raise WireError(WireReason.MALFORMED, f"unexpected {type(exc).__name__}") from None
+
+
+def _decode(frame: bytes, *, now_ms: int | None, limits: WireLimits, seen: SeenCache | None) -> SignedPacket:
+    if not isinstance(frame, bytes | bytearray | memoryview):
+        raise WireError(WireReason.MALFORMED, f"frame must be bytes, got {type(frame).__name__}")
+    frame = bytes(frame)
+    if len(frame) > limits.max_frame_bytes:
+        raise WireError(
+            WireReason.OVERSIZE, f"frame is {len(frame)} bytes, limit is {limits.max_frame_bytes}"
+        )
+    if not frame:
+        raise WireError(WireReason.TRUNCATED, "empty frame")
+
+    outer = _unpack(frame, limits=limits, what="frame")
+    if not (isinstance(outer, list) and len(outer) == 2 and isinstance(outer[0], bytes)):
+        raise WireError(WireReason.MALFORMED, "frame must be [payload bytes, signature bytes]")
+    payload, signature = outer
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
+        raise WireError(WireReason.BAD_SIGNATURE, f"signature must be {SIGNATURE_BYTES} bytes")
+
+    packet = _unpack(payload, limits=limits, what="payload")
+    if not isinstance(packet, dict):
+        raise WireError(WireReason.MALFORMED, "payload must be a msgpack map")
+    version = packet.get("v")
+    if not _is_int(version) or version != PROTOCOL_VERSION:
+        raise WireError(WireReason.BAD_VERSION, f"version {version!r} is not {PROTOCOL_VERSION}")
+    if set(packet) != HEADER_KEYS:
+        raise WireError(WireReason.MALFORMED, f"packet keys must be {sorted(HEADER_KEYS)}")
+    try:
+        ptype = PacketType(packet["type"])
+    except (ValueError, TypeError):
+        raise WireError(WireReason.UNKNOWN_TYPE, f"unknown packet type {packet['type']!r:.80}") from None
+    sender, ts, nonce, raw_body = packet["from"], packet["ts"], packet["nonce"], packet["body"]
+    if not isinstance(sender, bytes) or len(sender) != PUBLIC_KEY_BYTES:
+        raise WireError(WireReason.MALFORMED, f"from must be {PUBLIC_KEY_BYTES} bytes")
+    if not _is_int(ts) or ts < 0:
+        raise WireError(WireReason.MALFORMED, "ts must be a non-negative integer (unix ms)")
+    if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
+        raise WireError(WireReason.MALFORMED, f"nonce must be {NONCE_BYTES} bytes")
+    if not isinstance(raw_body, dict):
+        raise WireError(WireReason.MALFORMED, "body must be a map")
+
+    if not nacl.bindings.crypto_core_ed25519_is_valid_point(sender):
+        raise WireError(WireReason.BAD_KEY, "from is not a valid ed25519 public key")
+    try:
+        nacl.signing.VerifyKey(sender).verify(payload, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
+        raise WireError(WireReason.BAD_SIGNATURE, "signature does not match sender and payload") from None
+
+    now = _now_ms() if now_ms is None else now_ms
+    if abs(ts - now) > limits.max_clock_skew_ms:
+        raise WireError(
+            WireReason.CLOCK_SKEW, f"ts is {ts - now} ms from now, window is ±{limits.max_clock_skew_ms} ms"
+        )
+    packet_id = hashlib.sha256(payload).hexdigest()
+    if seen is not None and seen.seen(packet_id, now):
+        raise WireError(WireReason.REPLAY, f"packet {packet_id[:16]} already seen")
+
+    body = _validate_body(ptype, raw_body, limits)
+    if seen is not None:
+        seen.add(packet_id, ts, now)
+    return SignedPacket(
+        type=ptype,
+        sender=sender,
+        sender_id=sender.hex(),
+        ts_ms=ts,
+        nonce=nonce,
+        body=body,
+        payload=payload,
+        signature=signature,
+        frame=frame,
+        packet_id=packet_id,
+    )
+
+
+_LIMIT_MARKER = "over the limit of"
+
+
+def _validate_body(ptype: PacketType, raw_body: dict[str, Any], limits: WireLimits) -> Body:
+    model = BODY_MODELS[ptype]
+    try:
+        return model.model_validate(raw_body, context={"limits": limits})  # type: ignore[return-value]
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or ptype.value}: {e['msg']}" for e in errors[:5])
+        reason = WireReason.LIMIT if all(_LIMIT_MARKER in e["msg"] for e in errors) else WireReason.SCHEMA
+        raise WireError(reason, f"{ptype.value} body: {detail}") from None
+
+
+def validate_body(
+    body: dict[str, Any], packet_type: PacketType | str, limits: WireLimits = DEFAULT_LIMITS
+) -> Body:
+    """Validate an unsigned body dict (e.g. from the HTTP API) the way :func:`decode` would."""
+    try:
+        ptype = PacketType(packet_type)
+    except ValueError:
+        raise WireError(WireReason.UNKNOWN_TYPE, f"unknown packet type {packet_type!r:.80}") from None
+    if not isinstance(body, dict):
+        raise WireError(WireReason.MALFORMED, "body must be a map")
+    return _validate_body(ptype, body, limits)
+
+
+def request_id(packet: SignedPacket) -> str:
+    """The id of a request = its packet id (hex sha256 of the signed payload)."""
+    if packet.type is not PacketType.INFERENCE_REQUEST:
+        raise ValueError(f"request_id needs an inference_request packet, got {packet.type.value}")
+    return packet.packet_id
+
+
+def inference_id(req_id: str, public_key: bytes) -> str:
+    """One inference id per (request, node): sha256(request_id ascii || pubkey), 32 hex chars."""
+    if not (isinstance(req_id, str) and len(req_id) == 64 and _HEX.match(req_id)):
+        raise ValueError("request_id must be 64 lowercase hex characters")
+    if len(public_key) != PUBLIC_KEY_BYTES:
+        raise ValueError(f"public key must be {PUBLIC_KEY_BYTES} bytes")
+    return hashlib.sha256(req_id.encode("ascii") + bytes(public_key)).hexdigest()[:32]
+
+
+__all__ = [
+    "BODY_MODELS",
+    "COMMIT_BYTES",
+    "DEFAULT_LIMITS",
+    "NONCE_BYTES",
+    "PROTOCOL_VERSION",
+    "Body",
+    "CommitRef",
+    "InferenceCommit",
+    "InferenceQuorumComputed",
+    "InferenceRequest",
+    "InferenceReveal",
+    "InferenceRevealRejected",
+    "InferenceRevealRequest",
+    "PacketType",
+    "PeerInfo",
+    "PeerStatus",
+    "SecurityFrame",
+    "SeenCache",
+    "SignedPacket",
+    "WireError",
+    "WireLimits",
+    "WireReason",
+    "decode",
+    "encode",
+    "inference_id",
+    "request_id",
+    "validate_body",
+]
