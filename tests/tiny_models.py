@@ -1,0 +1,88 @@
+"""Build a tiny random Llama model directory for fast, real tests.
+
+The model is a genuine `LlamaForCausalLM` (so Hugging Face `generate` is the
+reference) with a real tokenizer and chat template copied from the converted
+SmolLM2 directory, so chat requests render exactly like the default model's.
+Weights are drawn with a larger init scale than usual so logits are spread out
+and greedy decoding rarely meets near-ties (which would make batch-shape
+rounding differences visible).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+)
+
+
+def make_tiny_llama_dir(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 2048,
+    init_std: float = 0.25,
+    tie_word_embeddings: bool = True,
+) -> Path:
+    """Write a tiny random Llama (vocab 49152, SmolLM2 tokenizer) to `path` and return it.
+
+    Deterministic for a given `seed` and shape. Takes well under a second once the
+    default model has been converted (the tokenizer is copied from there).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from safetensors.torch import save_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.model_files import default_llm_dir
+
+    if hidden_size % num_heads or num_heads % num_kv_heads:
+        raise ValueError("hidden_size must divide by num_heads and num_heads by num_kv_heads")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    src = default_llm_dir()
+    for name in _TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy(src / name, path / name)
+
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        initializer_range=init_std,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(init_std * torch.randn(p.shape, generator=gen))
+    model.eval()
+    save_model(model, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(str(path))
+    model.generation_config.save_pretrained(str(path))
+    return path
