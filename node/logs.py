@@ -1,0 +1,100 @@
+"""Logging set-up: structlog everywhere, JSON lines for machines, a readable console for people.
+
+Output goes to stderr so stdout stays clean for command results (``rakis id``,
+``rakis submit --json``). Standard-library loggers (libp2p, hypercorn, transformers)
+are routed through the same renderer so one node writes one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# Keys whose values must never reach a log line, whatever a caller passes.
+SECRET_KEYS = frozenset(
+    {"seed", "signing_key", "private_key", "secret", "password", "admin_token", "token", "authorization"}
+)
+REDACTED = "[redacted]"
+
+
+def _redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """Last line of defence: drop values of secret-looking keys before rendering."""
+    for key in list(event_dict):
+        if key.lower() in SECRET_KEYS:
+            event_dict[key] = REDACTED
+    return event_dict
+
+
+def _level_number(level: str | int) -> int:
+    if isinstance(level, int):
+        return level
+    name = level.strip().lower()
+    if name not in LEVELS:
+        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
+    return logging.getLevelName(name.upper())
+
+
+def configure_logging(level: str | int = "info", json: bool | None = None, stream: Any = None) -> None:
+    """Configure structlog and the stdlib root logger; safe to call again (e.g. in tests).
+
+    ``json=None`` picks JSON lines when the stream is not a terminal (daemons, CI,
+    testnet subprocesses) and a coloured console renderer when it is.
+    """
+    levelno = _level_number(level)
+    stream = stream if stream is not None else sys.stderr
+    if json is None:
+        json = not (hasattr(stream, "isatty") and stream.isatty())
+
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_secrets,
+    ]
+    renderer: Any
+    if json:
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.format_exc_info)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=hasattr(stream, "isatty") and stream.isatty())
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    handler.set_name("rakis")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "rakis"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(levelno)
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.BoundLogger:
+    """A structlog logger; ``initial`` key/values are bound to every line it writes."""
+    return structlog.get_logger(name, **initial)
+
+
+__all__ = ["LEVELS", "configure_logging", "get_logger"]
