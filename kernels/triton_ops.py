@@ -17,6 +17,8 @@ Tested on CPU under TRITON_INTERPRET=1 (tests/kernels); GPU timings in docs/benc
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 _LOG2E = 1.4426950408889634
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _pow2(n: int, floor: int = 1) -> int:
@@ -162,6 +165,7 @@ def _paged_attention_kernel(
     BLOCK_N: tl.constexpr,
     IS_DECODE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     b = tl.program_id(1)
@@ -187,6 +191,8 @@ def _paged_attention_kernel(
 
     q_ptrs = Q + (q_start + tok)[:, None].to(tl.int64) * stride_qt + head[:, None] * stride_qh + d[None, :]
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST_DOT:
+        q = q.to(tl.float32)
 
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -206,6 +212,8 @@ def _paged_attention_kernel(
             mask=kv_mask,
             other=0.0,
         )
+        if UPCAST_DOT:
+            k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         s = tl.where(n_ok[None, :] & (n[None, :] <= q_pos[:, None]), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -217,6 +225,8 @@ def _paged_attention_kernel(
             mask=kv_mask,
             other=0.0,
         )
+        if UPCAST_DOT:
+            v = v.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
@@ -244,6 +254,9 @@ def _launch_attention(
     if t == 0 or batch == 0:
         return out
     rows = max_seqlen_q * group
+    # The CPU interpreter's tl.dot mis-handles bfloat16 (numpy has no bf16); there only, the
+    # tiles are upcast to fp32 so bf16 still gets tested. On GPU bf16 goes to tensor cores.
+    upcast = q.dtype == torch.bfloat16 and _INTERPRET
     block_m = _pow2(group, 16) if decode else min(64, _pow2(rows, 16))
     grid = (triton.cdiv(rows, block_m), batch, hkv)
     _paged_attention_kernel[grid](
@@ -273,7 +286,8 @@ def _launch_attention(
         BLOCK_M=block_m,
         BLOCK_N=64,
         IS_DECODE=decode,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32",
+        UPCAST_DOT=upcast,
     )
     return out
 

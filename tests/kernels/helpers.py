@@ -32,4 +32,8 @@ def random_paged_cache(
 
 
 def tol(dtype: torch.dtype) -> dict[str, float]:
-    return {"atol": 2e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-3, "rtol": 3e-3}
+    if dtype == torch.float32:
+        return {"atol": 2e-5, "rtol": 1e-5}
+    if dtype == torch.float16:
+        return {"atol": 3e-3, "rtol": 3e-3}
+    return {"atol": 2e-2, "rtol": 2e-2}  # bfloat16: 8 mantissa bits

@@ -10,7 +10,7 @@ from kernels import reference as ref
 from tests.kernels.helpers import random_paged_cache, tol
 
 HEAD_DIM = 16
-DTYPES = [torch.float32, torch.float16]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def dense_oracle(q, k_cache, v_cache, table, ctx, q_len, scale):
