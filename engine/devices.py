@@ -1,0 +1,148 @@
+"""Device, dtype and CPU-thread choices for engine workers.
+
+One place decides these so every worker of a node agrees, and so a config file can
+override them. The thread budget matters because several nodes (a local testnet)
+often share one machine: if each let torch take every core, they would all slow
+down far more than they gain.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+_DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+#: Environment overrides, read when no explicit value is given.
+ENV_DEVICE = "RAKIS_DEVICE"
+ENV_DTYPE = "RAKIS_DTYPE"
+ENV_THREADS = "RAKIS_TORCH_THREADS"
+ENV_NODES_PER_MACHINE = "RAKIS_NODES_PER_MACHINE"
+
+
+def cuda_available() -> bool:
+    """True when torch can use a CUDA device."""
+    return torch.cuda.is_available()
+
+
+def resolve_device(device: str | None = None) -> str:
+    """Return the device string workers should use.
+
+    `None` or "auto" (or the RAKIS_DEVICE variable) picks CUDA when present, else
+    CPU. Asking for CUDA on a machine without it is an error rather than a silent
+    fallback, so a misconfigured GPU node does not quietly run 50x slower.
+    """
+    if device is None:
+        device = os.environ.get(ENV_DEVICE) or "auto"
+    device = device.strip().lower()
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if not _DEVICE_RE.match(device):
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if device.startswith("cuda"):
+        if not cuda_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return device
+
+
+def resolve_dtype(device: str, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """Return the compute dtype for `device`.
+
+    Default: float32 on CPU (bf16/fp16 matmuls are slow or inexact there), bfloat16
+    on CUDA when the GPU supports it, else float16. An explicit value (or
+    RAKIS_DTYPE) wins.
+    """
+    if dtype is None:
+        dtype = os.environ.get(ENV_DTYPE) or "auto"
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPE_NAMES.values():
+            raise ValueError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
+        return dtype
+    name = dtype.strip().lower()
+    if name == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in _DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of: auto, {', '.join(sorted(_DTYPE_NAMES))}")
+    return _DTYPE_NAMES[name]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects taskset/cgroup affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _positive_int_env(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def thread_budget(
+    workers: int = 1,
+    *,
+    nodes_on_machine: int | None = None,
+    total_cores: int | None = None,
+) -> int:
+    """Torch threads each of `workers` concurrent workers should use.
+
+    The machine's cores are split between the nodes sharing it (argument or
+    RAKIS_NODES_PER_MACHINE) and then between this node's busy workers, never below
+    one. RAKIS_TORCH_THREADS, when set, is taken as the answer.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    fixed = _positive_int_env(ENV_THREADS)
+    if fixed is not None:
+        return fixed
+    if nodes_on_machine is None:
+        nodes_on_machine = _positive_int_env(ENV_NODES_PER_MACHINE) or 1
+    if nodes_on_machine < 1:
+        raise ValueError(f"nodes_on_machine must be >= 1, got {nodes_on_machine}")
+    cores = total_cores if total_cores is not None else available_cores()
+    return max(1, cores // (nodes_on_machine * workers))
+
+
+def apply_thread_budget(threads: int) -> int:
+    """Set torch's intra-op thread count (process-wide) and return it.
+
+    torch keeps one pool per process, so this is a ceiling for all workers of the
+    node; call it once at start-up with `thread_budget(...)`.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    try:
+        # Inter-op threads can only be set before torch starts its pool.
+        torch.set_num_interop_threads(min(threads, 2))
+    except RuntimeError:
+        pass
+    return threads
