@@ -31,6 +31,19 @@ def _redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, 
     return event_dict
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time, so a replaced stderr (test
+    runners, Typer's CliRunner) that is later closed never breaks logging."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def _level_number(level: str | int) -> int:
     if isinstance(level, int):
         return level
@@ -47,9 +60,9 @@ def configure_logging(level: str | int = "info", json: bool | None = None, strea
     testnet subprocesses) and a coloured console renderer when it is.
     """
     levelno = _level_number(level)
-    stream = stream if stream is not None else sys.stderr
+    target = stream if stream is not None else sys.stderr
     if json is None:
-        json = not (hasattr(stream, "isatty") and stream.isatty())
+        json = not (hasattr(target, "isatty") and target.isatty())
 
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -63,13 +76,13 @@ def configure_logging(level: str | int = "info", json: bool | None = None, strea
         renderer = structlog.processors.JSONRenderer()
         shared.append(structlog.processors.format_exc_info)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=hasattr(stream, "isatty") and stream.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=hasattr(target, "isatty") and target.isatty())
 
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter)
     handler.set_name("rakis")
     root = logging.getLogger()

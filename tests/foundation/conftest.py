@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from nacl.signing import SigningKey
 
@@ -24,3 +26,13 @@ def request_body() -> wire.InferenceRequest:
     body = sample_bodies()[0]
     assert isinstance(body, wire.InferenceRequest)
     return body
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """CLI and logging tests install a root handler; take it off again afterwards."""
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == "rakis"]:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
