@@ -286,7 +286,7 @@ def _launch_attention(
         BLOCK_M=block_m,
         BLOCK_N=64,
         IS_DECODE=decode,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32",
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast else None,
         UPCAST_DOT=upcast,
     )
     return out
