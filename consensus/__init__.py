@@ -70,5 +70,6 @@ __all__ = [
     "needed_members",
     "opens",
     "pick_representative",
+    "verify_certificate",
     "verify_reveal",
 ]

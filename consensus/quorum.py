@@ -51,6 +51,7 @@ state too (the daemon should drop replayed ``Publish*`` actions it already sent)
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -341,7 +342,7 @@ class QuorumMachine:
             return None
         times = [self.hard_stop_ms, self.ending_at_ms]
         if self.quorum_at_ms is not None and not self.published_rr:
-            times.append(self.quorum_at_ms + self.config.reveal_request_grace_ms)
+            times.append(self.quorum_at_ms + self._rr_delay_ms())
         if self.first_valid_rr_ms is not None:
             times.append(self.commit_deadline_ms)
             rd = self.reveal_deadline_ms
@@ -484,6 +485,13 @@ class QuorumMachine:
                 names |= match
         return names
 
+    def _rr_delay_ms(self) -> int:
+        """Grace plus a per-node deterministic jitter in [0, grace], so that usually one
+        node publishes the reveal request first and the others see it and stay quiet."""
+        grace = self.config.reveal_request_grace_ms
+        h = hashlib.sha256(self.request_id.encode("ascii") + self.own_pubkey).digest()
+        return grace + int.from_bytes(h[:4], "big") % (grace + 1)
+
     def _reject(self, node_id: str, rv: _Reveal, rej: Rejection) -> list[Action]:
         rv.status = "rejected"
         rv.reason = str(rej.reason)
@@ -501,10 +509,7 @@ class QuorumMachine:
             not self.published_rr
             and len(self.commits) >= self.params.quorum
             and self.quorum_at_ms is not None
-            and (
-                now_ms >= self.quorum_at_ms + self.config.reveal_request_grace_ms
-                or now_ms >= self.ending_at_ms
-            )
+            and (now_ms >= self.quorum_at_ms + self._rr_delay_ms() or now_ms >= self.ending_at_ms)
             and not set(self.commits) <= named
             and (self.reveal_deadline_ms is None or now_ms < self.reveal_deadline_ms)
         ):
