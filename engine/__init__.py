@@ -1,1 +1,60 @@
-"""rakis engine package."""
+"""rakis engine: local compute for a node.
+
+Public entry points (imported lazily so `import engine.model_files` and friends
+stay cheap and free of import cycles with the engine core):
+
+- `LLMEngine`, `LLMRequest`, `InferenceStream`, `InferenceResult` — LLM worker pools.
+- `EmbeddingEngine`, `EmbeddingResult`, `Priority` — embedding worker pools.
+- `ModelRegistry`, `ModelKind`, `UnknownModelError`, `DEFAULT_LLM`, `DEFAULT_EMBEDDING`.
+- The core's dataclasses: `SamplingParams`, `GenerationRequest`, `TokenEvent`,
+  `GenerationResult`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LLMEngine": "engine.llm_engine",
+    "LLMRequest": "engine.llm_engine",
+    "InferenceStream": "engine.llm_engine",
+    "InferenceResult": "engine.llm_engine",
+    "LLMWorkerState": "engine.llm_engine",
+    "ModelAvailability": "engine.llm_engine",
+    "NoWorkerError": "engine.llm_engine",
+    "pick_model": "engine.llm_engine",
+    "EmbeddingEngine": "engine.embedding",
+    "EmbeddingResult": "engine.embedding",
+    "EmbeddingWorkerState": "engine.embedding",
+    "Priority": "engine.embedding",
+    "EngineError": "engine.embedding",
+    "JobExpiredError": "engine.embedding",
+    "EngineClosedError": "engine.embedding",
+    "ModelRegistry": "engine.registry",
+    "ModelKind": "engine.registry",
+    "UnknownModelError": "engine.registry",
+    "DEFAULT_LLM": "engine.registry",
+    "DEFAULT_EMBEDDING": "engine.registry",
+    "LogEntry": "engine.engine_logs",
+    "LogType": "engine.engine_logs",
+    "SamplingParams": "engine.types",
+    "GenerationRequest": "engine.types",
+    "TokenEvent": "engine.types",
+    "GenerationResult": "engine.types",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
