@@ -95,12 +95,18 @@ def load(data_dir: str | os.PathLike[str]) -> Identity:
 def save(identity: Identity, data_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write the key with mode 0600 from the start (no window where it is world-readable)."""
     path = key_path(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise IdentityError(f"cannot create data directory {path.parent}: {exc.strerror}") from None
     tmp = path.with_name(f".{KEY_FILENAME}.{os.getpid()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     if not overwrite and path.exists():
         raise IdentityError(f"node key {path} already exists; use --force to replace it (new node id)")
-    fd = os.open(tmp, flags, 0o600)
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except OSError as exc:
+        raise IdentityError(f"cannot write node key {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             fh.write(identity.seed.hex() + "\n")
@@ -114,6 +120,8 @@ def save(identity: Identity, data_dir: str | os.PathLike[str], *, overwrite: boo
                 os.link(tmp, path)
             except FileExistsError:
                 raise IdentityError(f"node key {path} already exists; use --force to replace it") from None
+            except OSError as exc:
+                raise IdentityError(f"cannot write node key {path}: {exc.strerror}") from None
             finally:
                 os.unlink(tmp)
     except BaseException:
@@ -131,7 +139,9 @@ def load_or_create(data_dir: str | os.PathLike[str]) -> Identity:
     try:
         save(identity, data_dir)
     except IdentityError:
-        return load(data_dir)  # another process created it first: use theirs
+        if key_path(data_dir).exists():
+            return load(data_dir)  # another process created it first: use theirs
+        raise
     return identity
 
 

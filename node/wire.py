@@ -446,7 +446,10 @@ def encode(
         "nonce": bytes(nonce),
         "body": body.model_dump(mode="python"),
     }
-    payload = msgpack.packb(packet, use_bin_type=True)
+    try:
+        payload = msgpack.packb(packet, use_bin_type=True)
+    except (ValueError, OverflowError, TypeError) as exc:  # e.g. a lone surrogate in a str
+        raise WireError(WireReason.SCHEMA, f"{ptype.value} body cannot be encoded: {exc}") from None
     signature = signing_key.sign(payload).signature
     frame = msgpack.packb([payload, signature], use_bin_type=True)
     if len(frame) > limits.max_frame_bytes:
@@ -491,21 +494,25 @@ def decode(
     now_ms: int | None = None,
     limits: WireLimits = DEFAULT_LIMITS,
     seen: SeenCache | None = None,
+    check_time: bool = True,
 ) -> SignedPacket:
     """Verify and parse one frame; raises only :class:`WireError`.
 
     With ``seen`` given, a packet is recorded there only when it passes every check,
-    and an already-recorded one is rejected as ``replay``.
+    and an already-recorded one is rejected as ``replay``. ``check_time=False`` skips
+    the clock-skew check, for re-verifying stored packets and certificates offline.
     """
     try:
-        return _decode(frame, now_ms=now_ms, limits=limits, seen=seen)
+        return _decode(frame, now_ms=now_ms, limits=limits, seen=seen, check_time=check_time)
     except WireError:
         raise
     except Exception as exc:  # noqa: BLE001 - the contract: nothing but WireError escapes
         raise WireError(WireReason.MALFORMED, f"unexpected {type(exc).__name__}") from None
 
 
-def _decode(frame: bytes, *, now_ms: int | None, limits: WireLimits, seen: SeenCache | None) -> SignedPacket:
+def _decode(
+    frame: bytes, *, now_ms: int | None, limits: WireLimits, seen: SeenCache | None, check_time: bool
+) -> SignedPacket:
     if not isinstance(frame, bytes | bytearray | memoryview):
         raise WireError(WireReason.MALFORMED, f"frame must be bytes, got {type(frame).__name__}")
     frame = bytes(frame)
@@ -553,7 +560,7 @@ def _decode(frame: bytes, *, now_ms: int | None, limits: WireLimits, seen: SeenC
         raise WireError(WireReason.BAD_SIGNATURE, "signature does not match sender and payload") from None
 
     now = _now_ms() if now_ms is None else now_ms
-    if abs(ts - now) > limits.max_clock_skew_ms:
+    if check_time and abs(ts - now) > limits.max_clock_skew_ms:
         raise WireError(
             WireReason.CLOCK_SKEW, f"ts is {ts - now} ms from now, window is ±{limits.max_clock_skew_ms} ms"
         )

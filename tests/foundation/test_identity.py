@@ -75,3 +75,10 @@ def test_save_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     identity.save(second, tmp_path, overwrite=True)
     assert identity.load(tmp_path).node_id == second.node_id
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node.key"]  # no temp files left
+
+
+def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(IdentityError, match="cannot"):
+        identity.load_or_create(blocker / "sub")

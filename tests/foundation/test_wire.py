@@ -346,3 +346,24 @@ def test_seen_cache_records_only_accepted_packets(
     assert len(seen) == 0
     wire.decode(frame, seen=seen)
     assert len(seen) == 1
+
+
+def test_stored_packets_reverify_without_the_clock(
+    key: SigningKey, request_body: wire.InferenceRequest
+) -> None:
+    old = wire.encode(request_body, key, ts_ms=1_000)
+    assert reason_of(old) is WireReason.CLOCK_SKEW
+    assert wire.decode(old, check_time=False).ts_ms == 1_000
+    pkt, _, sig = split(old)
+    pkt["body"]["max_tokens"] = 1
+    assert reason_of(raw_frame(pkt, key, signature=sig), check_time=False) is WireReason.BAD_SIGNATURE
+
+
+def test_unencodable_body_is_a_wire_error(key: SigningKey, request_body: wire.InferenceRequest) -> None:
+    with pytest.raises(ValueError):  # the schema refuses it ...
+        wire.InferenceRequest(**{**request_body.model_dump(), "prompt": "lone \ud800 surrogate"})
+    # ... and encode still fails cleanly for a body built without validation
+    bad = request_body.model_copy(update={"prompt": "lone \ud800 surrogate"})
+    with pytest.raises(WireError) as info:
+        wire.encode(bad, key)
+    assert info.value.reason is WireReason.SCHEMA
