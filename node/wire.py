@@ -383,9 +383,14 @@ class SeenCache:
         expiry = self._entries.get(packet_id)
         return expiry is not None and expiry >= (_now_ms() if now_ms is None else now_ms)
 
-    def add(self, packet_id: str, ts_ms: int, now_ms: int | None = None) -> None:
+    def add(
+        self, packet_id: str, ts_ms: int, now_ms: int | None = None, *, window_ms: int | None = None
+    ) -> None:
+        """Remember ``packet_id`` until ``ts_ms + window`` (the larger of the cache's window
+        and ``window_ms``, so a cache built with a smaller window than the decoder's
+        clock-skew limit still covers every packet the decoder can accept)."""
         now = _now_ms() if now_ms is None else now_ms
-        self._entries[packet_id] = ts_ms + self.window_ms
+        self._entries[packet_id] = ts_ms + max(self.window_ms, window_ms or 0)
         self._entries.move_to_end(packet_id)
         self._prune(now)
 
@@ -570,7 +575,7 @@ def _decode(
 
     body = _validate_body(ptype, raw_body, limits)
     if seen is not None:
-        seen.add(packet_id, ts, now)
+        seen.add(packet_id, ts, now, window_ms=limits.max_clock_skew_ms)
     return SignedPacket(
         type=ptype,
         sender=sender,

@@ -367,3 +367,13 @@ def test_unencodable_body_is_a_wire_error(key: SigningKey, request_body: wire.In
     with pytest.raises(WireError) as info:
         wire.encode(bad, key)
     assert info.value.reason is WireReason.SCHEMA
+
+
+def test_seen_cache_window_never_shorter_than_the_skew_limit(
+    key: SigningKey, request_body: wire.InferenceRequest
+) -> None:
+    seen = wire.SeenCache(max_entries=10, window_ms=10)  # misconfigured: far below 60 s skew
+    now = now_ms()
+    frame = wire.encode(request_body, key, ts_ms=now)
+    wire.decode(frame, seen=seen, now_ms=now)
+    assert reason_of(frame, seen=seen, now_ms=now + 50_000) is WireReason.REPLAY
