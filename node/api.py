@@ -223,6 +223,7 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     app = FastAPI(title="rakis node", version="1", docs_url="/docs", redoc_url=None)
     app.state.node = node
+    metrics.bind_engines(getattr(node, "llm", None), getattr(node, "embeddings", None))
     install_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware, default=max_body_bytes, per_path={"/v1/requests": _frame_body_limit(node)}

@@ -11,7 +11,6 @@ as the OpenAI SDKs send new ones all the time.
 from __future__ import annotations
 
 import base64
-import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,7 +23,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.embedding import Priority
-from engine.types import GenerationRequest, GenerationResult, SamplingParams, TokenEvent
+from engine.llm_engine import InferenceResult, LLMRequest, NoWorkerError
+from engine.registry import UnknownModelError
+from engine.types import SamplingParams, TokenEvent
+from node import metrics
 from node.api_errors import ApiError, error_body
 from node.facade import NodeFacade
 from node.logs import get_logger
@@ -124,10 +126,6 @@ def _names(items: Any) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
 def _llm_models(node: NodeFacade) -> list[str]:
     llm = getattr(node, "llm", None)
     return _names(llm.available_models()) if llm is not None else []
@@ -153,6 +151,10 @@ def _max_tokens_limit(node: NodeFacade) -> int:
 
 
 def _engine_error(exc: Exception) -> ApiError:
+    if isinstance(exc, UnknownModelError):
+        return ApiError(404, "model_not_found", str(exc), param="model")
+    if isinstance(exc, NoWorkerError):
+        return ApiError(503, "no_worker", str(exc))
     if isinstance(exc, ValueError | KeyError | LookupError | TypeError):
         message = exc.args[0] if exc.args else str(exc)
         return ApiError(400, "invalid_request", str(message))
@@ -160,7 +162,7 @@ def _engine_error(exc: Exception) -> ApiError:
     return ApiError(503, "engine_error", f"the local engine failed: {type(exc).__name__}: {exc}")
 
 
-def _result_error(result: GenerationResult) -> ApiError | None:
+def _result_error(result: InferenceResult) -> ApiError | None:
     if result.finish_reason in ("stop", "length"):
         return None
     if result.finish_reason == "expired":
@@ -170,7 +172,7 @@ def _result_error(result: GenerationResult) -> ApiError | None:
     return ApiError(503, "engine_error", f"generation failed: {result.error or result.finish_reason}")
 
 
-def _usage(result: GenerationResult) -> dict[str, Any]:
+def _usage(result: InferenceResult) -> dict[str, Any]:
     return {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
@@ -203,7 +205,7 @@ def openai_router(node: NodeFacade) -> APIRouter:
             )
         return llm
 
-    def generation_request(body: ChatCompletionRequest, request_id: str) -> GenerationRequest:
+    def llm_request(body: ChatCompletionRequest, request_id: str) -> LLMRequest:
         if body.n not in (None, 1):
             raise ApiError(400, "unsupported", "n > 1 is not supported; send separate requests", param="n")
         limit = _max_tokens_limit(node)
@@ -229,7 +231,7 @@ def openai_router(node: NodeFacade) -> APIRouter:
             {"role": m.role if m.role != "developer" else "system", "content": m.text()}
             for m in body.messages
         ]
-        return GenerationRequest(request_id=request_id, sampling=sampling, messages=messages)
+        return LLMRequest(models=(body.model,), messages=messages, sampling=sampling, request_id=request_id)
 
     @router.get("/models")
     async def models() -> dict[str, Any]:
@@ -247,13 +249,14 @@ def openai_router(node: NodeFacade) -> APIRouter:
     async def chat_completions(body: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
         llm = require_llm(body.model)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        request = generation_request(body, completion_id)
+        request = llm_request(body, completion_id)
         created = int(time.time())
         if not body.stream:
             try:
                 result = await llm.run_inference_non_streaming(request)
             except Exception as exc:  # noqa: BLE001 - mapped to a 4xx/503 naming it
                 raise _engine_error(exc) from None
+            metrics.observe_generation(body.model, result)
             if (err := _result_error(result)) is not None:
                 raise err
             return {
@@ -273,20 +276,27 @@ def openai_router(node: NodeFacade) -> APIRouter:
                 "usage": _usage(result),
             }
 
-        # Streaming: wait for the first event here so engine errors still get a proper
-        # status code; after the headers are out they can only be sent as an error chunk.
-        events = llm.run_inference(request).__aiter__()
+        # Streaming: wait for the first token here so engine errors still get a proper
+        # status code; once the headers are out they can only travel as an error chunk.
         try:
-            first: Any = await events.__anext__()
-        except StopAsyncIteration:
-            first = None
+            stream = llm.run_inference(request)
         except Exception as exc:  # noqa: BLE001
             raise _engine_error(exc) from None
-        if isinstance(first, GenerationResult) and (err := _result_error(first)) is not None:
-            raise err
+        try:
+            first: TokenEvent | None = await stream.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+        if first is None and stream.result is not None:
+            metrics.observe_generation(body.model, stream.result)
+            if (err := _result_error(stream.result)) is not None:
+                raise err
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _stream_chunks(llm, events, first, completion_id, created, body.model, include_usage),
+            _stream_chunks(stream, first, completion_id, created, body.model, include_usage),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -342,14 +352,16 @@ def openai_router(node: NodeFacade) -> APIRouter:
 
 
 async def _stream_chunks(
-    llm: Any,
-    events: AsyncIterator[Any],
-    first: Any,
+    stream: Any,
+    first: TokenEvent | None,
     completion_id: str,
     created: int,
     model: str,
     include_usage: bool,
 ) -> AsyncIterator[str]:
+    """OpenAI `chat.completion.chunk`s from an engine InferenceStream, then `[DONE]`.
+    Closing early (client gone) closes the stream, which aborts the generation."""
+
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": completion_id,
@@ -363,57 +375,34 @@ async def _stream_chunks(
             body["usage"] = None
         return body
 
-    finished = False
     try:
         yield _sse(chunk({"role": "assistant", "content": ""}))
-        pending = [first] if first is not None else []
-        result: GenerationResult | None = None
-        while True:
-            if pending:
-                event = pending.pop()
-            else:
-                try:
-                    event = await events.__anext__()
-                except StopAsyncIteration:
-                    break
-            if isinstance(event, TokenEvent) or (
-                not isinstance(event, GenerationResult) and hasattr(event, "token_id")
-            ):
+        if first is not None:
+            if first.text:
+                yield _sse(chunk({"content": first.text}))
+            async for event in stream:
                 if event.text:
                     yield _sse(chunk({"content": event.text}))
-            elif isinstance(event, GenerationResult):
-                result = event
-                break
-        finished = True
+        result: InferenceResult | None = stream.result
         if result is None:
             yield _sse(error_body(503, "engine_error", "the engine ended the stream without a result"))
-        elif (err := _result_error(result)) is not None:
-            yield _sse(error_body(err.status, err.code, err.message))
         else:
-            yield _sse(chunk({}, result.finish_reason))
-            if include_usage:
-                usage_chunk = chunk({})
-                usage_chunk["choices"] = []
-                usage_chunk["usage"] = _usage(result)
-                yield _sse(usage_chunk)
+            if first is not None:
+                metrics.observe_generation(model, result)
+            if (err := _result_error(result)) is not None:
+                yield _sse(error_body(err.status, err.code, err.message))
+            else:
+                yield _sse(chunk({}, result.finish_reason))
+                if include_usage:
+                    usage_chunk = chunk({})
+                    usage_chunk["choices"] = []
+                    usage_chunk["usage"] = _usage(result)
+                    yield _sse(usage_chunk)
         yield "data: [DONE]\n\n"
     except Exception as exc:  # noqa: BLE001 - headers are out: report in-band
-        finished = True
         log.error("chat_stream_failed", request_id=completion_id, error=repr(exc))
         yield _sse(error_body(503, "engine_error", f"the local engine failed: {type(exc).__name__}"))
         yield "data: [DONE]\n\n"
     finally:
         with anyio.CancelScope(shield=True):
-            if not finished:  # client went away mid-stream: free the worker
-                abort = getattr(llm, "abort", None)
-                if abort is not None:
-                    try:
-                        await _maybe_await(abort(completion_id))
-                    except Exception:  # noqa: BLE001
-                        pass
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:  # noqa: BLE001
-                    pass
+            await stream.aclose()  # no-op when finished; aborts a generation still running

@@ -4,7 +4,7 @@
 dict, publishes events to subscribers, and can finish a request the way the daemon
 does: embed the outputs with the real MiniLM, cluster them by cosine distance within
 the security frame, and project them to 2-D for the dashboard plot. The LLM is the
-tiny random Llama of `tests/tiny_models.py`.
+real `engine.LLMEngine` serving the tiny random Llama of `tests/tiny_models.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,17 @@ import trio
 from nacl.signing import SigningKey
 
 from engine.embedding import EmbeddingEngine, Priority
-from engine.registry import DEFAULT_EMBEDDING
+from engine.llm_engine import LLMEngine
+from engine.registry import DEFAULT_EMBEDDING, ModelRegistry
 from node import wire
 from node.api import create_app
 from node.config import load_settings
 from node.facade import RequestRejected
 from node.identity import Identity
-from tests.api.tiny_llm import TINY_MODEL, TinyLLM
 
 torch.set_num_threads(1)
 ADMIN_TOKEN = "test-admin-token-0123456789"
+TINY_MODEL = "tiny-llama"
 
 
 @pytest.fixture
@@ -57,11 +59,18 @@ def embedding_engine() -> Iterator[EmbeddingEngine]:
 
 
 @pytest.fixture(scope="session")
-def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyLLM]:
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMEngine]:
+    """The real LLMEngine with one worker of the tiny random Llama (small KV cache)."""
     from tests.tiny_models import make_tiny_llama_dir
 
     path = make_tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama"))
-    llm = TinyLLM(path)
+    llm = LLMEngine(
+        ModelRegistry({TINY_MODEL: path}),
+        device="cpu",
+        num_threads=1,
+        core_options={"kv_cache_bytes": 8 * 1024 * 1024, "max_batch_size": 4},
+    )
+    trio.run(llm.scale_workers, TINY_MODEL, 1)
     yield llm
     llm.close()
 
@@ -109,7 +118,7 @@ def project_2d(vectors: np.ndarray) -> np.ndarray:
 class MemoryFacade:
     """Implements node.facade.NodeFacade in memory (see module docstring)."""
 
-    def __init__(self, data_dir: Path, llm: TinyLLM | None, embeddings: EmbeddingEngine | None) -> None:
+    def __init__(self, data_dir: Path, llm: LLMEngine | None, embeddings: EmbeddingEngine | None) -> None:
         self.settings = load_settings(data_dir, admin_token=ADMIN_TOKEN, llm_models={TINY_MODEL: 1})
         self.identity = Identity.generate()
         self.llm = llm
@@ -267,12 +276,9 @@ class MemoryFacade:
         return list(self.peer_list)
 
     def workers(self) -> list[dict[str, Any]]:
-        out = self.llm.worker_states() if self.llm else []
+        out = [{"kind": "llm", **asdict(w)} for w in self.llm.worker_states()] if self.llm else []
         if self.embeddings:
-            out += [
-                {"worker_id": w.worker_id, "model": w.model, "kind": "embedding", "state": w.state}
-                for w in self.embeddings.worker_states()
-            ]
+            out += [{"kind": "embedding", **asdict(w)} for w in self.embeddings.worker_states()]
         return out
 
     async def scale_workers(self, model: str, n: int) -> None:
@@ -292,7 +298,7 @@ class MemoryFacade:
 
 
 @pytest.fixture
-def facade(tmp_path: Path, tiny_llm: TinyLLM, embedding_engine: EmbeddingEngine) -> MemoryFacade:
+def facade(tmp_path: Path, tiny_llm: LLMEngine, embedding_engine: EmbeddingEngine) -> MemoryFacade:
     return MemoryFacade(tmp_path / "node", tiny_llm, embedding_engine)
 
 

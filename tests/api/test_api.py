@@ -13,8 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from node import metrics, wire
 from node.facade import NodeFacade, RequestRejected
-from tests.api.conftest import ADMIN_TOKEN, MemoryFacade, asgi_client, sign_request
-from tests.api.tiny_llm import TINY_MODEL
+from tests.api.conftest import ADMIN_TOKEN, TINY_MODEL, MemoryFacade, asgi_client, sign_request
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
