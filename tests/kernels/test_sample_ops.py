@@ -72,3 +72,31 @@ def test_get_ops_picks_backend(tops, monkeypatch):
     assert cuda.backend == "triton" and cuda.rms_norm is tops.rms_norm
     monkeypatch.setenv("RAKIS_KERNELS", "reference")
     assert kernels.get_ops("cuda").backend == "reference"
+
+
+def _brute_force_keep(logits, temperature, top_p, top_k):
+    """Token sets kept by top-k then top-p, by sorting the whole vocabulary per row."""
+    keep = []
+    for row, t, p, k in zip(logits, temperature, top_p, top_k, strict=True):
+        x = row / t
+        vals, ids = x.sort(descending=True)
+        if 0 < k < x.numel():
+            vals, ids = vals[:k], ids[:k]
+        probs = vals.softmax(-1)
+        before = probs.cumsum(-1) - probs
+        keep.append(set(ids[(before < p) | (torch.arange(len(ids)) == 0)].tolist()))
+    return keep
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 12.0])  # flat to peaked: nucleus from huge to tiny
+def test_filter_keeps_exactly_the_brute_force_set(scale):
+    vocab = 3000  # > the 1024 partial-sort candidates, so both paths are exercised
+    logits = torch.randn(5, vocab) * scale
+    temperature = torch.tensor([1.0, 0.7, 1.3, 1.0, 0.9])
+    top_p = torch.tensor([0.9, 1.0, 0.5, 0.99, 0.3])
+    top_k = torch.tensor([0, 20, 0, 1500, 0])
+    x = logits / temperature[:, None]
+    kk = torch.where(top_k <= 0, torch.full_like(top_k, vocab), top_k)
+    kept_x, order = ref._top_k_top_p(x, kk, top_p, torch.zeros(5, dtype=torch.bool))
+    got = [set(order[i][kept_x[i] > float("-inf")].tolist()) for i in range(5)]
+    assert got == _brute_force_keep(logits, temperature, top_p, top_k)
