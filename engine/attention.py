@@ -1,0 +1,169 @@
+"""CPU attention over the paged KV cache, and the op set the model runner uses.
+
+The kernels package defines the op contract (docs/CONTRACTS.md) with plain-torch
+references written for clarity; here are CPU versions of the cache ops written for
+speed on few cores: one gather of each sequence's blocks and one fused
+`scaled_dot_product_attention` call per batch (GQA native, no repeat of K/V), instead
+of per-head einsums. Norm, rotary and sampling come from the references, which
+already match Hugging Face Llama numerics. On CUDA the kernels package's Triton set
+is used (`engine_ops`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+import torch.nn.functional as F
+
+
+def store_kv(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write k, v `[T, Hkv, D]` into their cache slots (`slot_mapping` int64 `[T]`), in place."""
+    _, _, hkv, d = k_cache.shape
+    k_cache.view(-1, hkv, d).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
+    v_cache.view(-1, hkv, d).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+
+
+class _DecodeMeta(threading.local):
+    """Gather indices and mask for one decode batch, reused by every layer.
+
+    The model calls attention once per layer with the same block_tables/seq_lens
+    tensors; building the index and mask once per step instead of once per layer
+    keeps the per-layer overhead to the gather and the attention itself. It holds the
+    tensors it was built from (so their identity cannot be recycled) and is per
+    thread (one engine worker per thread).
+    """
+
+    bt: torch.Tensor | None = None
+    sl: torch.Tensor | None = None
+    idx: torch.Tensor
+    mask: torch.Tensor | None
+
+
+_meta = _DecodeMeta()
+
+
+def _decode_meta(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int) -> _DecodeMeta:
+    m = _meta
+    if m.bt is block_tables and m.sl is seq_lens:
+        return m
+    lens = seq_lens.tolist()
+    max_len = max(lens) if lens else 0
+    nb = max(1, math.ceil(max_len / block_size))
+    offs = torch.arange(block_size, device=block_tables.device)
+    idx = (block_tables[:, :nb].long()[:, :, None] * block_size + offs).reshape(block_tables.shape[0], -1)
+    idx = idx[:, :max_len]
+    if min(lens, default=0) == max_len:
+        mask = None
+    else:
+        pos = torch.arange(max_len, device=block_tables.device)
+        mask = (pos[None, :] < seq_lens[:, None].to(pos.device))[:, None, None, :]
+    m.bt, m.sl, m.idx, m.mask = block_tables, seq_lens, idx, mask
+    return m
+
+
+def paged_attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One query token per sequence over its cached context (own K/V already stored).
+
+    q `[B, Hq, D]` -> `[B, Hq, D]`. Every seq_len must be >= 1.
+    """
+    b, hq, d = q.shape
+    _, bs, hkv, _ = k_cache.shape
+    if b == 0:
+        return torch.empty_like(q)
+    m = _decode_meta(block_tables, seq_lens, bs)
+    k = k_cache.view(-1, hkv, d)[m.idx].transpose(1, 2)  # [B, Hkv, L, D]
+    v = v_cache.view(-1, hkv, d)[m.idx].transpose(1, 2)
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(2), k, v, attn_mask=m.mask, scale=scale, enable_gqa=hkv != hq
+    )
+    return out.squeeze(2)
+
+
+def paged_attention_prefill(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    max_seqlen_q: int,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of packed chunks `[T, Hq, D]` over their cached context.
+
+    Sequence i owns rows cu_seqlens_q[i]:cu_seqlens_q[i+1]; seq_lens[i] counts its
+    context including the chunk (already stored). Query j of a chunk of length n sits
+    at position seq_lens[i] - n + j.
+    """
+    t, hq, d = q.shape
+    _, bs, hkv, _ = k_cache.shape
+    kf = k_cache.view(-1, hkv, d)
+    vf = v_cache.view(-1, hkv, d)
+    cu = cu_seqlens_q.tolist()
+    lens = seq_lens.tolist()
+    outs = []
+    offs = torch.arange(bs, device=q.device)
+    for i, ctx in enumerate(lens):
+        n = cu[i + 1] - cu[i]
+        if n == 0:
+            continue
+        nb = math.ceil(ctx / bs)
+        idx = (block_tables[i, :nb].long()[:, None] * bs + offs).reshape(-1)[:ctx]
+        k = kf[idx].transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
+        v = vf[idx].transpose(0, 1).unsqueeze(0)
+        qi = q[cu[i] : cu[i + 1]].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
+        if n == ctx:
+            o = F.scaled_dot_product_attention(qi, k, v, is_causal=True, scale=scale, enable_gqa=hkv != hq)
+        else:
+            qpos = torch.arange(ctx - n, ctx, device=q.device)
+            mask = torch.arange(ctx, device=q.device)[None, :] <= qpos[:, None]
+            o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, scale=scale, enable_gqa=hkv != hq)
+        outs.append(o[0].transpose(0, 1))
+    if not outs:
+        return torch.empty_like(q)
+    return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+
+
+def cpu_ops():
+    """The engine's CPU op set (a `kernels.Ops`)."""
+    from kernels import Ops, reference
+
+    return Ops(
+        backend="engine-cpu",
+        store_kv=store_kv,
+        paged_attention_decode=paged_attention_decode,
+        paged_attention_prefill=paged_attention_prefill,
+        rms_norm=reference.rms_norm,
+        apply_rotary=reference.apply_rotary,
+        sample=reference.sample,
+    )
+
+
+def engine_ops(device: str | torch.device):
+    """Ops for `device`: the kernels package's Triton set on CUDA when it has one, else ours."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        try:
+            from kernels import get_ops
+
+            ops = get_ops(dev)
+            if ops.backend != "reference":
+                return ops
+        except Exception:  # kernels missing or broken: the CPU-style ops also run on CUDA
+            pass
+    return cpu_ops()

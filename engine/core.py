@@ -1,0 +1,476 @@
+"""EngineCore: one loaded model + one scheduler thread (a "worker").
+
+Callers submit requests from any thread and get a RequestStream back; the worker
+thread owns all scheduling state (blocks, radix tree, sequences), so nothing on
+the hot path takes a lock except the hand-over of new requests and aborts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+
+from engine.attention import engine_ops
+from engine.detok import IncrementalDetokenizer
+from engine.kv_cache import BlockAllocator, KVCache
+from engine.model import AttnBatch, LlamaRunner, resolve_model_dir
+from engine.radix import RadixCache
+from engine.sampling import make_generator, sample_tokens
+from engine.scheduler import Scheduler, Sequence
+from engine.types import (
+    Event,
+    GenerationRequest,
+    GenerationResult,
+    RequestStream,
+    SamplingParams,
+    TokenEvent,
+)
+
+__all__ = [
+    "EngineCore",
+    "GenerationRequest",
+    "GenerationResult",
+    "RequestStream",
+    "SamplingParams",
+    "TokenEvent",
+    "Event",
+]
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_CPU_KV_BYTES = 256 * 1024 * 1024
+
+
+def _available_ram() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 4 << 30
+
+
+class EngineCore:
+    """One model, one scheduler thread: continuous batching over a paged KV cache."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        kv_cache_bytes: int | None = None,
+        kv_cache_fraction: float | None = None,
+        block_size: int = 16,
+        max_batch_size: int = 32,
+        max_num_batched_tokens: int = 512,
+        enable_prefix_cache: bool = True,
+        num_threads: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        from transformers import AutoTokenizer, GenerationConfig
+
+        if block_size < 1 or max_batch_size < 1 or max_num_batched_tokens < 1:
+            raise ValueError("block_size, max_batch_size and max_num_batched_tokens must be >= 1")
+        if kv_cache_bytes is not None and kv_cache_fraction is not None:
+            raise ValueError("give kv_cache_bytes or kv_cache_fraction, not both")
+        if kv_cache_fraction is not None and not (0.0 < kv_cache_fraction <= 1.0):
+            raise ValueError(f"kv_cache_fraction must be in (0, 1], got {kv_cache_fraction}")
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        model_dir = resolve_model_dir(model_dir)
+        self.model_dir = model_dir
+        self.device = device
+        self.model_name = name or model_dir.name
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.runner = LlamaRunner(model_dir, device=device, dtype=dtype)
+        self.ops = engine_ops(device)
+        self.block_size = block_size
+        self.max_model_len = self.runner.max_position
+
+        eos: set[int] = set()
+        try:
+            gen_eos = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
+        except OSError:
+            gen_eos = None
+        for e in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
+            if e is not None:
+                eos.add(int(e))
+        if self.tokenizer.eos_token_id is not None:
+            eos.add(int(self.tokenizer.eos_token_id))
+        self.eos_token_ids = eos
+        self._special_ids = set(self.tokenizer.all_special_ids)
+
+        per_block = KVCache.bytes_per_block(
+            self.runner.num_layers,
+            block_size,
+            self.runner.num_kv_heads,
+            self.runner.head_dim,
+            self.runner.dtype,
+        )
+        if kv_cache_bytes is None:
+            if device.startswith("cuda"):
+                free, _ = torch.cuda.mem_get_info(torch.device(device))
+                kv_cache_bytes = int(free * (kv_cache_fraction or 0.5))
+            elif kv_cache_fraction is not None:
+                kv_cache_bytes = int(_available_ram() * kv_cache_fraction)
+            else:
+                kv_cache_bytes = min(_DEFAULT_CPU_KV_BYTES, _available_ram() // 4)
+        num_blocks = kv_cache_bytes // per_block
+        if num_blocks < 2:
+            raise ValueError(
+                f"kv cache of {kv_cache_bytes} bytes holds fewer than 2 blocks of {per_block} bytes"
+            )
+        self.kv = KVCache(
+            self.runner.num_layers,
+            num_blocks,
+            block_size,
+            self.runner.num_kv_heads,
+            self.runner.head_dim,
+            self.runner.dtype,
+            device,
+        )
+        self.allocator = BlockAllocator(num_blocks)
+        self.radix = RadixCache(self.allocator, block_size) if enable_prefix_cache else None
+        self.scheduler = Scheduler(
+            self.allocator, self.radix, block_size, max_batch_size, max_num_batched_tokens
+        )
+
+        self._lock = threading.Condition()
+        self._inbox: list[Sequence] = []
+        self._aborts: list[str] = []
+        self._active: dict[str, Sequence] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._steps = 0
+        self._tok_window: deque[tuple[float, int]] = deque()
+        self._total_generated = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name=f"engine-{self.model_name}", daemon=True)
+            self._thread.start()
+
+    def stop(self, abort_pending: bool = True) -> None:
+        """Stop the worker thread. abort_pending=False first lets queued work finish."""
+        if not abort_pending:
+            while True:
+                with self._lock:
+                    if not self._active:
+                        break
+                    if self._thread is None or not self._thread.is_alive():
+                        break
+                time.sleep(0.01)
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        self._thread = None
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+        for seq in inbox:
+            self.scheduler.add(seq)
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self._finish(seq, "abort")
+
+    def __enter__(self) -> EngineCore:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ requests
+    def _prompt_ids(self, req: GenerationRequest) -> list[int]:
+        given = [x is not None for x in (req.messages, req.prompt, req.prompt_token_ids)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of messages, prompt or prompt_token_ids")
+        if req.messages is not None:
+            if not isinstance(req.messages, list) or not all(
+                isinstance(m, dict) and "role" in m and "content" in m for m in req.messages
+            ):
+                raise ValueError("messages must be a list of {'role', 'content'} dicts")
+            text = self.tokenizer.apply_chat_template(
+                req.messages, tokenize=False, add_generation_prompt=True
+            )
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        elif req.prompt is not None:
+            if not isinstance(req.prompt, str):
+                raise ValueError("prompt must be a string")
+            ids = self.tokenizer(req.prompt).input_ids
+        else:
+            ids = list(req.prompt_token_ids)  # type: ignore[arg-type]
+            vocab = self.runner.vocab_size
+            if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+                raise ValueError(f"prompt_token_ids must be ints in [0, {vocab})")
+        if not ids:
+            raise ValueError("prompt is empty")
+        return ids
+
+    def submit(self, req: GenerationRequest) -> RequestStream:
+        """Queue a request; raises ValueError (queueing nothing) when it is malformed."""
+        if not isinstance(req.request_id, str) or not req.request_id:
+            raise ValueError("request_id must be a non-empty string")
+        if not isinstance(req.sampling, SamplingParams):
+            raise ValueError("sampling must be a SamplingParams")
+        req.sampling.validate()
+        ids = self._prompt_ids(req)
+        capacity = self.allocator.num_blocks * self.block_size
+        if len(ids) + 1 > min(capacity, self.max_model_len):
+            raise ValueError(
+                f"prompt of {len(ids)} tokens does not fit (limit {min(capacity, self.max_model_len) - 1})"
+            )
+        p = req.sampling
+        stream = RequestStream(req.request_id)
+        seq = Sequence(
+            seq_id=next(self._ids),
+            request=req,
+            stream=stream,
+            params=p,
+            token_ids=ids,
+            num_prompt=len(ids),
+            t_submit=time.monotonic(),
+        )
+        seq.generator = make_generator(p, self.runner.device)
+        seq.detok = IncrementalDetokenizer(self.tokenizer, p.stop, self._special_ids)
+        with self._lock:
+            if req.request_id in self._active:
+                raise ValueError(f"request_id {req.request_id!r} is already active")
+            self._active[req.request_id] = seq
+            self._inbox.append(seq)
+            self._lock.notify_all()
+        return stream
+
+    def generate(self, reqs: list[GenerationRequest]) -> list[GenerationResult]:
+        """Submit all, wait for all (starts the worker if needed)."""
+        self.start()
+        streams = [self.submit(r) for r in reqs]
+        return [s.result() for s in streams]
+
+    def abort(self, request_id: str) -> bool:
+        """Abort a queued or running request; its blocks are freed before its result is sent.
+
+        Returns False when the id is unknown or already finished.
+        """
+        with self._lock:
+            if request_id not in self._active:
+                return False
+            alive = self._thread is not None and self._thread.is_alive()
+            if alive:
+                self._aborts.append(request_id)
+                self._lock.notify_all()
+                return True
+            seq = self._active[request_id]
+            if seq in self._inbox:
+                self._inbox.remove(seq)
+        self._finish(seq, "abort")
+        return True
+
+    def stats(self) -> dict:
+        now = time.monotonic()
+        with self._lock:
+            while self._tok_window and self._tok_window[0][0] < now - 10.0:
+                self._tok_window.popleft()
+            n = sum(c for _, c in self._tok_window)
+            span = (now - self._tok_window[0][0]) if self._tok_window else 0.0
+            waiting = len(self.scheduler.waiting) + len(self._inbox)
+        r = self.radix
+        q = r.query_tokens if r else 0
+        h = r.hit_tokens if r else 0
+        return {
+            "model": self.model_name,
+            "running": len(self.scheduler.running),
+            "waiting": waiting,
+            "kv_blocks_used": self.allocator.num_used,
+            "kv_blocks_total": self.allocator.num_blocks,
+            "kv_blocks_cached": r.num_blocks if r else 0,
+            "prefix_hits": h,
+            "prefix_queries": q,
+            "prefix_hit_rate": (h / q) if q else 0.0,
+            "prefix_hit_requests": r.hit_queries if r else 0,
+            "tokens_per_s": (n / span) if span > 0.5 else 0.0,
+            "generated_tokens": self._total_generated,
+            "preemptions": self.scheduler.num_preemptions,
+            "steps": self._steps,
+        }
+
+    # ------------------------------------------------------------------ worker thread
+    def _loop(self) -> None:
+        sched = self.scheduler
+        while True:
+            with self._lock:
+                while not (self._inbox or self._aborts or sched.has_work() or self._stopping):
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                inbox, self._inbox = self._inbox, []
+                aborts, self._aborts = self._aborts, []
+            for seq in inbox:
+                sched.add(seq)
+            for rid in aborts:
+                seq = self._active.get(rid)
+                if seq is not None and not seq.finished:
+                    self._finish(seq, "abort")
+            if not sched.has_work():
+                continue
+            try:
+                ran = self._step()
+            except Exception as e:  # never let one bad step kill the worker
+                log.exception("engine step failed")
+                for seq in list(sched.running):
+                    self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
+                ran = True
+            if not ran:
+                time.sleep(0.001)
+
+    def _step(self) -> bool:
+        sched = self.scheduler
+        batch = sched.schedule(time.time())
+        for seq in batch.expired:
+            self._finish(seq, "expired")
+        for seq in batch.out_of_memory:
+            self._finish(seq, "length", error="KV cache too small for this sequence")
+        items = batch.items
+        if not items:
+            return bool(batch.expired or batch.out_of_memory)
+
+        bs = self.block_size
+        dev = self.runner.device
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        sample_rows: list[int] = []
+        sample_seqs: list[Sequence] = []
+        dec_tables: list[list[int]] = []
+        dec_lens: list[int] = []
+        pre_tables: list[list[int]] = []
+        pre_lens: list[int] = []
+        cu = [0]
+        max_q = 0
+        nd = 0
+        for seq, chunk in items:
+            start = seq.num_computed
+            end = start + chunk
+            row0 = len(input_ids)
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            blocks = seq.blocks
+            if chunk == 1:
+                slots.append(blocks[start // bs] * bs + start % bs)
+                dec_tables.append(blocks)
+                dec_lens.append(end)
+                nd += 1
+            else:
+                slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
+                pre_tables.append(blocks)
+                pre_lens.append(end)
+                cu.append(cu[-1] + chunk)
+                max_q = max(max_q, chunk)
+            if end == len(seq.token_ids):
+                sample_rows.append(row0 + chunk - 1)
+                sample_seqs.append(seq)
+
+        def table(rows: list[list[int]]) -> torch.Tensor | None:
+            if not rows:
+                return None
+            width = max(len(r) for r in rows)
+            return torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.int32, device=dev)
+
+        attn = AttnBatch(
+            num_decode=nd,
+            decode_block_tables=table(dec_tables),
+            decode_seq_lens=torch.tensor(dec_lens, dtype=torch.int32, device=dev) if dec_lens else None,
+            prefill_block_tables=table(pre_tables),
+            prefill_seq_lens=torch.tensor(pre_lens, dtype=torch.int32, device=dev) if pre_lens else None,
+            prefill_cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=dev) if pre_lens else None,
+            prefill_max_seqlen=max_q,
+        )
+        try:
+            logits = self.runner.forward(
+                self.ops,
+                torch.tensor(input_ids, dtype=torch.long, device=dev),
+                torch.tensor(positions, dtype=torch.long, device=dev),
+                torch.tensor(slots, dtype=torch.long, device=dev),
+                attn,
+                torch.tensor(sample_rows, dtype=torch.long, device=dev),
+                self.kv.k,
+                self.kv.v,
+            )
+            toks = (
+                sample_tokens(
+                    self.ops, logits, [s.params for s in sample_seqs], [s.generator for s in sample_seqs]
+                )
+                if sample_seqs
+                else []
+            )
+        except Exception as e:
+            log.exception("engine forward failed")
+            for seq, _ in items:
+                self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
+            return True
+        sched.update(items)
+        self._steps += 1
+        now = time.monotonic()
+        for seq, tok in zip(sample_seqs, toks, strict=True):
+            self._append_token(seq, tok, now)
+        if toks:
+            with self._lock:
+                self._tok_window.append((now, len(toks)))
+            self._total_generated += len(toks)
+        return True
+
+    def _append_token(self, seq: Sequence, tok: int, now: float) -> None:
+        seq.token_ids.append(tok)
+        if seq.t_first is None:
+            seq.t_first = now
+        index = seq.num_generated - 1
+        p = seq.params
+        delta, hit_stop = seq.detok.add(tok)
+        reason = None
+        if not p.ignore_eos and tok in self.eos_token_ids:
+            reason = "stop"
+        elif hit_stop:
+            reason = "stop"
+        elif seq.num_generated >= p.max_tokens or len(seq.token_ids) >= self.max_model_len:
+            reason = "length"
+        if reason is not None and not hit_stop:
+            delta += seq.detok.flush()
+        seq.stream._emit(TokenEvent(seq.request_id, tok, delta, index))
+        if reason is not None:
+            self._finish(seq, reason)
+
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        if seq.finished:
+            return
+        seq.finished = True
+        self.scheduler.remove(seq)
+        with self._lock:
+            self._active.pop(seq.request_id, None)
+        now = time.monotonic()
+        gen = seq.token_ids[seq.num_prompt :]
+        seq.stream._emit(
+            GenerationResult(
+                request_id=seq.request_id,
+                text=seq.detok.text,
+                token_ids=list(gen),
+                finish_reason=reason,
+                prompt_tokens=seq.num_prompt,
+                completion_tokens=len(gen),
+                cached_tokens=seq.cached_tokens,
+                ttft_s=(seq.t_first - seq.t_submit) if seq.t_first is not None else None,
+                total_s=now - seq.t_submit,
+                error=error,
+            )
+        )

@@ -1,0 +1,201 @@
+"""Llama-family decoder (Llama 2/3, SmolLM2, Mistral without sliding window, Qwen2)
+run over the engine's paged KV cache.
+
+Weights come from transformers' own loader (safetensors directory, or a GGUF file
+converted once by engine.model_files), so every checkpoint format and rope-scaling
+variant transformers understands loads the same way; the forward pass is ours:
+a flat batch of tokens from many sequences (prefill chunks and decode tokens mixed),
+K/V written into cache slots, attention over each sequence's blocks, and logits only
+for the rows that will sample. The arithmetic mirrors Hugging Face's LlamaModel op
+for op so greedy outputs match `generate` token for token in fp32.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+@dataclass
+class AttnBatch:
+    """Attention metadata for one step. Token rows [0, num_decode) are decode tokens
+    (one per sequence), rows [num_decode, T) are packed prefill chunks."""
+
+    num_decode: int
+    decode_block_tables: torch.Tensor | None
+    decode_seq_lens: torch.Tensor | None
+    prefill_block_tables: torch.Tensor | None
+    prefill_seq_lens: torch.Tensor | None
+    prefill_cu_seqlens: torch.Tensor | None
+    prefill_max_seqlen: int
+
+
+class _Layer:
+    __slots__ = ("w_in", "w_qkv", "b_qkv", "w_o", "w_post", "w_gate_up", "w_down")
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """A model directory for `model`: a directory as is, a .gguf file converted once."""
+    p = Path(model)
+    if p.is_file() and p.suffix == ".gguf":
+        from engine.model_files import ensure_converted
+
+        return ensure_converted(p)
+    if not p.is_dir():
+        raise FileNotFoundError(f"model path is neither a directory nor a .gguf file: {p}")
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in model directory {p}")
+    return p
+
+
+class LlamaRunner:
+    """Holds the weights and runs one forward step over a flat token batch."""
+
+    def __init__(
+        self, model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        model_dir = resolve_model_dir(model_dir)
+        config = AutoConfig.from_pretrained(str(model_dir))
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"unsupported model_type {config.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+            if config.model_type == "mistral":
+                raise ValueError("sliding-window attention is not supported")
+        if dtype is None:
+            dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+        hf.eval()
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.num_layers = config.num_hidden_layers
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.hidden_size = config.hidden_size
+        self.vocab_size = config.vocab_size
+        self.eps = config.rms_norm_eps
+        self.max_position = config.max_position_embeddings
+        self.scale = self.head_dim**-0.5
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+
+        dev = self.device
+
+        def t(x: torch.Tensor) -> torch.Tensor:
+            return x.detach().to(device=dev, dtype=dtype).contiguous()
+
+        base = hf.model
+        self.embed = t(base.embed_tokens.weight)
+        self.layers: list[_Layer] = []
+        for hl in base.layers:
+            a, m = hl.self_attn, hl.mlp
+            if getattr(a, "q_norm", None) is not None:
+                raise ValueError("q/k-norm attention (Qwen3-style) is not supported")
+            L = _Layer()
+            L.w_in = t(hl.input_layernorm.weight)
+            L.w_qkv = t(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0))
+            biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
+            L.b_qkv = t(torch.cat(biases, 0)) if all(b is not None for b in biases) else None
+            if a.o_proj.bias is not None or getattr(m.down_proj, "bias", None) is not None:
+                raise ValueError("output/MLP biases are not supported")
+            L.w_o = t(a.o_proj.weight)
+            L.w_post = t(hl.post_attention_layernorm.weight)
+            L.w_gate_up = t(torch.cat([m.gate_proj.weight, m.up_proj.weight], 0))
+            L.w_down = t(m.down_proj.weight)
+            self.layers.append(L)
+        self.norm = t(base.norm.weight)
+        self.lm_head = (
+            t(hf.lm_head.weight) if hf.lm_head.weight is not base.embed_tokens.weight else self.embed
+        )
+        rot = base.rotary_emb
+        from kernels.reference import rotary_cos_sin
+
+        cos, sin = rotary_cos_sin(rot.inv_freq.float().cpu(), self.max_position, float(rot.attention_scaling))
+        self.cos = cos.to(dev)
+        self.sin = sin.to(dev)
+        self.intermediate = self.layers[0].w_down.shape[1]
+        del hf
+
+    def bytes_per_token_kv(self) -> int:
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return self.num_layers * 2 * self.kv_size * elem
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        ops,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        attn: AttnBatch,
+        sample_rows: torch.Tensor,
+        k_cache: list[torch.Tensor],
+        v_cache: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """Run all layers over T tokens; return logits `[len(sample_rows), V]` in fp32."""
+        T = input_ids.shape[0]
+        nd = attn.num_decode
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        qs, kvs = self.q_size, self.kv_size
+        inter = self.intermediate
+        h = F.embedding(input_ids, self.embed)
+        residual = None
+        for li, L in enumerate(self.layers):
+            x, residual = ops.rms_norm(h, L.w_in, self.eps, residual)
+            qkv = F.linear(x, L.w_qkv, L.b_qkv)
+            q = qkv[:, :qs].reshape(T, hq, d)
+            k = qkv[:, qs : qs + kvs].reshape(T, hkv, d)
+            v = qkv[:, qs + kvs :].reshape(T, hkv, d)
+            ops.apply_rotary(q, k, positions, self.cos, self.sin)
+            kc, vc = k_cache[li], v_cache[li]
+            ops.store_kv(k, v, kc, vc, slot_mapping)
+            if nd == T:
+                o = ops.paged_attention_decode(
+                    q, kc, vc, attn.decode_block_tables, attn.decode_seq_lens, self.scale
+                )
+            elif nd == 0:
+                o = ops.paged_attention_prefill(
+                    q,
+                    kc,
+                    vc,
+                    attn.prefill_block_tables,
+                    attn.prefill_seq_lens,
+                    attn.prefill_cu_seqlens,
+                    attn.prefill_max_seqlen,
+                    self.scale,
+                )
+            else:
+                od = ops.paged_attention_decode(
+                    q[:nd], kc, vc, attn.decode_block_tables, attn.decode_seq_lens, self.scale
+                )
+                op = ops.paged_attention_prefill(
+                    q[nd:],
+                    kc,
+                    vc,
+                    attn.prefill_block_tables,
+                    attn.prefill_seq_lens,
+                    attn.prefill_cu_seqlens,
+                    attn.prefill_max_seqlen,
+                    self.scale,
+                )
+                o = torch.cat([od, op], 0)
+            h = F.linear(o.reshape(T, qs), L.w_o)
+            x, residual = ops.rms_norm(h, L.w_post, self.eps, residual)
+            gu = F.linear(x, L.w_gate_up)
+            h = F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], L.w_down)
+        h = h.index_select(0, sample_rows)
+        residual = residual.index_select(0, sample_rows)
+        x, _ = ops.rms_norm(h, self.norm, self.eps, residual)
+        return F.linear(x, self.lm_head).float()

@@ -1,0 +1,150 @@
+"""Public request/response types of the engine core (re-exported by engine.core)."""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+FINISH_REASONS = ("stop", "length", "abort", "expired", "error")
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens. temperature 0 = greedy; a seed makes sampling reproducible
+    and independent of which other requests share the batch."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    max_tokens: int = 128
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field; nothing is queued for a bad request."""
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature):
+            raise ValueError(f"temperature must be a finite number, got {self.temperature!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not isinstance(self.top_p, (int, float)) or not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None, got {self.seed!r}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
+        if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+
+
+@dataclass
+class GenerationRequest:
+    """One generation job. Exactly one of messages (chat template applied), prompt
+    (raw text) or prompt_token_ids. deadline is time.time() seconds."""
+
+    request_id: str
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    deadline: float | None = None
+
+
+@dataclass
+class TokenEvent:
+    """One generated token. text is the decoded delta it completes (may be "" while a
+    multi-byte character is incomplete or text is held back as a possible stop string)."""
+
+    request_id: str
+    token_id: int
+    text: str
+    index: int
+
+
+@dataclass
+class GenerationResult:
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length" | "abort" | "expired" | "error"
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    ttft_s: float | None
+    total_s: float
+    error: str | None = None
+
+
+Event = TokenEvent | GenerationResult
+
+
+class RequestStream:
+    """Thread-safe stream of one request's events; the GenerationResult comes last.
+
+    Produced by EngineCore.submit. Iterate for TokenEvents (blocks), call result() for
+    the final outcome, or add_listener() to be called on the scheduler thread (lets an
+    async loop bridge with call_soon_threadsafe / trio.from_thread without polling).
+    """
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self._q: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[Event], None]] = []
+        self._history: list[Event] = []
+        self._result: GenerationResult | None = None
+        self._done = threading.Event()
+
+    # called by the engine --------------------------------------------------------------
+    def _emit(self, ev: Event) -> None:
+        with self._lock:
+            if self._result is not None:
+                return
+            self._history.append(ev)
+            if isinstance(ev, GenerationResult):
+                self._result = ev
+            listeners = list(self._listeners)
+        self._q.put(ev)
+        for fn in listeners:
+            try:
+                fn(ev)
+            except Exception:  # a broken listener must not stop the scheduler
+                pass
+        if isinstance(ev, GenerationResult):
+            self._done.set()
+
+    # consumer API ----------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def add_listener(self, fn: Callable[[Event], None]) -> None:
+        """Register fn; events already emitted are replayed to it first, in order."""
+        with self._lock:
+            past = list(self._history)
+            self._listeners.append(fn)
+        for ev in past:
+            fn(ev)
+
+    def get(self, timeout: float | None = None) -> Event:
+        """Next event (TokenEvent ... then the GenerationResult); raises queue.Empty on timeout."""
+        return self._q.get(timeout=timeout)
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        while True:
+            ev = self._q.get()
+            if isinstance(ev, GenerationResult):
+                self._q.put(ev)  # keep it available to result()/get()
+                return
+            yield ev
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.request_id} not finished after {timeout} s")
+        assert self._result is not None
+        return self._result
