@@ -138,6 +138,16 @@ async def test_bodies_over_the_limit_get_413_before_being_read(facade: MemoryFac
             "/v1/chat/completions", content=b" " * 5000, headers={"content-type": "application/json"}
         )
         assert r.status_code == 413 and error_code(r) == "body_too_large"
+        # without Content-Length (chunked), the body is cut off once past the limit
+
+        async def chunks():
+            for _ in range(8):
+                yield b" " * 1024
+
+        r = await c.post(
+            "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 413 and error_code(r) == "body_too_large"
         # a frame within the HTTP limit but over the wire limit names the wire reason
         r = await c.post(
             "/v1/requests", content=b"\x00" * (facade.settings.wire.max_frame_bytes + 1), headers=RAW
