@@ -277,6 +277,7 @@ class QuorumMachine:
     outcome_members: tuple[str, ...] = ()
     result_output: str | None = None
     representative: str | None = None
+    _named: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------ construction
 
@@ -388,6 +389,7 @@ class QuorumMachine:
         if len(self.commits) >= self.config.max_commits:
             return actions
         self.commits[node_id] = _Commit(inference_id, bytes(commit), now_ms)
+        self._named = None
         if self.quorum_at_ms is None and len(self.commits) >= self.params.quorum:
             self.quorum_at_ms = now_ms
         return actions + self._progress(now_ms)
@@ -411,6 +413,7 @@ class QuorumMachine:
         for ref in commits[: self.config.max_commits]:
             entries.append((str(ref.node_id).lower(), str(ref.inference_id), bytes(ref.commit)))
         self.reveal_requests[sender] = entries
+        self._named = None
         return actions + self._progress(now_ms)
 
     def reveal_seen(
@@ -476,14 +479,17 @@ class QuorumMachine:
                 out.add(node_id)
         return out
 
-    def named(self) -> set[str]:
-        """Counted commits named by at least one valid reveal request."""
-        names: set[str] = set()
-        for entries in self.reveal_requests.values():
-            match = self._matching(entries)
-            if len(match) >= self.params.quorum:
-                names |= match
-        return names
+    def named(self) -> frozenset[str]:
+        """Counted commits named by at least one valid reveal request (cached: it is
+        read on every event and only changes when a commit or reveal request is added)."""
+        if self._named is None:
+            names: set[str] = set()
+            for entries in self.reveal_requests.values():
+                match = self._matching(entries)
+                if len(match) >= self.params.quorum:
+                    names |= match
+            self._named = frozenset(names)
+        return self._named
 
     def _rr_delay_ms(self) -> int:
         """Grace plus a per-node deterministic jitter in [0, grace], so that usually one
@@ -516,6 +522,7 @@ class QuorumMachine:
             self.published_rr = True
             refs = tuple(CommitRef(n, c.inference_id, c.commit) for n, c in sorted(self.commits.items()))
             self.reveal_requests[self.own_node_id] = [(r.node_id, r.inference_id, r.commit) for r in refs]
+            self._named = None
             actions.append(PublishRevealRequest(self.request_id, refs))
             named = self.named()
             if self.first_valid_rr_ms is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 
@@ -164,7 +165,7 @@ def test_honest_cluster_of_needed_size_wins(quorum: int, pct: float, seed: int) 
     out = find_consensus(emb, quorum=quorum, sec_distance=0.05, sec_percentage=pct)
     assert out.success
     assert set(out.members) == {f"h{k}" for k in range(need)}
-    commits = {m: bytes.fromhex(f"{abs(hash(m)) % 2**64:064x}") for m in out.members}
+    commits = {m: hashlib.sha256(m.encode()).digest() for m in out.members}
     assert pick_representative(RID, commits).startswith("h")
 
 

@@ -251,3 +251,26 @@ def test_own_reveal_once_under_duplicate_reveal_requests() -> None:
         acts += m.reveal_request_seen(pubkey(sender), refs, 20 + sender)
         acts += m.reveal_request_seen(pubkey(sender), refs[::-1], 30 + sender)
     assert sum(isinstance(a, PublishReveal) for a in acts) == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3), st.booleans(), st.binary(min_size=32, max_size=32), st.integers(0, 40_000)
+        ),
+        max_size=30,
+    )
+)
+def test_a_node_is_never_counted_twice(events: list[tuple[int, bool, bytes, int]]) -> None:
+    """Any mix of repeated, conflicting, mis-labelled and late commits counts each key once."""
+    m = _machine()
+    now = 0
+    for who, derived, commit, dt in events:
+        now = min(now + dt % 3_000, 29_999)
+        pk = pubkey(who)
+        iid = inference_id_for(REQUEST_ID, pk) if derived else inference_id_for(REQUEST_ID, pubkey(who + 7))
+        m.commit_seen(pk, iid, commit, now)
+    assert set(m.commits) <= {pubkey(k).hex() for k in range(4)}
+    for node_id, c in m.commits.items():
+        assert c.inference_id == inference_id_for(REQUEST_ID, bytes.fromhex(node_id))
