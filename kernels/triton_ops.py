@@ -145,6 +145,9 @@ def _paged_attention_kernel(
     BT,
     SL,
     CU,
+    M_PART,
+    L_PART,
+    ACC_PART,
     scale_log2,
     stride_qt,
     stride_qh,
@@ -166,8 +169,14 @@ def _paged_attention_kernel(
     IS_DECODE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PARTITION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    if SPLIT:  # decode only: axis 0 indexes context partitions, rows fit one tile
+        split = tl.program_id(0)
+        pid_m = 0
+    else:
+        pid_m = tl.program_id(0)
     b = tl.program_id(1)
     kvh = tl.program_id(2)
 
@@ -200,8 +209,12 @@ def _paged_attention_kernel(
 
     last_tok = tl.minimum(q_len - 1, ((pid_m + 1) * BLOCK_M - 1) // GROUP)
     kv_end = ctx - q_len + last_tok + 1  # causal: nothing past the tile's last query
+    kv_lo = 0
+    if SPLIT:
+        kv_lo = split * PARTITION
+        kv_end = tl.minimum(kv_end, kv_lo + PARTITION)
     bt_row = BT + b.to(tl.int64) * stride_bt
-    for start in range(0, kv_end, BLOCK_N):
+    for start in range(kv_lo, kv_end, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         n_ok = n < kv_end
         blk = tl.load(bt_row + n // block_size, mask=n_ok, other=0).to(tl.int64)
@@ -230,9 +243,63 @@ def _paged_attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
+    if SPLIT:  # partial softmax state for _split_reduce_kernel; empty partitions have l = 0
+        part = ((b * tl.num_programs(2) + kvh) * tl.num_programs(0) + split).to(tl.int64) * BLOCK_M + rows
+        tl.store(M_PART + part, m_i)
+        tl.store(L_PART + part, l_i)
+        tl.store(ACC_PART + part[:, None] * BLOCK_D + d[None, :], acc)
+        return
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # empty context -> zeros
     o_ptrs = OUT + (q_start + tok)[:, None].to(tl.int64) * stride_ot + head[:, None] * stride_oh + d[None, :]
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _split_reduce_kernel(
+    OUT,
+    M_PART,
+    L_PART,
+    ACC_PART,
+    stride_ot,
+    stride_oh,
+    num_splits,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """Merge the per-partition (max, sum, acc) softmax states of one (sequence, kv head)."""
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)
+    d = tl.arange(0, BLOCK_D)
+    m = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for s in range(0, num_splits):
+        part = ((b * tl.num_programs(1) + kvh) * num_splits + s).to(tl.int64) * BLOCK_M + rows
+        m_s = tl.load(M_PART + part)
+        l_s = tl.load(L_PART + part)
+        acc_s = tl.load(ACC_PART + part[:, None] * BLOCK_D + d[None, :])
+        m_new = tl.maximum(m, m_s)
+        a_old = tl.exp2(m - m_new)
+        a_s = tl.exp2(m_s - m_new)
+        l_sum = l_sum * a_old + l_s * a_s
+        acc = acc * a_old[:, None] + acc_s * a_s[:, None]
+        m = m_new
+    out = acc / tl.where(l_sum > 0, l_sum, 1.0)[:, None]
+    head = kvh * GROUP + rows
+    o_ptrs = OUT + b.to(tl.int64) * stride_ot + head[:, None] * stride_oh + d[None, :]
+    tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=(rows[:, None] < GROUP) & (d[None, :] < HEAD_DIM))
+
+
+# Split-KV decode ("flash-decoding"): with few (sequence, kv head) pairs, one program per
+# pair leaves most SMs idle (batch 1 of SmolLM2 = 3 programs on an H100's 132 SMs), so the
+# context is cut into partitions handled by separate programs and merged by a second
+# kernel. The partition count comes from block_tables' width (a shape, not a value), so
+# the launch stays graph-capturable; partitions past a sequence's end exit at once.
+DECODE_PARTITION = 256  # tokens per split program (a multiple of the 64-token key tile)
+SPLIT_BELOW_PROGRAMS = 512  # split only while batch * kv_heads is below this
 
 
 def _launch_attention(
@@ -254,11 +321,22 @@ def _launch_attention(
     if t == 0 or batch == 0:
         return out
     rows = max_seqlen_q * group
+    max_context = block_tables.shape[1] * bs
+    num_splits = triton.cdiv(max_context, DECODE_PARTITION)
+    split = decode and num_splits > 1 and batch * hkv < SPLIT_BELOW_PROGRAMS
     # The CPU interpreter's tl.dot mis-handles bfloat16 (numpy has no bf16); there only, the
     # tiles are upcast to fp32 so bf16 still gets tested. On GPU bf16 goes to tensor cores.
     upcast = q.dtype == torch.bfloat16 and _INTERPRET
     block_m = _pow2(group, 16) if decode else min(64, _pow2(rows, 16))
-    grid = (triton.cdiv(rows, block_m), batch, hkv)
+    block_d = _pow2(d, 16)
+    if split:
+        grid = (num_splits, batch, hkv)
+        m_part = torch.empty(batch * hkv * num_splits * block_m, dtype=torch.float32, device=q.device)
+        l_part = torch.empty_like(m_part)
+        acc_part = torch.empty(m_part.shape[0] * block_d, dtype=torch.float32, device=q.device)
+    else:
+        grid = (triton.cdiv(rows, block_m), batch, hkv)
+        m_part = l_part = acc_part = out  # unused
     _paged_attention_kernel[grid](
         q,
         k_cache,
@@ -267,6 +345,9 @@ def _launch_attention(
         block_tables,
         seq_lens,
         cu_seqlens_q if cu_seqlens_q is not None else seq_lens,
+        m_part,
+        l_part,
+        acc_part,
         scale * _LOG2E,
         q.stride(0),
         q.stride(1),
@@ -281,14 +362,30 @@ def _launch_attention(
         block_tables.stride(0),
         bs,
         HEAD_DIM=d,
-        BLOCK_D=_pow2(d, 16),
+        BLOCK_D=block_d,
         GROUP=group,
         BLOCK_M=block_m,
         BLOCK_N=64,
         IS_DECODE=decode,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast else None,
         UPCAST_DOT=upcast,
+        SPLIT=split,
+        PARTITION=DECODE_PARTITION,
     )
+    if split:
+        _split_reduce_kernel[(batch, hkv)](
+            out,
+            m_part,
+            l_part,
+            acc_part,
+            out.stride(0),
+            out.stride(1),
+            num_splits,
+            HEAD_DIM=d,
+            BLOCK_D=block_d,
+            GROUP=group,
+            BLOCK_M=block_m,
+        )
     return out
 
 

@@ -28,7 +28,9 @@ def _compile(target: GPUTarget, fn, sig: dict[str, str], consts: dict) -> None:
     full = {name: sig.get(name, "constexpr") for name in fn.arg_names}
     kernel = triton.compile(ASTSource(fn, full, consts), target=target)
     assert kernel.asm.get("cubin"), "no cubin produced"
-    print(f"ok {target.arch} {fn.__name__} {sig.get('Q', sig.get('X', sig.get('K')))} {consts}")
+    print(
+        f"ok {target.arch} {fn.__name__} {sig.get('Q', sig.get('X', sig.get('K', sig.get('OUT'))))} {consts}"
+    )
 
 
 def main(arch: int) -> None:
@@ -36,11 +38,18 @@ def main(arch: int) -> None:
     for dt in ("fp16", "bf16", "fp32"):
         p = "*" + dt
         attn = dict(Q=p, K=p, V=p, OUT=p, BT="*i32", SL="*i32", CU="*i32", scale_log2="fp32")
+        attn |= dict(M_PART="*fp32", L_PART="*fp32", ACC_PART="*fp32")
         attn |= {s: "i32" for s in ATTN_INTS.split()}
-        for decode, group in ((True, 3), (True, 1), (False, 3)):
+        for decode, group, split in ((True, 3, False), (True, 3, True), (True, 1, True), (False, 3, False)):
             consts = dict(HEAD_DIM=64, BLOCK_D=64, GROUP=group, BLOCK_M=16 if decode else 64, BLOCK_N=64)
             consts |= dict(IS_DECODE=decode, DOT_PRECISION="ieee" if dt == "fp32" else None, UPCAST_DOT=False)
+            consts |= dict(SPLIT=split, PARTITION=T.DECODE_PARTITION)
             _compile(target, T._paged_attention_kernel, attn, consts)
+        reduce = dict(
+            OUT=p, M_PART="*fp32", L_PART="*fp32", ACC_PART="*fp32", stride_ot="i32", stride_oh="i32"
+        )
+        reduce |= dict(num_splits="i32")
+        _compile(target, T._split_reduce_kernel, reduce, dict(HEAD_DIM=64, BLOCK_D=64, GROUP=3, BLOCK_M=16))
         store = dict(K=p, V=p, KC=p, VC=p, SLOTS="*i64") | {s: "i32" for s in STORE_INTS.split()}
         _compile(target, T._store_kv_kernel, store, dict(NUM_HEADS=3, HEAD_DIM=64, BLOCK_H=4, BLOCK_D=64))
         norm = dict(X=p, R=p, W=p, OUT=p, NEW_R=p, stride_x="i32", stride_r="i32", n_cols="i32", eps="fp32")

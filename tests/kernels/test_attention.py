@@ -28,10 +28,15 @@ def dense_oracle(q, k_cache, v_cache, table, ctx, q_len, scale):
     return out.transpose(0, 1)
 
 
+@pytest.mark.parametrize("partition", [None, 16, 48])  # None: one program per (seq, kv head)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("group", [1, 2, 4])
 @pytest.mark.parametrize("block_size", [1, 4, 16])
-def test_decode_matches_reference_and_oracle(tops, block_size, group, dtype):
+def test_decode_matches_reference_and_oracle(tops, monkeypatch, block_size, group, dtype, partition):
+    if partition is None:
+        monkeypatch.setattr(tops, "SPLIT_BELOW_PROGRAMS", 0)
+    else:  # split-KV: several partitions per sequence, some past a sequence's end
+        monkeypatch.setattr(tops, "DECODE_PARTITION", partition)
     hkv = 2
     seq_lens = [1, 5, 17, 70, 0]  # ragged, crosses block and key-tile edges, one empty (padding) row
     k_cache, v_cache, tables, lens = random_paged_cache(seq_lens, block_size, hkv, HEAD_DIM, dtype)
