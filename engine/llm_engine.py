@@ -179,6 +179,7 @@ class _Worker:
     load_s: float | None = None
     error: str | None = None
     drained: threading.Event = field(default_factory=threading.Event)
+    loaded: threading.Event = field(default_factory=threading.Event)  # load finished or failed
 
     @property
     def available(self) -> bool:
@@ -326,13 +327,18 @@ class LLMEngine:
                     w.state = "draining"
                     if not w.active:
                         w.drained.set()
-        async with anyio.create_task_group() as tg:
-            for w in new:
-                tg.start_soon(self._load_worker, w, path, opts)
-            for w in victims:
-                tg.start_soon(self._unload_worker, w, drain_timeout)
+        errors: list[str] = []
+        # Shielded: a half-done load or unload would leave a core running unseen.
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for w in new:
+                    tg.start_soon(self._load_worker, w, path, opts, errors)
+                for w in victims:
+                    tg.start_soon(self._unload_worker, w, drain_timeout)
         self._abort_unservable()
         self._kick.set()
+        if errors:
+            raise RuntimeError(f"could not load {len(errors)} worker(s) of {model!r}: " + "; ".join(errors))
         with self._lock:
             return sorted(
                 w.worker_id
@@ -340,7 +346,7 @@ class LLMEngine:
                 if w.model == model and w.state in ("loading", "ready")
             )
 
-    async def _load_worker(self, w: _Worker, path: Any, opts: dict[str, Any]) -> None:
+    async def _load_worker(self, w: _Worker, path: Any, opts: dict[str, Any], errors: list[str]) -> None:
         t0 = time.perf_counter()
         try:
             core = await anyio.to_thread.run_sync(self._build_core, w, path, opts)
@@ -349,8 +355,10 @@ class LLMEngine:
                 w.state, w.error = "failed", f"{type(exc).__name__}: {exc}"
                 self._workers.pop(w.worker_id, None)
             w.drained.set()  # a concurrent unload of this worker must not wait forever
+            w.loaded.set()
             self._log.append(LogType.ERROR, worker_id=w.worker_id, model=w.model, message=w.error)
-            raise
+            errors.append(f"{w.worker_id}: {w.error}")
+            return
         with self._lock:
             w.core = core
             w.capacity = int(getattr(core, "max_batch_size", opts.get("max_batch_size", 32)))
@@ -359,6 +367,7 @@ class LLMEngine:
                 w.drained.set()
             else:
                 w.state = "ready"
+        w.loaded.set()
         self._log.append(
             LogType.LOAD,
             worker_id=w.worker_id,
@@ -382,7 +391,8 @@ class LLMEngine:
         return core
 
     async def _unload_worker(self, w: _Worker, drain_timeout: float | None) -> None:
-        # A worker still loading is stopped once its load finishes (drained is set then).
+        # A worker still loading is stopped once its load finishes (it runs nothing yet).
+        await anyio.to_thread.run_sync(w.loaded.wait, abandon_on_cancel=True)
         await anyio.to_thread.run_sync(w.drained.wait, drain_timeout, abandon_on_cancel=True)
         with self._lock:
             left = list(w.active.values())
@@ -448,6 +458,8 @@ class LLMEngine:
         """Per model: workers loading/ready, available ones, free slots, queue.
         Models with no workers are reported with zeros (no error: remote requests
         name models this node may not have)."""
+        if isinstance(models, str):
+            models = [models]
         with self._lock:
             names = (
                 list(dict.fromkeys(models))

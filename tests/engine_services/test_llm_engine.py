@@ -272,3 +272,17 @@ async def test_bad_requests_fail_fast_and_queue_nothing(registry) -> None:
         bad = await eng.run_inference_non_streaming(LLMRequest("tiny", prompt_token_ids=[10**9]))
         assert bad.finish_reason == "error" and "prompt_token_ids" in bad.error
         assert eng.queue_depth() == 0
+
+
+@pytest.mark.anyio
+async def test_failed_load_is_reported_and_leaves_no_worker(tmp_path) -> None:
+    from engine.registry import ModelRegistry
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')
+    async with LLMEngine(ModelRegistry({"broken": broken}), device="cpu") as eng:
+        with pytest.raises(RuntimeError, match=r"could not load 1 worker\(s\) of 'broken': broken#1"):
+            await eng.scale_workers("broken", 1)
+        assert eng.worker_states() == [] and eng.available_models() == []
+        assert [e.worker_id for e in eng.search_logs(type="error")] == ["broken#1"]
