@@ -293,22 +293,30 @@ def _as_row_tensor(value, batch: int, dtype: torch.dtype, device: torch.device, 
 _NUCLEUS_CANDIDATES = 1024
 
 
+def _candidate_count(k: torch.Tensor, p: torch.Tensor, greedy: torch.Tensor, vocab: int) -> int:
+    """How many best logits _top_k_top_p must rank (host tensors, so no device sync)."""
+    topk_on = k < vocab
+    sampled = ~greedy
+    if bool((sampled & ~topk_on & (p >= 1)).any()):
+        return vocab  # a sampled row keeps the whole vocabulary
+    k_on_max = int(torch.where(topk_on, k, 1).max())
+    nucleus_only = bool((sampled & ~topk_on).any())
+    return min(vocab, max(_NUCLEUS_CANDIDATES, k_on_max) if nucleus_only else k_on_max)
+
+
 def _top_k_top_p(
-    x: torch.Tensor, k: torch.Tensor, p: torch.Tensor, greedy: torch.Tensor
+    x: torch.Tensor, k: torch.Tensor, p: torch.Tensor, greedy: torch.Tensor, n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Filtered candidates of scaled logits x `[B, V]`, best first: (logits, vocab ids).
 
     Dropped candidates get -inf. A full-vocabulary sort costs ~5 ms per row at V=49152 on
-    CPU, so only the best max(top_k, 1024) logits are ranked (a partial top-k, O(V));
-    that is exact for rows with top-k on, and for top-p-only rows whose nucleus fits in
-    those candidates (top-p mass is measured against the full softmax). Otherwise the
-    whole vocabulary is sorted.
+    CPU, so only the best n logits are ranked (a partial top-k, O(V)); the caller picks
+    n >= every enabled top_k, which is exact for rows with top-k on, and for top-p-only rows
+    whose nucleus fits in those candidates (top-p mass is measured against the full
+    softmax). If one does not fit, the whole vocabulary is sorted instead.
     """
     vocab = x.shape[1]
     topk_on = k < vocab
-    k_on_max = int(torch.where(topk_on, k, 1).max())
-    nucleus_only = bool((~topk_on & ~greedy & (p < 1)).any())
-    n = min(vocab, max(_NUCLEUS_CANDIDATES, k_on_max) if nucleus_only else k_on_max)
     full_lse = x.logsumexp(dim=-1)
     while True:
         xc, order = x.topk(n, dim=-1) if n < vocab else x.sort(dim=-1, descending=True)
@@ -319,8 +327,10 @@ def _top_k_top_p(
         probs = (masked - lse[:, None]).exp()
         drop |= (probs.cumsum(dim=-1) - probs) >= p[:, None]
         drop[:, 0] = False
+        if n == vocab:
+            return xc.masked_fill(drop, float("-inf")), order
         fits = greedy | topk_on | ((p < 1) & (probs.sum(dim=-1) >= p))
-        if n == vocab or bool(fits.all()):
+        if bool(fits.all()):  # the only host sync, and only for top-p-only rows
             return xc.masked_fill(drop, float("-inf")), order
         n = vocab
 
@@ -344,23 +354,32 @@ def sample(
         raise ValueError(f"logits must be [B, V], got {tuple(logits.shape)}")
     b, vocab = logits.shape
     dev = logits.device
-    temp = _as_row_tensor(temperature, b, torch.float32, dev, "temperature")
-    p = _as_row_tensor(top_p, b, torch.float32, dev, "top_p")
-    k = _as_row_tensor(top_k, b, torch.int64, dev, "top_k")
+    # Parameters are checked and every branch decided on the host, so on CUDA the only
+    # syncs are the caller's read of the result (and a rare top-p fallback).
+    cpu = torch.device("cpu")
+    temp = _as_row_tensor(temperature, b, torch.float32, cpu, "temperature")
+    p = _as_row_tensor(top_p, b, torch.float32, cpu, "top_p")
+    k = _as_row_tensor(top_k, b, torch.int64, cpu, "top_k")
     if generators is not None and len(generators) != b:
         raise ValueError(f"generators must have one entry per row ({b}), got {len(generators)}")
     if torch.any((p <= 0) | (p > 1)):
         raise ValueError("top_p must be in (0, 1]")
+    for i, gen in enumerate(generators or ()):
+        if gen is not None and gen.device != dev:
+            raise ValueError(f"generator {i} is on {gen.device}, logits on {dev}")
 
     greedy = temp <= 0
     if bool(greedy.all()):
         return logits.argmax(dim=-1)
+    k = torch.where((k <= 0) | (k > vocab), torch.full_like(k, vocab), k)
+    filtering = bool((k < vocab).any() or (p < 1).any())
+    n = _candidate_count(k, p, greedy, vocab)
+    temp, p, k, greedy = (t.to(dev, non_blocking=True) for t in (temp, p, k, greedy))
 
     x = logits.float() / torch.where(greedy, torch.ones_like(temp), temp)[:, None]
-    k = torch.where((k <= 0) | (k > vocab), torch.full_like(k, vocab), k)
     order = None
-    if bool((k < vocab).any() or (p < 1).any()):
-        x, order = _top_k_top_p(x, k, p, greedy)
+    if filtering:
+        x, order = _top_k_top_p(x, k, p, greedy, n)
     cdf = x.softmax(dim=-1).cumsum(dim=-1)
 
     # Inverse-CDF draw: one uniform per row (cheap, unlike V exponentials or Gumbels),
@@ -368,8 +387,6 @@ def sample(
     u = torch.rand(b, device=dev)
     for i, gen in enumerate(generators or ()):
         if gen is not None:
-            if gen.device != u.device:
-                raise ValueError(f"generator {i} is on {gen.device}, logits on {u.device}")
             u[i] = torch.rand(1, generator=gen, device=dev)[0]
     choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_(max=cdf.shape[1] - 1)
     sampled = (order.gather(1, choice) if order is not None else choice)[:, 0]

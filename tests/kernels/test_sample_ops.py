@@ -97,6 +97,9 @@ def test_filter_keeps_exactly_the_brute_force_set(scale):
     top_k = torch.tensor([0, 20, 0, 1500, 0])
     x = logits / temperature[:, None]
     kk = torch.where(top_k <= 0, torch.full_like(top_k, vocab), top_k)
-    kept_x, order = ref._top_k_top_p(x, kk, top_p, torch.zeros(5, dtype=torch.bool))
+    greedy = torch.zeros(5, dtype=torch.bool)
+    n = ref._candidate_count(kk, top_p, greedy, vocab)
+    assert n == 1500  # partial ranking first: the fallback must be what catches flat rows
+    kept_x, order = ref._top_k_top_p(x, kk, top_p, greedy, n)
     got = [set(order[i][kept_x[i] > float("-inf")].tolist()) for i in range(5)]
     assert got == _brute_force_keep(logits, temperature, top_p, top_k)
