@@ -120,7 +120,14 @@ def _m1_initial(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial]
+def _m2_outbox(db: sqlite3.Connection) -> None:
+    # Our own packets are written before they are published; `sent` tells a restarted
+    # node which ones never left (received packets are "sent" by definition).
+    db.execute("ALTER TABLE packets ADD COLUMN sent INTEGER NOT NULL DEFAULT 1")
+    db.execute("CREATE INDEX packets_unsent ON packets(sent) WHERE sent = 0")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_outbox]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -365,11 +372,25 @@ class Store:
     ) -> bool:
         """Keep a packet needed for a certificate; True when new."""
         cur = self._write(
-            "INSERT OR IGNORE INTO packets(packet_id, request_id, type, sender_id, frame, own, received_at)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (packet_id, request_id, str(type), sender_id, bytes(frame), int(own), _now_ms()),
+            "INSERT OR IGNORE INTO packets(packet_id, request_id, type, sender_id, frame, own, received_at, sent)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (packet_id, request_id, str(type), sender_id, bytes(frame), int(own), _now_ms(), int(not own)),
         )
         return cur.rowcount == 1
+
+    def mark_sent(self, packet_id: str) -> None:
+        self._write("UPDATE packets SET sent=1 WHERE packet_id=?", (packet_id,))
+
+    def unsent_packets(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        """Own packets persisted but not yet published (oldest first)."""
+        sql = "SELECT * FROM packets WHERE sent=0"
+        params: list[Any] = []
+        if request_id is not None:
+            sql += " AND request_id=?"
+            params.append(request_id)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY received_at, rowid", params).fetchall()
+        return [_packet_row(r) for r in rows]
 
     def packets_for(self, request_id: str, *types: str) -> list[dict[str, Any]]:
         sql = "SELECT * FROM packets WHERE request_id=?"
@@ -380,18 +401,7 @@ class Store:
         sql += " ORDER BY received_at, rowid"
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
-        return [
-            {
-                "packet_id": r["packet_id"],
-                "request_id": r["request_id"],
-                "type": r["type"],
-                "sender_id": r["sender_id"],
-                "frame": bytes(r["frame"]),
-                "own": bool(r["own"]),
-                "received_at": r["received_at"],
-            }
-            for r in rows
-        ]
+        return [_packet_row(r) for r in rows]
 
     def has_packet(self, packet_id: str) -> bool:
         with self._lock:
@@ -450,6 +460,19 @@ class Store:
             else:
                 rows = self._db.execute("SELECT * FROM reputation WHERE node_id=?", (node_id,)).fetchall()
         return {r["node_id"]: {k: int(r[k]) for k in _REP_FIELDS} for r in rows}
+
+
+def _packet_row(r: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "packet_id": r["packet_id"],
+        "request_id": r["request_id"],
+        "type": r["type"],
+        "sender_id": r["sender_id"],
+        "frame": bytes(r["frame"]),
+        "own": bool(r["own"]),
+        "sent": bool(r["sent"]),
+        "received_at": r["received_at"],
+    }
 
 
 def _request_row(r: sqlite3.Row) -> RequestRow:

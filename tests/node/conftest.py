@@ -1,0 +1,119 @@
+"""Fixtures for orchestrator tests: real engines (tiny random Llama, real MiniLM) and
+an in-process packet bus that runs every frame through the real wire decoder.
+
+The bus stands in for gossip only (gossip has its own tests and the e2e suite runs
+real libp2p hosts): each node decodes with its own replay cache, as the gossip
+validator does, and receives frames on its own task so handlers never nest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    from tests.tiny_models import make_tiny_llama_dir
+
+    return make_tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama"), seed=3)
+
+
+class CoreCompute:
+    """`domain.Compute` over one `EngineCore` worker and a real `EmbeddingEngine`."""
+
+    def __init__(self, core, embeddings, model_name: str, gate: trio.Event | None = None) -> None:
+        self.gate = gate  # when given, generation waits for it (to hold a node back)
+        self.core = core
+        self.embeddings = embeddings
+        self.model_name = model_name
+
+    def llm_models(self) -> list[str]:
+        return [self.model_name]
+
+    def embedding_models(self) -> list[str]:
+        return self.embeddings.available_models()
+
+    async def generate(self, request_id, body, models, deadline_s):
+        from engine.types import GenerationRequest, SamplingParams
+        from node.domain import InferenceFailed
+
+        req = GenerationRequest(
+            request_id=f"{request_id}-{id(self)}",
+            messages=[{"role": "user", "content": body.prompt}],
+            sampling=SamplingParams(temperature=body.temperature, max_tokens=body.max_tokens, seed=body.seed),
+            deadline=deadline_s,
+        )
+        if self.gate is not None:
+            await self.gate.wait()
+        stream = self.core.submit(req)
+        res = await trio.to_thread.run_sync(stream.result)
+        if res.finish_reason not in ("stop", "length"):
+            raise InferenceFailed(res.finish_reason)
+        return self.model_name, res.text
+
+    async def embed(self, texts, *, consensus, deadline_s):
+        from engine.embedding import Priority
+
+        res = await self.embeddings.embed(
+            texts, priority=Priority.CONSENSUS if consensus else Priority.NORMAL, deadline=deadline_s
+        )
+        return np.asarray(res.vectors)
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_llama_dir):
+    """One tiny-Llama worker and one MiniLM worker shared by the module's nodes."""
+    import torch
+
+    from engine.core import EngineCore
+    from engine.embedding import EmbeddingEngine
+
+    torch.set_num_threads(1)
+    core = EngineCore(tiny_llama_dir, kv_cache_bytes=16 * 1024 * 1024, name="tiny-llama")
+    core.start()
+    emb = EmbeddingEngine()
+    trio.run(emb.scale_workers, "all-minilm-l6-v2", 1)
+    yield core, emb
+    core.stop()
+    emb.close()
+
+
+class Bus:
+    """Delivers every published frame to every other attached node, decoded afresh."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, trio.MemorySendChannel] = {}
+        self.sent: list[bytes] = []
+
+    def attach(self, node_id: str):
+        """Returns (publish, packets) for the node with this id."""
+        from node import wire
+
+        send, recv = trio.open_memory_channel(10_000)
+        self.nodes[node_id] = send
+        seen = wire.SeenCache()
+
+        async def packets():
+            async for frame in recv:
+                try:
+                    yield wire.decode(frame, seen=seen)
+                except wire.WireError:
+                    continue
+
+        async def publish(frame: bytes) -> None:
+            self.sent.append(frame)
+            for other, ch in list(self.nodes.items()):
+                if other != node_id:
+                    ch.send_nowait(frame)
+
+        return publish, packets()
+
+    def detach(self, node_id: str) -> None:
+        self.nodes.pop(node_id, None)
