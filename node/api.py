@@ -314,7 +314,9 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     @v1.get("/node")
     async def node_info() -> dict[str, Any]:
+        """Summary for the dashboard header and queue panel."""
         settings = getattr(node, "settings", None)
+        metrics.refresh()
         return {
             "node_id": _node_id(node),
             "started_at": node.started_at,
@@ -378,6 +380,10 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -287,10 +287,15 @@ class _EngineTotals(Collector):
 REGISTRY.register(_EngineTotals())
 
 
-def render() -> bytes:
-    """The registry in Prometheus text exposition format (serve with `CONTENT_TYPE`)."""
+def refresh() -> None:
+    """Update the engine-derived gauges now (render() does it; so does /v1/node)."""
     try:
         _refresh_engine_gauges()
     except Exception:  # noqa: BLE001 - stale gauges beat a failed scrape
         pass
+
+
+def render() -> bytes:
+    """The registry in Prometheus text exposition format (serve with `CONTENT_TYPE`)."""
+    refresh()
     return generate_latest(REGISTRY)
