@@ -17,6 +17,19 @@ How the engine uses it (decode only; prefill stays eager because its shapes vary
     hidden = runner(input_ids, positions, slot_mapping, block_tables, seq_lens)
     logits = lm_head(hidden)    # or let the forward return logits; then sample
 
+With engine.model.LlamaRunner the forward is a closure over the op set and the per-layer
+caches (tests/kernels/test_engine_integration.py runs exactly this):
+
+    def model_decode_forward(input_ids, positions, slot_mapping, block_tables, seq_lens):
+        attn = AttnBatch(num_decode=input_ids.shape[0], decode_block_tables=block_tables,
+                         decode_seq_lens=seq_lens, prefill_block_tables=None,
+                         prefill_seq_lens=None, prefill_cu_seqlens=None, prefill_max_seqlen=0)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        return runner.forward(ops, input_ids, positions, slot_mapping, attn, rows, k_cache, v_cache)
+
+Only pure-decode steps go through the graph; mixed prefill + decode steps run eagerly.
+Sampling stays outside (it syncs with the host for per-request parameters and generators).
+
 `model_decode_forward(input_ids, positions, slot_mapping, block_tables, seq_lens) -> Tensor`
 takes input_ids int64 `[B]`, positions int64 `[B]`, slot_mapping int64 `[B]`, block_tables
 int32 `[B, max_blocks_per_seq]`, seq_lens int32 `[B]` (all on `device`) and returns a tensor

@@ -6,6 +6,9 @@ Design notes (why, not what):
   kv head's group). Packing the GQA group into the M dimension means K/V of a kv head are
   read once for all its q heads, and decode (one token, group of 3 for SmolLM2) still fills
   a tensor-core tile (M padded to 16).
+- Decode with few (sequence, kv head) pairs splits the context over several programs and
+  merges their softmax states in a second kernel (flash-decoding), so batch 1 is not
+  limited to a handful of SMs.
 - K/V are addressed per token through the block table (`block = table[pos // block_size]`),
   so any block size works, including ones smaller than the key tile.
 - Nothing here reads device values on the host: grids depend only on shapes and the
