@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -133,7 +134,11 @@ def test_dashboard_event_stream_and_chunked_body_limit(live_server: LiveServer) 
         reader.join(10)
         assert not reader.is_alive() and got[-1]["type"] == "request_accepted"
         # the subscription is dropped when the client goes away
-        live_server.call(lambda: None)
+        for _ in range(50):
+            if not live_server.call(lambda: list(live_server.facade.subscribers)):
+                break
+            time.sleep(0.1)
+        assert live_server.call(lambda: list(live_server.facade.subscribers)) == []
 
         # a chunked body (no Content-Length) is cut off once past the limit; the client
         # may see the 413 or, still sending, just the closed connection
