@@ -147,3 +147,6 @@ def show_id(
 # from node.daemon_cli import node_app; app.add_typer(node_app, name="node")
 # from node.client_cli import submit; app.command()(submit)
 # ---------------------------------------------------------------------------------------
+from node.cli_node import node_app  # noqa: E402
+
+app.add_typer(node_app, name="node")

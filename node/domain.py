@@ -293,22 +293,15 @@ class Orchestrator:
 
     async def submit_request(self, frame: bytes) -> str:
         """API path: decode, check, persist, gossip, then take part like any node."""
+        # (submission metrics are counted by the HTTP layer)
         try:
             pkt = wire.decode(frame, limits=self.config.limits)
         except wire.WireError as e:
-            metrics.REQUESTS_SUBMITTED.labels(verdict="rejected").inc()
-            metrics.REQUESTS_REJECTED.labels(reason=e.reason.value).inc()
             self._note_packet(None, "in", verdict=f"rejected:{e.reason.value}", size=len(frame))
             raise
-        try:
-            rid = self._check_submission(pkt)
-        except RequestRejected as e:
-            metrics.REQUESTS_SUBMITTED.labels(verdict="rejected").inc()
-            metrics.REQUESTS_REJECTED.labels(reason=e.reason).inc()
-            raise
+        rid = self._check_submission(pkt)
         if self.store.get_request(rid) is not None:
             return rid  # duplicate of an accepted request
-        metrics.REQUESTS_SUBMITTED.labels(verdict="accepted").inc()
         self._persist_request(pkt)
         await self._send_frame(pkt.frame, pkt.type)
         self._note_packet(pkt, "in", verdict="accepted (api)")
