@@ -35,7 +35,7 @@ from node.api_errors import ApiError, error_response, install_error_handlers
 from node.api_openai import openai_router
 from node.facade import NodeFacade, RequestRejected
 from node.logs import get_logger
-from node.sse import EventStream
+from node.sse import EventStream, JSONSafeResponse
 
 log = get_logger(__name__)
 
@@ -256,32 +256,29 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     async def submit_request(request: Request) -> JSONResponse:
         """Submit a client-signed `inference_request` frame (raw bytes or JSON base64)."""
         frame = await _decode_submit_body(request)
+        # The facade counts submissions (rakis_requests_submitted/rejected): it sees
+        # every verdict, including duplicates, which the API cannot tell apart.
         try:
             request_id = await node.submit_request(frame)
         except wire.WireError as exc:
-            metrics.REQUESTS_SUBMITTED.labels(verdict="rejected").inc()
-            metrics.REQUESTS_REJECTED.labels(reason=exc.reason.value).inc()
             status = 413 if exc.reason == wire.WireReason.OVERSIZE else 400
             raise ApiError(status, exc.reason.value, f"request frame refused: {exc}") from None
         except RequestRejected as exc:
-            metrics.REQUESTS_SUBMITTED.labels(verdict="rejected").inc()
-            metrics.REQUESTS_REJECTED.labels(reason=exc.reason).inc()
             raise ApiError(
                 _REJECT_STATUS.get(exc.reason, 400), exc.reason, f"request refused: {exc}"
             ) from None
-        metrics.REQUESTS_SUBMITTED.labels(verdict="accepted").inc()
         return JSONResponse({"request_id": request_id})
 
     @v1.get("/requests")
-    async def list_requests(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
-        return {"requests": node.list_requests(limit)}
+    async def list_requests(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONSafeResponse:
+        return JSONSafeResponse({"requests": node.list_requests(limit)})
 
     @v1.get("/requests/{request_id}")
-    async def get_request(request_id: RequestIdPath) -> dict[str, Any]:
+    async def get_request(request_id: RequestIdPath) -> JSONSafeResponse:
         found = node.get_request(request_id)
         if found is None:
             raise ApiError(404, "unknown_request", f"no request {request_id} on this node")
-        return found
+        return JSONSafeResponse(found)
 
     @v1.get("/requests/{request_id}/events")
     async def request_events(request_id: RequestIdPath) -> EventStream:
@@ -313,11 +310,11 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         )
 
     @v1.get("/node")
-    async def node_info() -> dict[str, Any]:
+    async def node_info() -> JSONSafeResponse:
         """Summary for the dashboard header and queue panel."""
         settings = getattr(node, "settings", None)
         metrics.refresh()
-        return {
+        info = {
             "node_id": _node_id(node),
             "started_at": node.started_at,
             "uptime_s": time.time() - node.started_at,
@@ -328,35 +325,36 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
             "peer_count": len(node.peers()),
             "admin_enabled": _admin_token(node) is not None,
         }
+        return JSONSafeResponse(info)
 
     @v1.get("/peers")
-    async def peers() -> dict[str, Any]:
-        return {"peers": node.peers()}
+    async def peers() -> JSONSafeResponse:
+        return JSONSafeResponse({"peers": node.peers()})
 
     @v1.get("/workers")
-    async def workers() -> dict[str, Any]:
-        return {"workers": node.workers()}
+    async def workers() -> JSONSafeResponse:
+        return JSONSafeResponse({"workers": node.workers()})
 
     @v1.post("/workers", dependencies=[Depends(require_admin)])
-    async def scale_workers(body: ScaleWorkers) -> dict[str, Any]:
+    async def scale_workers(body: ScaleWorkers) -> JSONSafeResponse:
         try:
             await node.scale_workers(body.model, body.n)
         except (ValueError, KeyError, LookupError) as exc:
             message = exc.args[0] if exc.args else str(exc)
             raise ApiError(400, "bad_scale_request", str(message), param="model") from None
         log.info("workers_scaled", model=body.model, n=body.n)
-        return {"workers": node.workers()}
+        return JSONSafeResponse({"workers": node.workers()})
 
     @v1.get("/logs")
     async def logs(
         search: Annotated[str | None, Query(max_length=256)] = None,
         last_n: Annotated[int, Query(ge=1, le=10_000)] = 200,
-    ) -> dict[str, Any]:
-        return {"logs": node.logs(last_n=last_n, search=search or None)}
+    ) -> JSONSafeResponse:
+        return JSONSafeResponse({"logs": node.logs(last_n=last_n, search=search or None)})
 
     @v1.get("/packets")
-    async def packets(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-        return {"packets": node.recent_packets(limit)}
+    async def packets(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONSafeResponse:
+        return JSONSafeResponse({"packets": node.recent_packets(limit)})
 
     app.include_router(v1)
     app.include_router(openai_router(node))

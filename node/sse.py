@@ -10,10 +10,12 @@ runs under Hypercorn's trio worker as well as under asyncio test clients.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from enum import Enum
 from typing import Any
 
 import anyio
@@ -32,12 +34,20 @@ Check = Callable[[], tuple[list[Event], bool]]
 
 
 def _json_default(value: Any) -> Any:
+    """Facade data is meant to be JSON already; this keeps a stray bytes value, dataclass,
+    enum or numpy number from turning a read endpoint into a 500."""
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex()
     if isinstance(value, set | frozenset | tuple):
         return list(value)
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _clean(dataclasses.asdict(value))
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return _clean(value.tolist())
     return str(value)
 
 
@@ -54,6 +64,15 @@ def _clean(value: Any) -> Any:
 
 def to_json(value: Any) -> str:
     return json.dumps(_clean(value), default=_json_default, separators=(",", ":"), allow_nan=False)
+
+
+class JSONSafeResponse(Response):
+    """JSON response for facade data, encoded with `to_json` (see `_json_default`)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return to_json(content).encode()
 
 
 def format_event(data: Event) -> bytes:

@@ -163,6 +163,15 @@ async function showDetail(id) {
   holder.replaceChildren(points.length ? clusterPlot(points, 320, true) : el("p", { class: "empty", text: "The plot appears when the request is finished." }));
 }
 
+// A number, or the daemon's {accepted, rejected, missing, score?} counts.
+function reputationScore(r) {
+  if (typeof r === "number") return r;
+  if (!r || typeof r !== "object") return null;
+  if (typeof r.score === "number") return r.score;
+  const a = r.accepted || 0, bad = (r.rejected || 0) + (r.missing || 0);
+  return a + bad ? (a + 1) / (a + bad + 2) : null;
+}
+
 async function refreshPeers() {
   const { peers } = await getJSON("/v1/peers");
   document.getElementById("peer-count").textContent = peers.length;
@@ -170,7 +179,7 @@ async function refreshPeers() {
     const workers = typeof p.workers === "object" && p.workers !== null
       ? (Array.isArray(p.workers) ? p.workers.length : Object.entries(p.workers).map(([m, n]) => `${m}: ${n}`).join(", "))
       : p.workers;
-    const rep = typeof p.reputation === "number" ? p.reputation : null;
+    const rep = reputationScore(p.reputation);
     return el("tr", { class: "peer-row", "data-peer-id": p.peer_id },
       el("td", {}, el("code", { text: short(p.peer_id, 16), title: `${p.peer_id}\nnode ${p.node_id}\n${(p.addrs || []).join("\n")}` })),
       el("td", { text: (p.models || []).join(", ") || "–" }),

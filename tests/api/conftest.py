@@ -31,7 +31,7 @@ from nacl.signing import SigningKey
 from engine.embedding import EmbeddingEngine, Priority
 from engine.llm_engine import LLMEngine
 from engine.registry import DEFAULT_EMBEDDING, ModelRegistry
-from node import wire
+from node import metrics, wire
 from node.api import create_app
 from node.config import load_settings
 from node.facade import RequestRejected
@@ -150,16 +150,17 @@ class MemoryFacade:
 
     # -- requests --
     async def submit_request(self, frame: bytes) -> str:
-        packet = wire.decode(frame, limits=self.settings.wire, seen=None)
-        if packet.type is not wire.PacketType.INFERENCE_REQUEST:
-            raise RequestRejected("not_a_request", f"expected an inference_request, got {packet.type.value}")
+        try:
+            packet = self._check(frame)
+        except wire.WireError as exc:  # counted by the facade, as the daemon does
+            metrics.REQUESTS_REJECTED.labels(reason=exc.reason.value).inc()
+            raise
+        except RequestRejected as exc:
+            metrics.REQUESTS_REJECTED.labels(reason=exc.reason).inc()
+            raise
         if packet.packet_id in self.requests:
             return packet.packet_id
-        if self.seen.check_and_add(packet.packet_id, packet.ts_ms):
-            raise wire.WireError(wire.WireReason.REPLAY, "already seen")
-        if self.reject_next is not None:
-            exc, self.reject_next = self.reject_next, None
-            raise exc
+        metrics.REQUESTS_SUBMITTED.labels(verdict="accepted").inc()
         body = packet.body
         assert isinstance(body, wire.InferenceRequest)
         self.requests[packet.packet_id] = {
@@ -196,6 +197,17 @@ class MemoryFacade:
         )
         self.publish({"type": "request_accepted", "request_id": packet.packet_id})
         return packet.packet_id
+
+    def _check(self, frame: bytes) -> wire.SignedPacket:
+        packet = wire.decode(frame, limits=self.settings.wire, seen=None)
+        if packet.type is not wire.PacketType.INFERENCE_REQUEST:
+            raise RequestRejected("not_a_request", f"expected an inference_request, got {packet.type.value}")
+        if packet.packet_id not in self.requests and self.seen.check_and_add(packet.packet_id, packet.ts_ms):
+            raise wire.WireError(wire.WireReason.REPLAY, "already seen")
+        if self.reject_next is not None:
+            exc, self.reject_next = self.reject_next, None
+            raise exc
+        return packet
 
     def get_request(self, request_id: str) -> dict[str, Any] | None:
         return self.requests.get(request_id)

@@ -384,3 +384,25 @@ async def test_no_5xx_for_junk_bodies(facade: MemoryFacade, path: str) -> None:
                 )
                 assert 400 <= r.status_code < 500, (path, body, ctype, r.status_code, r.text)
                 assert "error" in r.json()
+
+
+async def test_facade_values_that_are_not_plain_json_are_still_served(facade: MemoryFacade) -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Rep:
+        accepted: int
+        score: float
+
+    async with asgi_client(facade) as c:
+        rid = (await c.post("/v1/requests", content=sign_request(), headers=RAW)).json()["request_id"]
+        facade.requests[rid]["certificate"] = {
+            "commit": b"\x01\xff",
+            "score": float("nan"),
+            "v": np.float32(0.5),
+        }
+        facade.peer_list[0]["reputation"] = Rep(3, 0.8)
+        got = (await c.get(f"/v1/requests/{rid}")).json()
+        assert got["certificate"] == {"commit": "01ff", "score": None, "v": 0.5}
+        peers = (await c.get("/v1/peers")).json()["peers"]
+        assert peers[0]["reputation"] == {"accepted": 3, "score": 0.8}
