@@ -256,17 +256,22 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     async def submit_request(request: Request) -> JSONResponse:
         """Submit a client-signed `inference_request` frame (raw bytes or JSON base64)."""
         frame = await _decode_submit_body(request)
-        # The facade counts submissions (rakis_requests_submitted/rejected): it sees
-        # every verdict, including duplicates, which the API cannot tell apart.
+        # Submissions are counted here, not in the facade (a re-sent duplicate of an
+        # accepted request counts as accepted again).
         try:
             request_id = await node.submit_request(frame)
         except wire.WireError as exc:
+            metrics.REQUESTS_SUBMITTED.labels(verdict="rejected").inc()
+            metrics.REQUESTS_REJECTED.labels(reason=exc.reason.value).inc()
             status = 413 if exc.reason == wire.WireReason.OVERSIZE else 400
             raise ApiError(status, exc.reason.value, f"request frame refused: {exc}") from None
         except RequestRejected as exc:
+            metrics.REQUESTS_SUBMITTED.labels(verdict="rejected").inc()
+            metrics.REQUESTS_REJECTED.labels(reason=exc.reason).inc()
             raise ApiError(
                 _REJECT_STATUS.get(exc.reason, 400), exc.reason, f"request refused: {exc}"
             ) from None
+        metrics.REQUESTS_SUBMITTED.labels(verdict="accepted").inc()
         return JSONResponse({"request_id": request_id})
 
     @v1.get("/requests")

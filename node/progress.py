@@ -149,6 +149,8 @@ class PhaseTracker:
     def __exit__(self, *exc: object) -> None:
         self._live.__exit__(*exc)
         if self.last is not None and self.last.get("state") in FINAL_STATES:
+            if not self.console.is_terminal:
+                self.console.print()  # a non-terminal Live leaves the cursor after its last line
             self.print_summary(self.last)
 
     def print_summary(self, req: dict[str, Any]) -> None:

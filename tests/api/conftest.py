@@ -31,7 +31,7 @@ from nacl.signing import SigningKey
 from engine.embedding import EmbeddingEngine, Priority
 from engine.llm_engine import LLMEngine
 from engine.registry import DEFAULT_EMBEDDING, ModelRegistry
-from node import metrics, wire
+from node import wire
 from node.api import create_app
 from node.config import load_settings
 from node.facade import RequestRejected
@@ -150,17 +150,9 @@ class MemoryFacade:
 
     # -- requests --
     async def submit_request(self, frame: bytes) -> str:
-        try:
-            packet = self._check(frame)
-        except wire.WireError as exc:  # counted by the facade, as the daemon does
-            metrics.REQUESTS_REJECTED.labels(reason=exc.reason.value).inc()
-            raise
-        except RequestRejected as exc:
-            metrics.REQUESTS_REJECTED.labels(reason=exc.reason).inc()
-            raise
+        packet = self._check(frame)
         if packet.packet_id in self.requests:
             return packet.packet_id
-        metrics.REQUESTS_SUBMITTED.labels(verdict="accepted").inc()
         body = packet.body
         assert isinstance(body, wire.InferenceRequest)
         self.requests[packet.packet_id] = {
