@@ -28,4 +28,4 @@ def test_kernels_compile_for_h100(tmp_path):
     if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
         pytest.skip("triton's bundled ptxas is unavailable here")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.count("ok 90") == 3 * (4 + 1 + 1 + 2 + 1)
+    assert "all kernel variants compiled" in proc.stdout, proc.stdout[-2000:]
