@@ -222,6 +222,13 @@ async function refreshNode() {
   document.getElementById("scale-form").hidden = !info.admin_enabled;
 }
 
+function verdictClass(v) {
+  const s = String(v || "");
+  if (s.startsWith("reject") || s.startsWith("drop") || s.startsWith("invalid")) return "bad";
+  if (s.startsWith("accept")) return "ok";
+  return "sent";
+}
+
 async function refreshPackets() {
   const { packets } = await getJSON("/v1/packets?limit=30");
   fillTable("packets", packets.map((p) => el("tr", { class: "packet-row" },
@@ -229,7 +236,7 @@ async function refreshPackets() {
     el("td", { text: p.type }),
     el("td", {}, el("code", { text: short(p.from, 10), title: p.from || "" })),
     el("td", { text: p.size ?? "–" }),
-    el("td", {}, el("span", { class: `badge ${p.verdict === "accepted" ? "ok" : "bad"}`, text: p.verdict || "–" })))));
+    el("td", {}, el("span", { class: `badge ${verdictClass(p.verdict)}`, text: p.verdict || "–" })))));
 }
 
 async function refreshLogs() {
@@ -240,8 +247,12 @@ async function refreshLogs() {
   const lines = logs.map((r) => {
     const ts = secs(r.ts ?? r.timestamp);
     const when = ts ? new Date(ts * 1000).toLocaleTimeString() : "";
-    const rest = Object.entries(r).filter(([k]) => !["ts", "timestamp"].includes(k)).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`);
-    return `${when} ${rest.join(" ")}`;
+    const skip = new Set(["ts", "timestamp", "seq", "source", "event", "level", "message"]);
+    const rest = Object.entries(r)
+      .filter(([k, v]) => !skip.has(k) && v !== null && v !== undefined && !(typeof v === "object" && !Object.keys(v).length))
+      .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`);
+    const head = [when, r.source ? `[${r.source}]` : "", r.event || "", r.message || ""].filter(Boolean).join(" ");
+    return `${head}${rest.length ? "  " + rest.join(" ") : ""}`;
   });
   document.getElementById("logs").textContent = lines.length ? lines.join("\n") : "(no matching log entries)";
 }

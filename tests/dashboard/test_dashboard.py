@@ -103,7 +103,7 @@ def test_dashboard_over_facade(live_server: LiveServer, tmp_path: Path) -> None:
 
 def _rakis(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
+        [sys.executable, "-c", "from node.cli import app; app()", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
