@@ -12,6 +12,7 @@ for op so greedy outputs match `generate` token for token in fp32.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,10 @@ class LlamaRunner:
         self.cos = cos.to(dev)
         self.sin = sin.to(dev)
         self.intermediate = self.layers[0].w_down.shape[1]
-        del hf
+        # Drop the HF module tree now (it holds the unfused q/k/v and gate/up copies);
+        # transformers models keep reference cycles, so collect explicitly.
+        del hf, base, rot, hl, a, m
+        gc.collect()
 
     def bytes_per_token_kv(self) -> int:
         elem = torch.empty((), dtype=self.dtype).element_size()

@@ -1,0 +1,275 @@
+"""Throughput benchmark: our EngineCore vs Hugging Face `generate` with static batches.
+
+One process, one fixed workload: N chat requests sharing a system prompt, greedy,
+max_tokens cycling through 16..128. (a) HF `generate`, static batches of 16, left-padded,
+each batch running to its largest max_tokens; (b) our engine, all requests submitted at
+once (continuous batching, prefix cache). Useful tokens = each request's tokens up to
+its own EOS or max_tokens, counted the same way for both. Also batch-1 decode tokens/s
+for both. With --json the last line is a JSON object.
+
+    .venv/bin/python scripts/bench_engine.py [--requests 32] [--threads 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+SYSTEM = (
+    "You are a helpful, concise assistant running on a decentralized inference network. "
+    "Answer the user's question accurately in plain language. If you are unsure, say so. "
+    "Prefer short paragraphs and concrete examples."
+)
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Explain how a refrigerator works.",
+    "Give me three tips for better sleep.",
+    "What is the difference between a list and a tuple in Python?",
+    "Describe the water cycle.",
+    "Why do leaves change color in autumn?",
+    "How does a bicycle stay upright?",
+    "Tell me a fun fact about octopuses.",
+    "What is inflation in economics?",
+    "Summarize the story of Romeo and Juliet.",
+    "How do vaccines work?",
+    "What are black holes?",
+    "Suggest a healthy breakfast.",
+    "How do I make a paper airplane?",
+    "What is the Pythagorean theorem?",
+]
+MAX_TOKENS = [16, 128, 48, 96, 32, 112, 64, 80]
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def pct(xs: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method)."""
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    pos = q / 100 * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def workload(n: int) -> list[tuple[list[dict], int]]:
+    out = []
+    for i in range(n):
+        q = QUESTIONS[i % len(QUESTIONS)]
+        if i >= len(QUESTIONS):
+            q = f"{q} Answer variant {i // len(QUESTIONS)}."
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
+        out.append((msgs, MAX_TOKENS[i % len(MAX_TOKENS)]))
+    return out
+
+
+def useful(tokens: list[int], max_tokens: int, eos: set[int]) -> int:
+    for j, t in enumerate(tokens[:max_tokens]):
+        if t in eos:
+            return j + 1
+    return min(len(tokens), max_tokens)
+
+
+class _FirstStep:
+    """LogitsProcessor that records when HF finished its prefill forward (first token)."""
+
+    def __init__(self) -> None:
+        self.t: float | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.t is None:
+            self.t = time.perf_counter()
+        return scores
+
+
+def run_hf(model, tok, items, eos: set[int], batch: int) -> dict:
+    from transformers import LogitsProcessorList
+
+    tok.padding_side = "left"
+    pad = tok.pad_token_id if tok.pad_token_id is not None else sorted(eos)[0]
+    total = 0
+    ttfts: list[float] = []
+    t0 = time.perf_counter()
+    for s in range(0, len(items), batch):
+        chunk = items[s : s + batch]
+        texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m, _ in chunk]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        first = _FirstStep()
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                max_new_tokens=max(mt for _, mt in chunk),
+                do_sample=False,
+                eos_token_id=sorted(eos),
+                pad_token_id=pad,
+                logits_processor=LogitsProcessorList([first]),
+            )
+        gen = out[:, enc.input_ids.shape[1] :].tolist()
+        for (_, mt), g in zip(chunk, gen, strict=True):
+            total += useful(g, mt, eos)
+            ttfts.append((first.t or time.perf_counter()) - t0)
+    el = time.perf_counter() - t0
+    return {"tokens": total, "seconds": el, "tok_s": total / el, "ttft": ttfts}
+
+
+def run_engine(eng, items) -> dict:
+    from engine.core import GenerationRequest, SamplingParams
+
+    t0 = time.perf_counter()
+    streams = [
+        eng.submit(GenerationRequest(f"b{i}-{time.time_ns()}", SamplingParams(max_tokens=mt), messages=m))
+        for i, (m, mt) in enumerate(items)
+    ]
+    results = [s.result() for s in streams]
+    el = time.perf_counter() - t0
+    total = sum(r.completion_tokens for r in results)
+    return {
+        "tokens": total,
+        "seconds": el,
+        "tok_s": total / el,
+        "ttft": [r.ttft_s for r in results if r.ttft_s is not None],
+        "cached": sum(r.cached_tokens for r in results),
+    }
+
+
+def batch1_engine(eng, n: int) -> float:
+    from engine.core import GenerationRequest, SamplingParams
+
+    s = eng.submit(
+        GenerationRequest(
+            f"b1-{time.time_ns()}",
+            SamplingParams(max_tokens=n, ignore_eos=True),
+            prompt="Once upon a time, in a",
+        )
+    )
+    times = []
+    for _ in s:
+        times.append(time.perf_counter())
+    s.result()
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def batch1_hf(model, tok, n: int) -> float:
+    from transformers import LogitsProcessorList
+
+    enc = tok("Once upon a time, in a", return_tensors="pt")
+    first = _FirstStep()
+    with torch.inference_mode():
+        model.generate(
+            **enc,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            logits_processor=LogitsProcessorList([first]),
+        )
+    end = time.perf_counter()
+    return (n - 1) / (end - first.t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model directory or .gguf (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--hf-batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=512)
+    ap.add_argument("--batch1-tokens", type=int, default=64)
+    ap.add_argument("--skip-hf", action="store_true", help="engine only (no baseline)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.core import EngineCore
+    from engine.model import resolve_model_dir
+    from engine.model_files import default_llm_dir
+
+    model_dir = resolve_model_dir(args.model) if args.model else default_llm_dir()
+    items = workload(args.requests)
+    out: dict = {"model": str(model_dir), "requests": args.requests, "threads": args.threads}
+
+    eng = EngineCore(
+        model_dir,
+        max_batch_size=args.max_batch_size,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        num_threads=args.threads,
+    )
+    eos = eng.eos_token_ids
+    eng.start()
+    run_engine(eng, workload(2))  # warm-up (also warms the prefix cache with the system prompt)
+    e = run_engine(eng, items)
+    out["engine_batch1_tok_s"] = batch1_engine(eng, args.batch1_tokens)
+    st = eng.stats()
+    eng.stop()
+    out.update(
+        engine_tok_s=e["tok_s"],
+        engine_tokens=e["tokens"],
+        engine_seconds=e["seconds"],
+        ttft_p50_s=pct(e["ttft"], 50),
+        ttft_p99_s=pct(e["ttft"], 99),
+        engine_cached_prompt_tokens=e["cached"],
+        prefix_hit_rate=st["prefix_hit_rate"],
+        preemptions=st["preemptions"],
+        peak_rss_mb_after_engine=rss_mb(),
+    )
+    del eng
+
+    if not args.skip_hf:
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        hf.eval()
+        run_hf(hf, tok, workload(2), eos, args.hf_batch)  # warm-up
+        h = run_hf(hf, tok, items, eos, args.hf_batch)
+        out.update(
+            hf_tok_s=h["tok_s"],
+            hf_tokens=h["tokens"],
+            hf_seconds=h["seconds"],
+            hf_ttft_p50_s=pct(h["ttft"], 50),
+            hf_ttft_p99_s=pct(h["ttft"], 99),
+            hf_batch1_tok_s=batch1_hf(hf, tok, args.batch1_tokens),
+            ratio=e["tok_s"] / h["tok_s"],
+            peak_rss_mb=rss_mb(),
+        )
+
+    print(f"model: {model_dir}  requests: {args.requests}  threads: {args.threads}")
+    print(
+        f"engine : {out['engine_tok_s']:.1f} useful tok/s ({out['engine_tokens']} tok in {out['engine_seconds']:.1f} s), "
+        f"TTFT p50 {out['ttft_p50_s']:.2f} s p99 {out['ttft_p99_s']:.2f} s, prefix hit rate {out['prefix_hit_rate']:.2f}, "
+        f"preemptions {out['preemptions']}"
+    )
+    if not args.skip_hf:
+        print(
+            f"HF     : {out['hf_tok_s']:.1f} useful tok/s ({out['hf_tokens']} tok in {out['hf_seconds']:.1f} s), "
+            f"TTFT p50 {out['hf_ttft_p50_s']:.2f} s p99 {out['hf_ttft_p99_s']:.2f} s"
+        )
+        print(f"ratio  : {out['ratio']:.2f}x")
+        print(
+            f"batch-1 decode: engine {out['engine_batch1_tok_s']:.1f} tok/s, HF {out['hf_batch1_tok_s']:.1f} tok/s"
+        )
+    else:
+        print(f"batch-1 decode: engine {out['engine_batch1_tok_s']:.1f} tok/s")
+    print(f"peak RSS: {rss_mb():.0f} MB (engine phase {out['peak_rss_mb_after_engine']:.0f} MB)")
+    if args.json:
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
