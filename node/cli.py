@@ -150,3 +150,12 @@ def show_id(
 from node.cli_node import node_app  # noqa: E402
 
 app.add_typer(node_app, name="node")
+from node.cli_client import logs, result, submit, verify, workers_app  # noqa: E402
+from node.cli_testnet import testnet_app  # noqa: E402
+
+app.command()(submit)
+app.command()(result)
+app.command()(verify)
+app.command()(logs)
+app.add_typer(workers_app, name="workers")
+app.add_typer(testnet_app, name="testnet")

@@ -1,0 +1,403 @@
+"""The signing client: the user's own key, signed requests, a small HTTP client for a node.
+
+A request is signed by the *client*, not by the node it is sent to: the node only
+relays it, so any node on the network can check who asked and that nobody changed the
+security frame on the way. The client key is separate from any node key and lives in
+the user's config directory (``client.key``, 64 hex chars, mode 0600), created on
+first use.
+
+    ident = load_or_create_client_key()
+    frame = sign_request(build_request("Hi", quorum=3), ident)
+    with NodeClient("http://127.0.0.1:8420") as node:
+        rid = node.submit(frame)
+        final = node.wait(rid)            # polls; the CLI uses node.progress.watch_request
+        print(result_summary(final))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import platformdirs
+from pydantic import ValidationError
+
+from consensus.clustering import DEFAULT_SEC_DISTANCE
+from node import wire
+from node.config import DEFAULT_EMBEDDING_MODEL, DEFAULT_LLM_MODEL
+from node.identity import Identity
+
+FINAL_STATES = frozenset({"succeeded", "failed", "expired"})
+DEFAULT_NODE_URL = "http://127.0.0.1:8420"
+NODE_URL_ENV = "RAKIS_NODE"
+CLIENT_KEY_ENV = "RAKIS_CLIENT_KEY"
+CLIENT_KEY_FILENAME = "client.key"
+
+__all__ = [
+    "DEFAULT_NODE_URL",
+    "FINAL_STATES",
+    "ClientError",
+    "NodeClient",
+    "build_request",
+    "default_client_key_path",
+    "default_node_url",
+    "load_or_create_client_key",
+    "result_summary",
+    "sign_request",
+]
+
+
+class ClientError(Exception):
+    """Anything the client cannot do, with a message fit to show the user as is."""
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+# ---- the client key ------------------------------------------------------------------------
+
+
+def default_client_key_path() -> Path:
+    """``$RAKIS_CLIENT_KEY``, else ``<user config dir>/rakis/client.key``."""
+    env = os.environ.get(CLIENT_KEY_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_config_dir("rakis")) / CLIENT_KEY_FILENAME
+
+
+def load_or_create_client_key(path: Path | None = None) -> Identity:
+    """Load the client's ed25519 key, creating it (0600, parents 0700) if it is missing.
+
+    A key file that exists but is unreadable or malformed is an error, never silently
+    replaced: replacing it would change the client's identity.
+    """
+    path = (path or default_client_key_path()).expanduser()
+    if path.exists():
+        try:
+            text = path.read_text(encoding="ascii").strip()
+            seed = bytes.fromhex(text)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ClientError(f"client key {path} is unreadable or not hex: {exc}") from None
+        if len(seed) != 32:
+            raise ClientError(f"client key {path} must hold 64 hex characters, it holds {len(text)}")
+        return Identity.from_seed(seed)
+    ident = Identity.generate()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # O_EXCL: two clients starting at once must not each write a different key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return load_or_create_client_key(path)
+    except OSError as exc:
+        raise ClientError(f"cannot create client key {path}: {exc}") from None
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(ident.seed.hex() + "\n")
+    return ident
+
+
+# ---- requests --------------------------------------------------------------------------------
+
+
+def build_request(
+    prompt: str,
+    *,
+    models: Sequence[str] = (DEFAULT_LLM_MODEL,),
+    quorum: int = 3,
+    max_time_s: float = 120.0,
+    sec_distance: float = DEFAULT_SEC_DISTANCE,
+    sec_percentage: float = 1.0,
+    temperature: float = 0.0,
+    max_tokens: int = 64,
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL,
+    seed: int | None = None,
+    limits: wire.WireLimits | None = None,
+) -> wire.InferenceRequest:
+    """An ``InferenceRequest`` with its security frame, checked against the wire limits.
+
+    Raises ``ClientError`` naming every bad field, so nothing invalid is ever signed.
+    """
+    if not (max_time_s > 0):
+        raise ClientError(f"max_time must be > 0 seconds, got {max_time_s}")
+    data = {
+        "prompt": prompt,
+        "accepted_models": list(models),
+        "temperature": float(temperature),
+        "max_tokens": int(max_tokens),
+        "seed": seed,
+        "security_frame": {
+            "quorum": int(quorum),
+            "max_time_ms": round(max_time_s * 1000),
+            "sec_distance": float(sec_distance),
+            "sec_percentage": float(sec_percentage),
+            "embedding_model": embedding_model,
+        },
+    }
+    try:
+        body = wire.InferenceRequest.model_validate(
+            data, strict=False, context={"limits": limits or wire.DEFAULT_LIMITS}
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ClientError(f"invalid request: {problems}") from None
+    if sec_distance > 2.0:
+        raise ClientError(f"invalid request: sec_distance must be in [0, 2] (cosine), got {sec_distance}")
+    return body
+
+
+def sign_request(body: wire.InferenceRequest, identity: Identity) -> bytes:
+    """The signed frame nodes accept at ``POST /v1/requests``; its id is ``frame_request_id``."""
+    try:
+        return wire.encode(body, identity.signing_key)
+    except wire.WireError as exc:
+        raise ClientError(f"request cannot be sent: {exc}") from None
+
+
+def frame_request_id(frame: bytes) -> str:
+    """The request id of a signed frame (hex sha256 of its payload), as nodes compute it."""
+    return wire.decode(frame, check_time=False).packet_id
+
+
+def result_summary(view: dict[str, Any]) -> dict[str, Any]:
+    """The stable, user-facing part of a request view (what ``--json`` prints)."""
+    members = [
+        {k: m.get(k) for k in ("node_id", "inference_id") if k in m} for m in view.get("members") or []
+    ]
+    return {
+        "request_id": view.get("request_id"),
+        "state": view.get("state"),
+        "answer": view.get("answer"),
+        "members": members,
+        "reason": view.get("reason"),
+        "stage": view.get("stage"),
+        "commits": len(view.get("commits") or []),
+        "reveals": len(view.get("reveals") or []),
+        "prompt": view.get("prompt"),
+        "security_frame": view.get("security_frame"),
+        "created_at": view.get("created_at"),
+        "finished_at": view.get("finished_at"),
+    }
+
+
+# ---- HTTP ------------------------------------------------------------------------------------
+
+
+def default_node_url() -> str:
+    return os.environ.get(NODE_URL_ENV) or DEFAULT_NODE_URL
+
+
+def _error_message(resp: httpx.Response) -> tuple[str, str | None]:
+    """The API's ``{"error": {"code", "message"}}`` or the raw text."""
+    try:
+        err = resp.json().get("error") or {}
+        return str(err.get("message") or resp.text), err.get("code")
+    except (ValueError, AttributeError):
+        return resp.text.strip()[:500] or resp.reason_phrase, None
+
+
+class NodeClient:
+    """A thin synchronous client for one node's HTTP API; every failure is a ClientError."""
+
+    def __init__(self, url: str | None = None, *, timeout: float = 30.0, admin_token: str | None = None):
+        self.url = (url or default_node_url()).rstrip("/")
+        if not self.url.startswith(("http://", "https://")):
+            raise ClientError(f"node URL must start with http:// or https://, got {self.url!r}")
+        headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach node {self.url}: {exc}") from None
+        if resp.status_code >= 400:
+            message, code = _error_message(resp)
+            raise ClientError(
+                f"node {self.url} answered {resp.status_code}: {message}", code=code, status=resp.status_code
+            )
+        return resp
+
+    def submit(self, frame: bytes) -> str:
+        """POST the signed frame; returns the request id the node assigned (== ours)."""
+        resp = self._call(
+            "POST", "/v1/requests", content=frame, headers={"content-type": "application/octet-stream"}
+        )
+        return str(resp.json()["request_id"])
+
+    def get(self, request_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/requests/{request_id}").json()
+
+    def wait(
+        self,
+        request_id: str,
+        *,
+        timeout: float = 900.0,
+        interval: float = 0.5,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the request is final (the CLI follows SSE instead, see node.progress)."""
+        end = time.monotonic() + timeout
+        while True:
+            view = self.get(request_id)
+            if on_update is not None:
+                on_update(view)
+            if view.get("state") in FINAL_STATES:
+                return view
+            if time.monotonic() >= end:
+                raise ClientError(f"request {request_id} not final after {timeout:.0f} s")
+            time.sleep(interval)
+
+    def ready(self) -> bool:
+        try:
+            return self.http.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/workers").json()["workers"]
+
+    def scale_workers(self, model: str, n: int) -> list[dict[str, Any]]:
+        return self._call("POST", "/v1/workers", json={"model": model, "n": n}).json()["workers"]
+
+    def logs(self, *, search: str | None = None, last_n: int = 200) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"last_n": last_n}
+        if search:
+            params["search"] = search
+        return self._call("GET", "/v1/logs", params=params).json()["logs"]
+
+
+def write_certificate(view: dict[str, Any], path: Path) -> Path:
+    """Save a request's certificate as JSON (``rakis verify`` reads it back)."""
+    cert = view.get("certificate")
+    if not cert:
+        raise ClientError(f"request {view.get('request_id')} has no certificate (state {view.get('state')})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cert, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+# ---- offline certificate checks -------------------------------------------------------------
+
+
+def quiet_library_logs() -> None:
+    """The CLI's output is ours: per-request httpx lines are noise at INFO."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _quiet_model_loading() -> None:
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+def _open_frame(frame: bytes) -> tuple[str, bytes, dict[str, Any]]:
+    # No clock-skew check: certificates are checked long after the packets were made.
+    p = wire.decode(frame, check_time=False)
+    return str(p.type), p.sender, p.body.model_dump()
+
+
+def _request_id_of(frame: bytes) -> str:
+    return wire.decode(frame, check_time=False).packet_id
+
+
+def read_certificate(path: Path) -> dict[str, Any]:
+    """The certificate dict in ``path``: a certificate file, or a saved request view
+    (``GET /v1/requests/{id}`` or ``rakis result --json --full``) holding one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ClientError(f"{path} is not JSON: {exc}") from None
+    if isinstance(data, dict) and "request_frame" not in data and isinstance(data.get("certificate"), dict):
+        data = data["certificate"]
+    if not isinstance(data, dict) or "request_frame" not in data:
+        raise ClientError(f"{path} holds no certificate (no request_frame)")
+    return data
+
+
+def verify_certificate_data(
+    data: dict[str, Any],
+    *,
+    embed_fn: Callable[[list[str]], Any] | None = None,
+    hamming_tolerance: int | None = None,
+) -> tuple[bool, list[str], dict[str, Any]]:
+    """Re-check a certificate end to end: ``(ok, problems, facts)``.
+
+    Uses the real embedding model named in the signed request (``embed_fn`` is for
+    callers that already hold one). A certificate of a request that did not succeed
+    is reported as such: it proves no answer.
+    """
+    from consensus.certificate import Certificate, CertificateError, CertificateParams, verify_certificate
+
+    facts: dict[str, Any] = {k: data.get(k) for k in ("request_id", "state", "reason", "verifier")}
+    if not data.get("result"):
+        why = f"{data.get('state') or 'unknown state'}" + (
+            f": {data['reason']}" if data.get("reason") else ""
+        )
+        return (
+            False,
+            [f"the certificate records a request that did not succeed ({why}); it proves no answer"],
+            facts,
+        )
+    try:
+        cert = Certificate.from_json(json.dumps(data))
+    except CertificateError as exc:
+        return False, [str(exc)], facts
+    problems: list[str] = []
+    try:
+        req = wire.decode(cert.request_frame, check_time=False)
+    except wire.WireError as exc:
+        return False, [f"request frame: does not open ({exc})"], facts
+    facts.update(
+        computed_request_id=req.packet_id,
+        client=req.sender_id,
+        prompt=req.body.prompt,
+        embedding_model=req.body.security_frame.embedding_model,
+        members=list(cert.result.members),
+        answer=cert.result.output,
+    )
+    if data.get("request_id") and data["request_id"] != req.packet_id:
+        problems.append(f"request_id {data['request_id']} is not the signed request's id {req.packet_id}")
+    if embed_fn is None:
+        from engine.embedding import load_embed_fn
+
+        _quiet_model_loading()
+
+        try:
+            embed_fn = load_embed_fn(req.body.security_frame.embedding_model)
+        except Exception as exc:  # noqa: BLE001 - unknown model, missing files: say which
+            raise ClientError(
+                f"cannot load embedding model {req.body.security_frame.embedding_model!r}: {exc}"
+            ) from None
+    params = CertificateParams() if hamming_tolerance is None else CertificateParams(hamming_tolerance)
+    report = verify_certificate(
+        cert, open_frame=_open_frame, embed_fn=embed_fn, request_id_of=_request_id_of, params=params
+    )
+    problems.extend(report.problems)
+    facts["rejected_reveals"] = dict(report.rejected)
+    return not problems, problems, facts

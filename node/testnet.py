@@ -1,0 +1,474 @@
+"""A local testnet: N ``rakis node start`` daemons on 127.0.0.1, each in its own data dir.
+
+Layout of a testnet directory (default ``./.rakis-testnet``, or ``$RAKIS_TESTNET_DIR``)::
+
+    .rakis-testnet/
+      testnet.json            which nodes this testnet has (names, ports, ids, threads)
+      node-0/                 a node's data dir: node.key, rakis.db, node.json, daemon.log
+        daemon.pid            "<pid> <start ticks>": the process *we* started
+      certificates/           written by ``rakis testnet demo``
+
+Why the pid file holds the process start time too: ``down`` must stop exactly the
+processes ``up`` started, and a pid alone can be reused by an unrelated process after
+a crash or reboot. Ports and node keys are chosen before any node starts, so all
+nodes start at once (model loading dominates start-up) with every other node as a
+bootstrap peer; the gossip layer redials bootstrap peers that are not up yet.
+
+Nodes on one machine share its cores: each gets ``max(1, cores // N)`` torch threads
+so N nodes do not oversubscribe the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from node import identity as identity_mod
+from node.libp2p_compat import peer_id_from_public_key
+
+TESTNET_FILE = "testnet.json"
+PID_FILE = "daemon.pid"
+NODE_JSON = "node.json"
+LOG_FILE = "daemon.log"
+DEFAULT_DIR_NAME = ".rakis-testnet"
+TESTNET_DIR_ENV = "RAKIS_TESTNET_DIR"
+
+__all__ = [
+    "NodeEntry",
+    "Testnet",
+    "TestnetError",
+    "default_testnet_dir",
+    "threads_per_node",
+]
+
+
+class TestnetError(Exception):
+    """A testnet operation failed; the message says what and where to look."""
+
+    __test__ = False  # not a pytest test class
+
+
+def default_testnet_dir() -> Path:
+    """``$RAKIS_TESTNET_DIR``, else ``./.rakis-testnet`` in the current directory."""
+    env = os.environ.get(TESTNET_DIR_ENV)
+    return Path(env).expanduser() if env else Path.cwd() / DEFAULT_DIR_NAME
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_node(n: int, cores: int | None = None) -> int:
+    """Torch threads per node so that n nodes together use the machine's cores once."""
+    return max(1, (cores or available_cores()) // max(1, n))
+
+
+def rakis_command() -> list[str]:
+    """How to run the CLI: the ``rakis`` script next to this interpreter, else ``python -c``."""
+    script = Path(sys.executable).with_name("rakis")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from node.cli import app; app()"]
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (all held open together, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ---- processes -----------------------------------------------------------------------------
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process start time in clock ticks since boot (/proc), None if unknown/gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after it.
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # zombie: it has exited, only its parent has not reaped it
+        return None
+    return int(fields[19])
+
+
+def _alive(pid: int, ticks: int | None) -> bool:
+    """True when `pid` is still the very process recorded (same start time)."""
+    if Path("/proc").is_dir():
+        now = _start_ticks(pid)
+        return now is not None and (ticks is None or now == ticks)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # someone else's process: certainly not ours
+    return True
+
+
+@dataclass
+class NodeEntry:
+    """One node of the testnet as recorded in testnet.json."""
+
+    name: str
+    data_dir: str
+    api_port: int
+    p2p_port: int
+    node_id: str
+    peer_id: str
+    torch_threads: int
+    fault: str = "honest"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def multiaddr(self) -> str:
+        return f"/ip4/127.0.0.1/tcp/{self.p2p_port}/p2p/{self.peer_id}"
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.data_dir)
+
+    def read_pid(self) -> tuple[int, int | None] | None:
+        try:
+            parts = (self.dir / PID_FILE).read_text().split()
+            return int(parts[0]), (int(parts[1]) if len(parts) > 1 and parts[1] != "-" else None)
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def running_pid(self) -> int | None:
+        """The pid of the daemon we started for this node, if it is still running."""
+        rec = self.read_pid()
+        return rec[0] if rec is not None and _alive(*rec) else None
+
+    def node_json(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.dir / NODE_JSON).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            lines = (self.dir / LOG_FILE).read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(lines[-n:])
+
+
+Progress = Callable[[str, str, int | None, str | None], None]
+
+
+class Testnet:
+    """The testnet in one directory: ``up``, ``status``, ``down``."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or default_testnet_dir()).expanduser().absolute()
+        self._procs: dict[str, subprocess.Popen] = {}  # our children, reaped on down
+
+    # -- records --
+
+    def nodes(self) -> list[NodeEntry]:
+        path = self.root / TESTNET_FILE
+        try:
+            data = json.loads(path.read_text())
+            return [NodeEntry(**n) for n in data["nodes"]]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TestnetError(f"{path} is unreadable ({exc}); remove it to start afresh") from None
+
+    def _save(self, nodes: list[NodeEntry]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        # The directory is scratch space: keep it out of any git checkout it sits in.
+        gi = self.root / ".gitignore"
+        if not gi.exists():
+            gi.write_text("*\n")
+        tmp = self.root / f".{TESTNET_FILE}.tmp"
+        tmp.write_text(json.dumps({"nodes": [asdict(n) for n in nodes]}, indent=2) + "\n")
+        os.replace(tmp, self.root / TESTNET_FILE)
+
+    def running(self) -> list[NodeEntry]:
+        return [n for n in self.nodes() if n.running_pid() is not None]
+
+    # -- up --
+
+    def plan(
+        self, n: int, *, torch_threads: int | None = None, faults: dict[int, str] | None = None
+    ) -> list[NodeEntry]:
+        """Keys, ports and thread counts for n nodes (keys are kept from an earlier run)."""
+        if n < 1:
+            raise TestnetError(f"a testnet needs at least 1 node, got {n}")
+        threads = torch_threads or threads_per_node(n)
+        ports = _free_ports(2 * n)
+        nodes = []
+        for i in range(n):
+            data_dir = self.root / f"node-{i}"
+            try:
+                ident = identity_mod.load_or_create(data_dir)
+            except identity_mod.IdentityError as exc:
+                raise TestnetError(str(exc)) from None
+            nodes.append(
+                NodeEntry(
+                    name=f"node-{i}",
+                    data_dir=str(data_dir),
+                    api_port=ports[2 * i],
+                    p2p_port=ports[2 * i + 1],
+                    node_id=ident.node_id,
+                    peer_id=str(peer_id_from_public_key(ident.public_key)),
+                    torch_threads=threads,
+                    fault=(faults or {}).get(i, "honest"),
+                )
+            )
+        return nodes
+
+    def _command(self, node: NodeEntry, others: list[NodeEntry], models: list[str] | None) -> list[str]:
+        args = rakis_command() + [
+            "--log-json",
+            "node",
+            "start",
+            "--data-dir",
+            node.data_dir,
+            "--api",
+            f"127.0.0.1:{node.api_port}",
+            "--listen",
+            f"/ip4/127.0.0.1/tcp/{node.p2p_port}",
+            "--no-mdns",
+            "--torch-threads",
+            str(node.torch_threads),
+            "--fault",
+            node.fault,
+        ]
+        for other in others:
+            args += ["--bootstrap", other.multiaddr]
+        for m in models or []:
+            args += ["--model", m]
+        return args
+
+    def _env(self, threads: int, extra: dict[str, str] | None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("RAKIS_DATA_DIR", None)  # every node has its own, given by flag
+        env.update(
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+            OMP_NUM_THREADS=str(threads),
+            MKL_NUM_THREADS=str(threads),
+            RAKIS_TORCH_THREADS=str(threads),
+        )
+        env.update(extra or {})
+        return env
+
+    def up(
+        self,
+        n: int,
+        *,
+        models: list[str] | None = None,
+        torch_threads: int | None = None,
+        faults: dict[int, str] | None = None,
+        timeout: float = 600.0,
+        env: dict[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> list[NodeEntry]:
+        """Start n daemons and wait until every one is ready and sees the others.
+
+        On any failure (a daemon exits, the timeout passes, Ctrl-C) every daemon this
+        call started is stopped again and TestnetError names the node and its log tail.
+        """
+        if running := self.running():
+            raise TestnetError(
+                f"a testnet is already running in {self.root} ({len(running)} node(s)); "
+                f"stop it first: rakis testnet down --dir {self.root}"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        nodes = self.plan(n, torch_threads=torch_threads, faults=faults)
+        self._save(nodes)
+        report = progress or (lambda *_: None)
+        try:
+            for node in nodes:
+                self._spawn(node, [o for o in nodes if o is not node], models, env)
+                report(node.name, "loading models", self._procs[node.name].pid, None)
+            self._wait_ready(nodes, timeout, report)
+        except BaseException:
+            self.down(nodes=nodes)
+            raise
+        return nodes
+
+    def _spawn(
+        self, node: NodeEntry, others: list[NodeEntry], models: list[str] | None, env: dict[str, str] | None
+    ) -> None:
+        (node.dir / NODE_JSON).unlink(missing_ok=True)
+        with open(node.dir / LOG_FILE, "ab") as log:
+            proc = subprocess.Popen(
+                self._command(node, others, models),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env(node.torch_threads, env),
+                cwd=node.dir,
+                start_new_session=True,  # keeps running after `rakis testnet up` exits; no Ctrl-C
+            )
+        self._procs[node.name] = proc
+        ticks = _start_ticks(proc.pid)
+        (node.dir / PID_FILE).write_text(f"{proc.pid} {ticks if ticks is not None else '-'}\n")
+
+    def _wait_ready(self, nodes: list[NodeEntry], timeout: float, report: Progress) -> None:
+        end = time.monotonic() + timeout
+        ready: set[str] = set()
+        meshed: set[str] = set()
+        with httpx.Client(timeout=3.0) as http:
+            while len(meshed) < len(nodes):
+                if time.monotonic() > end:
+                    slow = [n.name for n in nodes if n.name not in meshed]
+                    raise TestnetError(
+                        f"testnet not ready after {timeout:.0f} s: {', '.join(slow)}; "
+                        f"log of {slow[0]}:\n{next(n for n in nodes if n.name == slow[0]).log_tail()}"
+                    )
+                for node in nodes:
+                    if node.name in meshed:
+                        continue
+                    proc = self._procs[node.name]
+                    if proc.poll() is not None:
+                        raise TestnetError(
+                            f"{node.name} exited with code {proc.returncode} while starting; "
+                            f"log {node.dir / LOG_FILE}:\n{node.log_tail()}"
+                        )
+                    if node.name not in ready:
+                        info = node.node_json()
+                        if info is None or info.get("pid") != proc.pid or not _get_ok(http, node, "/readyz"):
+                            continue
+                        ready.add(node.name)
+                        report(node.name, "connecting", proc.pid, node.api_url)
+                    if _peer_count(http, node) >= len(nodes) - 1:
+                        meshed.add(node.name)
+                        report(node.name, "ready", proc.pid, node.api_url)
+                time.sleep(0.3)
+
+    # -- status --
+
+    def status(self, *, check_ready: bool = True) -> list[dict[str, Any]]:
+        """One dict per node: name, api_url, peer_id, node_id, pid (None when stopped),
+        running, ready, peers, data_dir, log."""
+        out = []
+        with httpx.Client(timeout=3.0) as http:
+            for node in self.nodes():
+                pid = node.running_pid()
+                info = node.node_json() or {}
+                fresh = pid is not None and info.get("pid") == pid
+                ready = bool(check_ready and fresh and _get_ok(http, node, "/readyz"))
+                out.append(
+                    {
+                        "name": node.name,
+                        "api_url": node.api_url,
+                        "peer_id": node.peer_id,
+                        "node_id": node.node_id,
+                        "pid": pid,
+                        "running": pid is not None,
+                        "ready": ready,
+                        "peers": _peer_count(http, node) if ready else 0,
+                        "multiaddr": node.multiaddr,
+                        "torch_threads": node.torch_threads,
+                        "fault": node.fault,
+                        "data_dir": node.data_dir,
+                        "log": str(node.dir / LOG_FILE),
+                    }
+                )
+        return out
+
+    # -- down --
+
+    def down(self, *, timeout: float = 20.0, nodes: list[NodeEntry] | None = None) -> list[dict[str, Any]]:
+        """SIGTERM every daemon this testnet started, SIGKILL what is left after `timeout`.
+
+        Only processes whose pid file matches (pid and start time) are signalled.
+        Returns one dict per node: name, pid, how ("terminated", "killed", "not running").
+        """
+        targets = nodes if nodes is not None else self.nodes()
+        results: dict[str, dict[str, Any]] = {}
+        live: dict[str, tuple[int, int | None]] = {}
+        for node in targets:
+            rec = node.read_pid()
+            if rec is not None and _alive(*rec):
+                live[node.name] = rec
+                _signal(rec[0], signal.SIGTERM)
+                # A stopped process (SIGSTOP in tests) must be resumed to handle SIGTERM.
+                _signal(rec[0], signal.SIGCONT)
+            results[node.name] = {"name": node.name, "pid": rec[0] if rec else None, "how": "not running"}
+        end = time.monotonic() + timeout
+        while live and time.monotonic() < end:
+            for name, rec in list(live.items()):
+                self._reap(name)
+                if not _alive(*rec):
+                    results[name]["how"] = "terminated"
+                    del live[name]
+            time.sleep(0.1)
+        for name, rec in live.items():
+            _signal(rec[0], signal.SIGKILL)
+            results[name]["how"] = "killed"
+        for name, rec in live.items():
+            for _ in range(50):
+                self._reap(name)
+                if not _alive(*rec):
+                    break
+                time.sleep(0.1)
+        for node in targets:
+            self._reap(node.name, block=True)
+            (node.dir / PID_FILE).unlink(missing_ok=True)
+        return [results[n.name] for n in targets]
+
+    def _reap(self, name: str, block: bool = False) -> None:
+        proc = self._procs.get(name)
+        if proc is None:
+            return
+        if block:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                return
+        if proc.poll() is not None:
+            self._procs.pop(name, None)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _get_ok(http: httpx.Client, node: NodeEntry, path: str) -> bool:
+    try:
+        return http.get(node.api_url + path).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _peer_count(http: httpx.Client, node: NodeEntry) -> int:
+    try:
+        return len(http.get(node.api_url + "/v1/peers").json()["peers"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return 0
