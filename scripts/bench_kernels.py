@@ -140,6 +140,128 @@ def gather_sdpa_prefill(q, kc, vc, table, context, scale):
     )
 
 
+class SyntheticDecoder:
+    """A SmolLM2-shaped Llama decode step with random weights, built only from `ops`.
+
+    It measures what the kernels and the CUDA-graph runner buy for a whole step (30 layers,
+    ~340 launches) without depending on the engine: eager step time vs graph replay, and
+    how far batch 1 is from the HBM bound.
+    """
+
+    def __init__(
+        self, shape: ModelShape, ops, dtype, device, *, max_batch: int, max_context: int, block_size: int
+    ):
+        self.shape, self.ops, self.dtype, self.device = shape, ops, dtype, device
+        self.block_size = block_size
+        h, d, hq, hkv, inter = shape.hidden, shape.head_dim, shape.q_heads, shape.kv_heads, shape.intermediate
+
+        def w(*dims):
+            return (torch.randn(*dims, device=device) * dims[-1] ** -0.5).to(dtype)
+
+        self.embed = w(shape.vocab, h)
+        self.layers = [
+            dict(
+                w_in=torch.ones(h, dtype=dtype, device=device),
+                w_qkv=w((hq + 2 * hkv) * d, h),
+                w_o=w(h, hq * d),
+                w_post=torch.ones(h, dtype=dtype, device=device),
+                w_gu=w(2 * inter, h),
+                w_down=w(h, inter),
+            )
+            for _ in range(shape.layers)
+        ]
+        self.norm = torch.ones(h, dtype=dtype, device=device)
+        self.blocks_per_seq = -(-max_context // block_size)
+        num_blocks = max_batch * self.blocks_per_seq + 1
+        self.k_cache = [
+            torch.zeros(num_blocks, block_size, hkv, d, dtype=dtype, device=device) for _ in self.layers
+        ]
+        self.v_cache = [torch.zeros_like(c) for c in self.k_cache]
+        inv_freq = 1.0 / (100000 ** (torch.arange(0, d, 2, device=device).float() / d))
+        self.cos, self.sin = ref.rotary_cos_sin(inv_freq, max_context + 1)
+
+    def inputs(self, batch: int, context: int):
+        """Step inputs for `batch` sequences that already hold `context - 1` tokens."""
+        dev = self.device
+        tables = (torch.arange(batch * self.blocks_per_seq, device=dev) + 1).view(batch, -1).to(torch.int32)
+        pos = torch.full((batch,), context - 1, dtype=torch.int64, device=dev)
+        blk = tables[:, (context - 1) // self.block_size].long()
+        slots = blk * self.block_size + (context - 1) % self.block_size
+        lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
+        ids = torch.randint(0, self.shape.vocab, (batch,), device=dev)
+        return ids, pos, slots, tables, lens
+
+    def forward(self, input_ids, positions, slot_mapping, block_tables, seq_lens):
+        ops, sh = self.ops, self.shape
+        t = input_ids.shape[0]
+        hq, hkv, d, inter = sh.q_heads, sh.kv_heads, sh.head_dim, sh.intermediate
+        x = F.embedding(input_ids, self.embed)
+        residual = None
+        for i, L in enumerate(self.layers):
+            hdn, residual = ops.rms_norm(x, L["w_in"], 1e-5, residual)
+            qkv = F.linear(hdn, L["w_qkv"])
+            q = qkv[:, : hq * d].view(t, hq, d)
+            k = qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d)
+            v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
+            ops.apply_rotary(q, k, positions, self.cos, self.sin)
+            ops.store_kv(k, v, self.k_cache[i], self.v_cache[i], slot_mapping)
+            o = ops.paged_attention_decode(
+                q, self.k_cache[i], self.v_cache[i], block_tables, seq_lens, d**-0.5
+            )
+            x = F.linear(o.reshape(t, hq * d), L["w_o"])
+            hdn, residual = ops.rms_norm(x, L["w_post"], 1e-5, residual)
+            gu = F.linear(hdn, L["w_gu"])
+            x = F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], L["w_down"])
+        x, _ = ops.rms_norm(x, self.norm, 1e-5, residual)
+        return F.linear(x, self.embed)
+
+
+def bench_decode_step(
+    shape: ModelShape, ops, dtype, device, batches, context: int, block_size: int, iters: int
+):
+    from kernels.cuda_graphs import DecodeGraphRunner
+
+    cuda = device.type == "cuda"
+    model = SyntheticDecoder(
+        shape, ops, dtype, device, max_batch=max(batches), max_context=context, block_size=block_size
+    )
+    runner = DecodeGraphRunner(
+        model.forward,
+        max_batch_size=max(batches),
+        max_blocks_per_seq=model.blocks_per_seq,
+        device=device,
+        buckets=batches,
+    )
+    if cuda:
+        runner.capture()
+    elem = torch.empty((), dtype=dtype).element_size()
+    w_bytes, kv_bytes = shape.bytes_per_decode_token(elem, context)
+    print(f"\n## Whole decode step, synthetic {shape.name} (random weights, {dtype}), context {context}\n")
+    print("| batch | eager step | CUDA-graph step | tokens/s (graph) | batch-1 % of HBM-bound step |")
+    print("|---|---|---|---|---|")
+    for b in batches:
+        args = model.inputs(b, context)
+        t_eager = time_fn(device, iters, model.forward, *args)
+        t_graph = time_fn(device, iters, runner, *args) if cuda else float("nan")
+        bound = ""
+        if cuda and b == 1:
+            bw = _hbm_bandwidth(device)
+            if bw:
+                bound = f"{(w_bytes + kv_bytes) / bw / t_graph * 100:.0f}% (HBM {bw / 1e12:.2f} TB/s)"
+        graph_col = f"{t_graph * 1e6:.0f} us" if cuda else "n/a (CPU)"
+        tps = b / (t_graph if cuda else t_eager)
+        print(f"| {b} | {t_eager * 1e6:.0f} us | {graph_col} | {tps:,.1f} | {bound} |")
+
+
+def _hbm_bandwidth(device) -> float | None:
+    """Nominal HBM bandwidth of known GPUs (bytes/s), by device name; None if unknown."""
+    name = torch.cuda.get_device_name(device).upper()
+    for key, bw in (("H200", 4.8e12), ("H100 PCIE", 2.0e12), ("H100", 3.35e12), ("A100", 2.04e12)):
+        if key in name:
+            return bw
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cuda or cpu")
@@ -153,6 +275,14 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--decode-step",
+        action="store_true",
+        help="also time the synthetic whole decode step on CPU (always on CUDA)",
+    )
+    parser.add_argument(
+        "--step-context", type=int, default=512, help="context length for the decode-step bench"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -228,6 +358,9 @@ def main() -> None:
             baseline = (torch.argmax, logits, -1) if "greedy" in label else (getattr(ref, name), *call_args)
             t_ref = time_fn(device, iters, *baseline)
             print(f"| {label} | {t} | {t_ops * 1e6:.1f} us | {t_ref * 1e6:.1f} us | {t_ref / t_ops:.2f}x |")
+
+    if cuda or args.decode_step:
+        bench_decode_step(shape, ops, dtype, device, batches, args.step_context, args.block_size, iters)
 
     print()
     print(bandwidth_bound_table(shape, elem=2))
