@@ -85,8 +85,27 @@ function clusterPlot(points, size, labels) {
   const sx = (x) => pad + ((x - x0) / (x1 - x0 || 1)) * (size - 2 * pad);
   const sy = (y) => size - pad - ((y - y0) / (y1 - y0 || 1)) * (size - 2 * pad);
   const r = Math.max(3, size / 40);
-  for (const p of points) {
+  // Identical outputs project to one spot: spread each such group on a small ring so
+  // every node stays visible (and clickable for its tooltip).
+  const groups = new Map();
+  const placed = points.map((p) => {
     const cx = x1 === x0 ? size / 2 : sx(p.x), cy = y1 === y0 ? size / 2 : sy(p.y);
+    const key = `${Math.round(cx / r)},${Math.round(cy / r)}`;
+    if (!groups.has(key)) groups.set(key, []);
+    const item = { p, cx, cy };
+    groups.get(key).push(item);
+    return item;
+  });
+  for (const group of groups.values()) {
+    if (group.length < 2) continue;
+    const ring = r * (1.2 + group.length * 0.25);
+    group.forEach((item, i) => {
+      const a = (2 * Math.PI * i) / group.length - Math.PI / 2;
+      item.cx += ring * Math.cos(a);
+      item.cy += ring * Math.sin(a);
+    });
+  }
+  for (const { p, cx, cy } of placed) {
     const dot = svg("circle", { cx, cy, r, class: p.in_cluster ? "point in" : "point out" });
     dot.append(svg("title", {}, `${p.in_cluster ? "in cluster" : "outlier"} · node ${short(p.node_id, 12)} · inference ${short(p.inference_id, 12)}`));
     plot.append(dot);

@@ -1,12 +1,13 @@
 """The dashboard in a real headless browser (Debian chromium via playwright).
 
 `test_dashboard_over_facade` serves a node facade with real engines through Hypercorn
-and checks everything the dashboard shows. `test_dashboard_on_3_node_testnet` is the
-issue's end-to-end check on real daemons; it is skipped until `rakis testnet` exists.
+and checks everything the dashboard shows (~15 s). `test_dashboard_on_3_node_testnet`
+is the issue's end-to-end check on three real daemons (~80 s on 2 shared cores).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ OUTPUTS = [
     ("bb" * 32, "The capital of France is Paris."),
     ("cc" * 32, "It is Paris, the French capital."),
     ("dd" * 32, "Bananas are a good source of potassium."),
+    ("ee" * 32, "Paris is the capital of France."),  # same output as aa: same point
 ]
 RAW = {"content-type": "application/octet-stream"}
 
@@ -58,9 +60,13 @@ def test_dashboard_over_facade(live_server: LiveServer, tmp_path: Path) -> None:
         row.click()
         plot = page.locator("#detail-plot svg.cluster-plot")
         plot.wait_for(timeout=10_000)
-        assert plot.get_attribute("data-points") == "4"
-        assert plot.locator("circle.in").count() == 3
+        assert plot.get_attribute("data-points") == "5"
+        assert plot.locator("circle.in").count() == 4
         assert plot.locator("circle.out").count() == 1
+        centres = plot.locator("circle").evaluate_all(
+            "cs => cs.map(c => c.getAttribute('cx') + ',' + c.getAttribute('cy'))"
+        )
+        assert len(set(centres)) == 5  # identical outputs are spread apart, all visible
         assert "Paris" in page.locator("#detail-fields").inner_text()
 
         # a new request shows up live (SSE-triggered refresh), still pending
@@ -94,7 +100,7 @@ def test_dashboard_over_facade(live_server: LiveServer, tmp_path: Path) -> None:
         page.wait_for_selector("#scale-result.okmsg", timeout=10_000)
         assert facade.scaled == [(TINY_MODEL, 2)]
 
-        shot = Path(os.environ.get("RAKIS_DASHBOARD_SHOT", tmp_path / "dashboard.png"))
+        shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
         # the only failed load is the refused scale request
@@ -114,7 +120,10 @@ def _rakis(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.skip(reason="enable when `rakis testnet up/status/down` and `rakis submit` exist (lead)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("node.testnet") is None,
+    reason="needs `rakis testnet up/status/down` and `rakis submit` (node/testnet.py)",
+)
 def test_dashboard_on_3_node_testnet(tmp_path: Path) -> None:
     """Issue 10: a 3-node testnet, one signed request, the dashboard shows 3 peers and
     the finished request with its cluster plot; screenshot saved under tmp_path."""
