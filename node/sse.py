@@ -124,6 +124,8 @@ class EventStream(Response):
                 await self._emit(rx, send)
             except OSError:
                 pass  # client went away mid-write
+            except Exception:  # a failing check(): end this stream, keep the server
+                log.exception("sse_stream_failed")
             tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True), anyio.move_on_after(1):
             try:
@@ -133,8 +135,9 @@ class EventStream(Response):
 
     async def _pump(self, tx: ObjectSendStream[Event]) -> None:
         async with tx:
-            events = self.subscribe()
+            events: Any = None
             try:
+                events = self.subscribe()
                 async for event in events:
                     await tx.send(event)
             except Exception:  # a broken subscription ends this stream, not the server
