@@ -186,6 +186,8 @@ Progress = Callable[[str, str, int | None, str | None], None]
 class Testnet:
     """The testnet in one directory: ``up``, ``status``, ``down``."""
 
+    __test__ = False  # not a pytest test class
+
     def __init__(self, root: Path | None = None) -> None:
         self.root = (root or default_testnet_dir()).expanduser().absolute()
         self._procs: dict[str, subprocess.Popen] = {}  # our children, reaped on down
