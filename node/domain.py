@@ -88,8 +88,10 @@ class Compute(Protocol):
         Raises InferenceFailed when no output was produced (e.g. the deadline passed)."""
         ...
 
-    async def embed(self, texts: list[str], *, consensus: bool, deadline_s: float | None) -> np.ndarray:
-        """Float embeddings, one row per text; ``consensus`` = verification priority."""
+    async def embed(
+        self, texts: list[str], *, model: str, consensus: bool, deadline_s: float | None
+    ) -> np.ndarray:
+        """Float embeddings by ``model``, one row per text; ``consensus`` = verification priority."""
         ...
 
 
@@ -443,8 +445,8 @@ class Orchestrator:
             return
         held = set(self.compute.llm_models())
         models = [m for m in live.body.accepted_models if m in held]
-        if not models:
-            return
+        if not models or live.body.security_frame.embedding_model not in self.compute.embedding_models():
+            return  # we could not commit to an embedding others can check
         live.inferring = True
         self._nursery.start_soon(self._infer, rid, live, models)
 
@@ -464,7 +466,12 @@ class Orchestrator:
                 metrics.CONSENSUS_PHASE_SECONDS.labels(phase="inference").observe(time.monotonic() - t0)
                 self.store.upsert_inference(rid, iid, state="inferred", model=model, output=output)
             t0 = time.monotonic()
-            emb = await self.compute.embed([output], consensus=False, deadline_s=ending_s)
+            emb = await self.compute.embed(
+                [output],
+                model=live.body.security_frame.embedding_model,
+                consensus=False,
+                deadline_s=ending_s,
+            )
             metrics.CONSENSUS_PHASE_SECONDS.labels(phase="embed").observe(time.monotonic() - t0)
         except InferenceFailed as e:
             self.store.upsert_inference(rid, iid, state="failed", reason=str(e)[:500])
@@ -659,7 +666,12 @@ class Orchestrator:
                 return
             else:
                 t0 = time.monotonic()
-                emb = await self.compute.embed([a.output], consensus=True, deadline_s=a.deadline_ms / 1000)
+                emb = await self.compute.embed(
+                    [a.output],
+                    model=live.body.security_frame.embedding_model,
+                    consensus=True,
+                    deadline_s=a.deadline_ms / 1000,
+                )
                 metrics.CONSENSUS_PHASE_SECONDS.labels(phase="verify").observe(time.monotonic() - t0)
                 vec = np.asarray(emb[0], dtype=np.float32)
         except Exception as e:

@@ -85,12 +85,14 @@ class EngineCompute:
             raise InferenceFailed(f"{res.finish_reason}: {res.error or ''}".strip(": "))
         return res.model or models[0], res.text
 
-    async def embed(self, texts: list[str], *, consensus: bool, deadline_s: float | None) -> np.ndarray:
+    async def embed(
+        self, texts: list[str], *, model: str, consensus: bool, deadline_s: float | None
+    ) -> np.ndarray:
         from engine import Priority
 
         res = await self.embeddings.embed(
             texts,
-            model=self.embedding_model,
+            model=model,
             priority=Priority.CONSENSUS if consensus else Priority.NORMAL,
             deadline=deadline_s,
         )

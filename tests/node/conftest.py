@@ -58,11 +58,14 @@ class CoreCompute:
             raise InferenceFailed(res.finish_reason)
         return self.model_name, res.text
 
-    async def embed(self, texts, *, consensus, deadline_s):
+    async def embed(self, texts, *, model, consensus, deadline_s):
         from engine.embedding import Priority
 
         res = await self.embeddings.embed(
-            texts, priority=Priority.CONSENSUS if consensus else Priority.NORMAL, deadline=deadline_s
+            texts,
+            model=model,
+            priority=Priority.CONSENSUS if consensus else Priority.NORMAL,
+            deadline=deadline_s,
         )
         return np.asarray(res.vectors)
 
@@ -91,6 +94,7 @@ class Bus:
     def __init__(self) -> None:
         self.nodes: dict[str, trio.MemorySendChannel] = {}
         self.sent: list[bytes] = []
+        self.down: set[str] = set()  # node ids whose publish fails (gossip down)
 
     def attach(self, node_id: str):
         """Returns (publish, packets) for the node with this id."""
@@ -108,6 +112,8 @@ class Bus:
                     continue
 
         async def publish(frame: bytes) -> None:
+            if node_id in self.down:
+                raise RuntimeError("gossip is down")
             self.sent.append(frame)
             for other, ch in list(self.nodes.items()):
                 if other != node_id:

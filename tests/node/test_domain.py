@@ -252,3 +252,69 @@ def test_restart_reveals_commit_made_before_stop_and_serves_results(tmp_path, en
                 net.stop(n)
 
     trio.run(main)
+
+
+def test_unsent_packets_are_published_after_restart(tmp_path, engines):
+    """Persist first, publish second: a commit that could not be sent before the stop
+    is sent by the restarted node, and the request completes."""
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            net = Net(tmp_path, engines, nursery)
+            a = await net.start("a")
+            ident_c = Identity.generate()
+            c = await net.start("c", identity=ident_c)
+            net.bus.down.add(ident_c.node_id)
+            frame = make_request(Identity.generate(), quorum=2, max_time_ms=40_000)
+            rid = await a.submit_request(frame)
+            await net.bus.nodes[ident_c.node_id].send(frame)  # c hears the request, cannot answer
+            with trio.fail_after(60):
+                while c.get_request(rid) is None or c.get_request(rid)["stage"] != "committed":
+                    await trio.sleep(0.1)
+            assert [p["type"] for p in c.store.unsent_packets(rid)] == ["inference_commit"]
+            net.stop("c")
+            net.bus.down.discard(ident_c.node_id)
+            c2 = await net.start("c", identity=ident_c)
+            assert c2.store.unsent_packets(rid) == []
+            v = await wait_final(a, rid)
+            assert v["state"] == "succeeded", explain(v, net)
+            assert ident_c.node_id in {m["node_id"] for m in v["members"]}
+            for n in list(net.nodes):
+                net.stop(n)
+
+    trio.run(main)
+
+
+def test_request_past_its_deadline_is_expired_and_refused_at_submit(tmp_path, engines):
+    async def main():
+        async with trio.open_nursery() as nursery:
+            net = Net(tmp_path, engines, nursery)
+            a = await net.start("a")
+            body = wire.InferenceRequest(
+                prompt="late",
+                accepted_models=["tiny-llama"],
+                temperature=0.0,
+                max_tokens=4,
+                security_frame=wire.SecurityFrame(
+                    quorum=1,
+                    max_time_ms=1000,
+                    sec_distance=0.1,
+                    sec_percentage=1.0,
+                    embedding_model="all-minilm-l6-v2",
+                ),
+            )
+            import time
+
+            old = wire.encode(body, Identity.generate().signing_key, ts_ms=int(time.time() * 1000) - 5000)
+            with pytest.raises(RequestRejected) as e:
+                await a.submit_request(old)
+            assert e.value.reason == "expired"
+            # The same frame arriving by gossip is recorded as expired, never run.
+            await a.handle_packet(wire.decode(old))
+            v = a.get_request(wire.decode(old).packet_id)
+            assert (v["state"], v["reason"]) == ("expired", "expired")
+            assert a.store.get_inference(v["request_id"]) is None
+            for n in list(net.nodes):
+                net.stop(n)
+
+    trio.run(main)
