@@ -33,10 +33,12 @@ def dense_oracle(q, k_cache, v_cache, table, ctx, q_len, scale):
 @pytest.mark.parametrize("group", [1, 2, 4])
 @pytest.mark.parametrize("block_size", [1, 4, 16])
 def test_decode_matches_reference_and_oracle(tops, monkeypatch, block_size, group, dtype, partition):
+    from kernels import triton_ops  # the module itself: `tops` may be a device proxy
+
     if partition is None:
-        monkeypatch.setattr(tops, "SPLIT_BELOW_PROGRAMS", 0)
+        monkeypatch.setattr(triton_ops, "SPLIT_BELOW_PROGRAMS", 0)
     else:  # split-KV: several partitions per sequence, some past a sequence's end
-        monkeypatch.setattr(tops, "DECODE_PARTITION", partition)
+        monkeypatch.setattr(triton_ops, "DECODE_PARTITION", partition)
     hkv = 2
     seq_lens = [1, 5, 17, 70, 0]  # ragged, crosses block and key-tile edges, one empty (padding) row
     k_cache, v_cache, tables, lens = random_paged_cache(seq_lens, block_size, hkv, HEAD_DIM, dtype)
