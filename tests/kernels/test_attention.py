@@ -145,3 +145,22 @@ def test_bad_shapes_raise_and_change_nothing(tops, impl):
             torch.randn(2, 2, HEAD_DIM), k_cache, v_cache, tables, lens, torch.tensor([0, 2, 2]), 2, 1.0
         )
     assert torch.equal(k_cache, before)
+
+
+@pytest.mark.parametrize("head_dim", [24, 64])  # 24: not a power of two (padded, masked tiles)
+def test_attention_head_dims(tops, head_dim):
+    k_cache, v_cache, tables, lens = random_paged_cache([5, 33], 8, 1, head_dim, torch.float32)
+    q = torch.randn(2, 3, head_dim)
+    scale = head_dim**-0.5
+    torch.testing.assert_close(
+        tops.paged_attention_decode(q, k_cache, v_cache, tables, lens, scale),
+        ref.paged_attention_decode(q, k_cache, v_cache, tables, lens, scale),
+        **tol(torch.float32),
+    )
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    qp = torch.randn(7, 3, head_dim)
+    torch.testing.assert_close(
+        tops.paged_attention_prefill(qp, k_cache, v_cache, tables, lens, cu, 4, scale),
+        ref.paged_attention_prefill(qp, k_cache, v_cache, tables, lens, cu, 4, scale),
+        **tol(torch.float32),
+    )
