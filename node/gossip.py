@@ -36,6 +36,7 @@ from node import wire
 from node.identity import Identity
 from node.libp2p_compat import (
     AddressError,
+    blacklist,
     make_host,
     make_pubsub,
     make_router,
@@ -47,6 +48,7 @@ from node.libp2p_compat import (
     peer_id_from_public_key,
     stop_seen_cache,
     subscribe_direct,
+    unblacklist,
 )
 from node.peers import PeerRecord, PeerTable
 from node.ratelimit import KeyedRateLimiter, PenaltyBox
@@ -123,6 +125,7 @@ class GossipConfig:
     seen_ttl_s: int = 120  # libp2p message-id dedup window
     seen_max_entries: int = 100_000  # wire replay cache
     shutdown_timeout_s: float = 5.0  # orderly close; then cancelled hard
+    disconnect_hold_s: float = 30.0  # after disconnect(): keep the peer off pubsub this long
 
     def __post_init__(self) -> None:
         for name in ("listen_addrs", "bootstrap"):
@@ -153,6 +156,8 @@ class GossipConfig:
             "ban_s",
             "shutdown_timeout_s",
         )
+        if self.disconnect_hold_s < 0:
+            raise ValueError(f"disconnect_hold_s must not be negative, got {self.disconnect_hold_s}")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -162,6 +167,32 @@ class GossipConfig:
             raise ValueError("need 1 <= degree_low <= degree <= degree_high")
         if not self.topic:
             raise ValueError("topic must not be empty")
+
+
+def config_from_settings(settings: Any, **overrides: Any) -> GossipConfig:
+    """GossipConfig from the daemon's `node.config` settings object (duck-typed).
+
+    `rate_limit_per_peer` / `rate_limit_burst` there mean frames per *node* (origin key):
+    they become `sender_rate` / `sender_burst`. A forwarding connection carries many
+    nodes' traffic, so its own limit is set 20 times higher (at least 1000/s).
+    """
+    values: dict[str, Any] = {}
+    for ours, theirs in (
+        ("listen_addrs", "listen_addrs"),
+        ("bootstrap", "bootstrap"),
+        ("mdns", "mdns"),
+        ("limits", "wire"),
+        ("seen_max_entries", "seen_cache_entries"),
+        ("sender_rate", "rate_limit_per_peer"),
+        ("sender_burst", "rate_limit_burst"),
+    ):
+        if hasattr(settings, theirs):
+            values[ours] = getattr(settings, theirs)
+    if "sender_rate" in values:
+        values["peer_rate"] = max(1000.0, 20.0 * float(values["sender_rate"]))
+        values["peer_burst"] = max(4000.0, 20.0 * float(values.get("sender_burst", 0)))
+    values.update(overrides)
+    return GossipConfig(**values)
 
 
 @dataclass
@@ -246,6 +277,8 @@ class GossipNode:
         self._validated: OrderedDict[bytes, wire.SignedPacket] = OrderedDict()
         self._own_reject: wire.WireError | None = None
         self._dialing: set[ID] = set()
+        self._held: dict[ID, float] = {}  # peer -> monotonic end of a disconnect() hold
+        self._registering: set[ID] = set()
         self._known_pubsub_peers: set[ID] = set()
         self._info_due = trio.Event()
         self._started_mono = time.monotonic()
@@ -368,11 +401,21 @@ class GossipNode:
                                 self._nursery = None
                                 nursery.cancel_scope.cancel()
                             self._host = self._pubsub = self._router = None
+                            # Close connections while pubsub still runs: a stream reader
+                            # that gets a message after pubsub stopped crashes the swarm
+                            # ("Nursery is closed to new arrivals").
+                            await host.close()
                     finally:
                         # host.run() alone leaves the listener and connections open: its
                         # service stop cancels the swarm's cleanup. host.close() closes
-                        # connections, listeners and transports explicitly.
+                        # connections, listeners and transports explicitly (idempotent).
                         await host.close()
+        except Exception:
+            if not stop.is_set():
+                raise
+            # Errors while tearing down are libp2p's internal races; the node is stopping
+            # anyway and must not take the daemon down with it.
+            log.warning("gossip: error during shutdown (ignored)", exc_info=True)
         finally:
             if on_discovered is not None:
                 peerDiscovery.unregister_peer_discovered_handler(on_discovered)
@@ -381,6 +424,8 @@ class GossipNode:
             self._stack_scope = None
             self._known_pubsub_peers.clear()
             self._dialing.clear()
+            self._registering.clear()
+            self._held.clear()
             stop_seen_cache(pubsub)
             done.set()
 
@@ -438,6 +483,8 @@ class GossipNode:
             raise GossipError(f"peer {info.peer_id} is banned")
         if keep:
             self._keep[info.peer_id] = info
+        if self._held.pop(info.peer_id, None) is not None and self._pubsub is not None:
+            unblacklist(self._pubsub, info.peer_id)
         try:
             with trio.fail_after(self.config.dial_timeout_s):
                 await host.connect(info)
@@ -450,11 +497,20 @@ class GossipNode:
         self.counters.dials += 1
         return str(info.peer_id)
 
-    async def disconnect(self, peer: str) -> None:
-        """Close connections to a peer (libp2p peer id or node id) and stop redialing it."""
+    async def disconnect(self, peer: str, *, hold_s: float | None = None) -> None:
+        """Close connections to a peer (libp2p peer id or node id) and stop redialing it.
+
+        For `hold_s` seconds (default `disconnect_hold_s`) the peer is also kept off
+        pubsub: libp2p's stream-retry path would otherwise redial a peer it still
+        thought connected a moment ago. `connect()` to it lifts the hold at once.
+        """
         peer_id = parse_peer_id(peer)
         host = self._require_host()
         self._keep.pop(peer_id, None)
+        hold = self.config.disconnect_hold_s if hold_s is None else hold_s
+        if hold > 0 and self._pubsub is not None:
+            self._held[peer_id] = time.monotonic() + hold
+            blacklist(self._pubsub, peer_id)
         with trio.move_on_after(self.config.dial_timeout_s):
             await host.disconnect(peer_id)
 
@@ -520,7 +576,7 @@ class GossipNode:
         self.counters.bans += 1
         log.warning("gossip: banning peer %s for %.0f s (too many invalid frames)", peer, self.config.ban_s)
         if self._pubsub is not None:
-            self._pubsub.add_to_blacklist(peer)
+            blacklist(self._pubsub, peer)
         if self._nursery is not None:
             self._nursery.start_soon(self._hang_up, peer)
 
@@ -603,8 +659,13 @@ class GossipNode:
             if gone:
                 log.info("gossip: %d peer(s) expired after silence", len(gone))
             for peer in self._penalties.expire(now):
-                if self._pubsub is not None:
-                    self._pubsub.remove_from_blacklist(peer)  # type: ignore[arg-type]
+                if self._pubsub is not None and peer not in self._held:
+                    unblacklist(self._pubsub, peer)  # type: ignore[arg-type]
+            for peer, until in list(self._held.items()):
+                if until <= now:
+                    del self._held[peer]
+                    if self._pubsub is not None and not self._penalties.is_banned(peer, now):
+                        unblacklist(self._pubsub, peer)
             host = self._host
             if host is not None:
                 connected = set(host.get_connected_peers())
@@ -618,8 +679,24 @@ class GossipNode:
                 if current - self._known_pubsub_peers:
                     self._info_due.set()
                 self._known_pubsub_peers = current
+                if host is not None and self._nursery is not None:
+                    # A connection pubsub never registered (it arrived while the peer was
+                    # held, or the connected-notifee raced the muxer): open the stream now.
+                    for peer in set(host.get_connected_peers()) - current - self._registering:
+                        if not self._pubsub.is_peer_blacklisted(peer):
+                            self._registering.add(peer)
+                            self._nursery.start_soon(self._register, peer)
             self._refresh_table()
             await trio.sleep(interval)
+
+    async def _register(self, peer: ID) -> None:
+        try:
+            if self._pubsub is not None:
+                await self._pubsub.ensure_peer_stream(peer, timeout=self.config.dial_timeout_s)
+        except Exception:  # noqa: BLE001 - retried on the next maintenance round
+            log.debug("gossip: could not open a pubsub stream to %s", peer, exc_info=True)
+        finally:
+            self._registering.discard(peer)
 
     def _hang_up_soon(self, peer: ID) -> None:
         if self._nursery is not None:
@@ -730,6 +807,7 @@ __all__ = [
     "GossipError",
     "GossipNode",
     "PeerRecord",
+    "config_from_settings",
     "local_config",
 ]
 

@@ -68,9 +68,14 @@ def parse_peer_id(value: str | ID) -> ID:
     if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
         return peer_id_from_node_id(value)
     try:
-        return ID.from_base58(value)
+        peer_id = ID.from_base58(value)
     except Exception:
-        raise ValueError(f"not a libp2p peer id or node id: {value!r:.80}") from None
+        peer_id = None
+    raw = peer_id.to_bytes() if peer_id is not None else b""
+    # A peer id is a multihash: identity (0x00) or sha2-256 (0x12), then its length.
+    if len(raw) < 3 or raw[0] not in (0x00, 0x12) or raw[1] != len(raw) - 2:
+        raise ValueError(f"not a libp2p peer id or node id: {value!r:.80}")
+    return peer_id  # type: ignore[return-value]
 
 
 def parse_listen_addr(addr: str) -> multiaddr.Multiaddr:
@@ -248,6 +253,20 @@ def stop_seen_cache(pubsub: Pubsub) -> None:
         pubsub.seen_messages.stop()
     except Exception:  # noqa: BLE001 - shutdown must not fail on a library detail
         log.debug("could not stop the pubsub seen-cache thread", exc_info=True)
+
+
+def blacklist(pubsub: Pubsub, peer: ID) -> None:
+    """Refuse a peer's messages and pubsub streams; the caller closes its connection.
+
+    Not `Pubsub.add_to_blacklist`: its teardown task does `del self.peers[peer]` after an
+    await, and when the dead-peer handler removed the peer meanwhile the KeyError kills
+    the whole Pubsub service. Pubsub only consults the set, so we edit the set.
+    """
+    pubsub.blacklisted_peers.add(peer)
+
+
+def unblacklist(pubsub: Pubsub, peer: ID) -> None:
+    pubsub.blacklisted_peers.discard(peer)
 
 
 def message_id(msg: rpc_pb2.Message) -> bytes:
