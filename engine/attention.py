@@ -44,6 +44,8 @@ class _DecodeMeta(threading.local):
     bt: torch.Tensor | None = None
     sl: torch.Tensor | None = None
     idx: torch.Tensor
+    nb: int
+    max_len: int
     mask: torch.Tensor | None
 
 
@@ -57,15 +59,17 @@ def _decode_meta(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size:
     lens = seq_lens.tolist()
     max_len = max(lens) if lens else 0
     nb = max(1, math.ceil(max_len / block_size))
-    offs = torch.arange(block_size, device=block_tables.device)
-    idx = (block_tables[:, :nb].long()[:, :, None] * block_size + offs).reshape(block_tables.shape[0], -1)
-    idx = idx[:, :max_len]
+    # Gather whole blocks (one contiguous block_size*Hkv*D run each) rather than single
+    # token rows: ~2-3x faster on CPU; the pad past max_len is sliced off as a view.
+    m.idx = block_tables[:, :nb].reshape(-1).long()
+    m.nb = nb
+    m.max_len = max_len
     if min(lens, default=0) == max_len:
-        mask = None
+        m.mask = None
     else:
         pos = torch.arange(max_len, device=block_tables.device)
-        mask = (pos[None, :] < seq_lens[:, None].to(pos.device))[:, None, None, :]
-    m.bt, m.sl, m.idx, m.mask = block_tables, seq_lens, idx, mask
+        m.mask = (pos[None, :] < seq_lens[:, None].to(pos.device))[:, None, None, :]
+    m.bt, m.sl = block_tables, seq_lens
     return m
 
 
@@ -86,8 +90,8 @@ def paged_attention_decode(
     if b == 0:
         return torch.empty_like(q)
     m = _decode_meta(block_tables, seq_lens, bs)
-    k = k_cache.view(-1, hkv, d)[m.idx].transpose(1, 2)  # [B, Hkv, L, D]
-    v = v_cache.view(-1, hkv, d)[m.idx].transpose(1, 2)
+    k = k_cache.index_select(0, m.idx).view(b, m.nb * bs, hkv, d)[:, : m.max_len].transpose(1, 2)
+    v = v_cache.index_select(0, m.idx).view(b, m.nb * bs, hkv, d)[:, : m.max_len].transpose(1, 2)
     out = F.scaled_dot_product_attention(
         q.unsqueeze(2), k, v, attn_mask=m.mask, scale=scale, enable_gqa=hkv != hq
     )
@@ -112,20 +116,19 @@ def paged_attention_prefill(
     """
     t, hq, d = q.shape
     _, bs, hkv, _ = k_cache.shape
-    kf = k_cache.view(-1, hkv, d)
-    vf = v_cache.view(-1, hkv, d)
     cu = cu_seqlens_q.tolist()
     lens = seq_lens.tolist()
     outs = []
-    offs = torch.arange(bs, device=q.device)
     for i, ctx in enumerate(lens):
         n = cu[i + 1] - cu[i]
         if n == 0:
             continue
         nb = math.ceil(ctx / bs)
-        idx = (block_tables[i, :nb].long()[:, None] * bs + offs).reshape(-1)[:ctx]
-        k = kf[idx].transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
-        v = vf[idx].transpose(0, 1).unsqueeze(0)
+        idx = block_tables[i, :nb].long()
+        k = (
+            k_cache.index_select(0, idx).view(nb * bs, hkv, d)[:ctx].transpose(0, 1).unsqueeze(0)
+        )  # [1, Hkv, ctx, D]
+        v = v_cache.index_select(0, idx).view(nb * bs, hkv, d)[:ctx].transpose(0, 1).unsqueeze(0)
         qi = q[cu[i] : cu[i + 1]].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
         if n == ctx:
             o = F.scaled_dot_product_attention(qi, k, v, is_causal=True, scale=scale, enable_gqa=hkv != hq)
