@@ -50,6 +50,7 @@ def _bring_up(tn: Testnet, n: int, models: list[str] | None, threads: int | None
             timeout=timeout,
             progress=lambda name, status, pid, url: table.update(name, status, pid=pid, url=url),
         )
+    table.console.line()  # a non-terminal Live leaves the cursor after the table
 
 
 @testnet_app.command("up")
