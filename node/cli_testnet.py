@@ -130,6 +130,23 @@ def down(
         typer.echo(f"{r['name']}: {r['how']}" + (f" (pid {r['pid']})" if r["pid"] else ""))
 
 
+def _explain_failure(tn: Testnet, request_id: str) -> None:
+    """What each node's own inference did: the first thing to look at when no consensus."""
+    import httpx
+
+    for node in tn.nodes():
+        try:
+            view = httpx.get(f"{node.api_url}/v1/requests/{request_id}", timeout=5).json()
+            own = view.get("own_inference") or {}
+            line = f"{node.name}: own inference {own.get('state', 'none')}"
+            if own.get("reason"):
+                line += f" ({own['reason']})"
+        except (httpx.HTTPError, ValueError) as exc:
+            line = f"{node.name}: unreachable ({exc})"
+        typer.secho(line, err=True, fg=typer.colors.YELLOW)
+    typer.secho(f"node logs: {tn.root}/node-*/daemon.log", err=True, dim=True)
+
+
 @testnet_app.command("demo")
 def demo(
     dir: DirOption = None,
@@ -166,8 +183,10 @@ def demo(
             request_id = client.submit(frame)
         typer.secho(f"asked the network: {prompt!r}\nrequest {request_id} via {url}", err=True, dim=True)
         view = watch_request(url, request_id, timeout=max_time + 120.0)
-        if view.get("certificate"):
+        if view.get("state") == "succeeded" and view.get("certificate"):
             cert_path = write_certificate(view, tn.root / "certificates" / f"{request_id}.json")
+        else:
+            _explain_failure(tn, request_id)
     except (TestnetError, ClientError, TimeoutError, LookupError) as exc:
         raise fail(str(exc)) from None
     finally:
