@@ -27,6 +27,7 @@ _EXPORTS = {
     "EmbeddingEngine": "engine.embedding",
     "EmbeddingResult": "engine.embedding",
     "EmbeddingWorkerState": "engine.embedding",
+    "load_embed_fn": "engine.embedding",
     "Priority": "engine.embedding",
     "EngineError": "engine.embedding",
     "JobExpiredError": "engine.embedding",

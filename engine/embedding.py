@@ -475,3 +475,30 @@ class EmbeddingEngine:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def load_embed_fn(
+    model: str = DEFAULT_EMBEDDING,
+    *,
+    registry: ModelRegistry | None = None,
+    device: str | None = None,
+    normalize: bool = False,
+):
+    """A plain blocking `embed_fn(list[str]) -> float32 [n, d]` for code without an
+    event loop (certificate checks, `rakis verify`). Same model files and the same
+    `encode` call as the workers, so its vectors match the engine's."""
+    from sentence_transformers import SentenceTransformer
+
+    reg = registry or ModelRegistry()
+    path = reg.resolve(model, ModelKind.EMBEDDING)
+    st = SentenceTransformer(str(path), device=devices.resolve_device(device), local_files_only=True)
+    st.eval()
+
+    def embed_fn(texts: Sequence[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings, not a single string")
+        return st.encode(
+            list(texts), convert_to_numpy=True, normalize_embeddings=normalize, show_progress_bar=False
+        ).astype(np.float32, copy=False)
+
+    return embed_fn

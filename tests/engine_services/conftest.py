@@ -29,3 +29,27 @@ def registry(tiny_llama_dir):
     from engine.registry import ModelRegistry
 
     return ModelRegistry({"tiny": tiny_llama_dir, "tiny-b": tiny_llama_dir})
+
+
+_OUR_THREADS = ("engine-", "emb-", "llm-dispatch")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_worker_threads():
+    """Every test must stop the workers it starts (scheduler, embedding, dispatcher threads)."""
+    import threading
+    import time
+
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        leaked = [
+            t.name
+            for t in threading.enumerate()
+            if t.ident not in before and t.is_alive() and t.name.startswith(_OUR_THREADS)
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not leaked, f"threads left running: {leaked}"

@@ -138,3 +138,14 @@ async def test_bad_input_is_refused_and_changes_nothing() -> None:
         with pytest.raises(ValueError, match="worker count"):
             await eng.scale_workers(MODEL, -1)
         assert eng.queue_depth() == {}
+
+
+@pytest.mark.anyio
+async def test_blocking_embed_fn_matches_engine() -> None:
+    from engine import load_embed_fn
+
+    fn = load_embed_fn(device="cpu")
+    async with EmbeddingEngine(device="cpu") as eng:
+        await eng.scale_workers(MODEL, 1)
+        r = await eng.embed(TEXTS, model=MODEL, priority=Priority.CONSENSUS)
+    np.testing.assert_allclose(fn(TEXTS), r.vectors, atol=1e-5, rtol=0)

@@ -286,3 +286,19 @@ async def test_failed_load_is_reported_and_leaves_no_worker(tmp_path) -> None:
             await eng.scale_workers("broken", 1)
         assert eng.worker_states() == [] and eng.available_models() == []
         assert [e.worker_id for e in eng.search_logs(type="error")] == ["broken#1"]
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_default_smollm2_through_the_registry() -> None:
+    async with LLMEngine(device="cpu", core_options={"max_batch_size": 4}) as eng:
+        assert await eng.scale_workers("smollm2-135m-instruct", 1) == ["smollm2-135m-instruct#1"]
+        r = await eng.run_inference_non_streaming(
+            LLMRequest(
+                ["not-here", "smollm2-135m-instruct"],
+                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                sampling=SamplingParams(max_tokens=16),
+            )
+        )
+    assert r.model == "smollm2-135m-instruct" and r.finish_reason in ("stop", "length")
+    assert "Paris" in r.text
