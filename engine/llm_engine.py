@@ -487,6 +487,23 @@ class LLMEngine:
         rates = [w.tokens_per_s for w in self._workers.values() if w.model == model and w.tokens_per_s]
         return sum(rates) / len(rates) if rates else None
 
+    def core_stats(self) -> dict[str, dict[str, Any]]:
+        """`EngineCore.stats()` of each loaded worker, by worker id (for metrics).
+
+        `model` is the registry name (the core itself is named after the worker).
+        """
+        with self._lock:
+            cores = [(w.worker_id, w.model, w.core) for w in self._workers.values() if w.core is not None]
+        out: dict[str, dict[str, Any]] = {}
+        for worker_id, model, core in cores:
+            try:
+                st = dict(core.stats())
+            except Exception as exc:  # a stopping core must not break a metrics scrape
+                st = {"error": f"{type(exc).__name__}: {exc}"}
+            st["model"], st["worker_id"] = model, worker_id
+            out[worker_id] = st
+        return out
+
     def available_models(self) -> list[str]:
         """Models with at least one loaded worker (what this node can run now)."""
         with self._lock:

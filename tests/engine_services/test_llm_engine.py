@@ -186,6 +186,9 @@ async def test_availability_reflects_loaded_and_busy_workers(registry) -> None:
         a = eng.worker_availability(["tiny"])["tiny"]
         assert (a.available_workers, a.free_slots, a.active_requests) == (1, 1, 0)
         assert eng.worker_availability(["other"])["other"].workers == 0
+        stats = eng.core_stats()
+        assert list(stats) == ["tiny#1"] and stats["tiny#1"]["model"] == "tiny"
+        assert stats["tiny#1"]["generated_tokens"] >= 1
 
 
 @pytest.mark.anyio
