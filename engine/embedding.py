@@ -164,22 +164,27 @@ class EmbeddingEngine:
             raise ValueError(f"worker count must be >= 0, got {n}")
         self._check_open()
         path = await anyio.to_thread.run_sync(self.registry.resolve, model, ModelKind.EMBEDDING)
+        # Decide and register under one lock so concurrent calls agree on the count.
         with self._cond:
             current = [w for w in self._workers.values() if w.model == model and not w.stop_requested]
-        if len(current) < n:
             new = [self._new_worker(model) for _ in range(n - len(current))]
+            # Stop idle (and still loading) workers first so running batches finish undisturbed.
+            victims = sorted(current, key=lambda w: w.state == "busy")[: max(0, len(current) - n)]
+            for w in victims:
+                w.stop_requested = True
+                w.state = "stopping"
+            self._cond.notify_all()
+        errors: list[str] = []
+        with anyio.CancelScope(shield=True):  # a half-done load would leave a thread unseen
             for w in new:
-                await anyio.to_thread.run_sync(self._load_and_start, w, str(path))
-        elif len(current) > n:
-            # Stop idle workers first so running batches finish undisturbed.
-            victims = sorted(current, key=lambda w: w.state == "busy")[: len(current) - n]
-            with self._cond:
-                for w in victims:
-                    w.stop_requested = True
-                    w.state = "stopping"
-                self._cond.notify_all()
+                try:
+                    await anyio.to_thread.run_sync(self._load_and_start, w, str(path))
+                except Exception as exc:
+                    errors.append(f"{w.worker_id}: {type(exc).__name__}: {exc}")
             for w in victims:
                 await anyio.to_thread.run_sync(w.stopped.wait)
+        if errors:
+            raise RuntimeError(f"could not load {len(errors)} worker(s) of {model!r}: " + "; ".join(errors))
         with self._cond:
             return sorted(
                 w.worker_id for w in self._workers.values() if w.model == model and not w.stop_requested

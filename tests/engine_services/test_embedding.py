@@ -149,3 +149,16 @@ async def test_blocking_embed_fn_matches_engine() -> None:
         await eng.scale_workers(MODEL, 1)
         r = await eng.embed(TEXTS, model=MODEL, priority=Priority.CONSENSUS)
     np.testing.assert_allclose(fn(TEXTS), r.vectors, atol=1e-5, rtol=0)
+
+
+@pytest.mark.anyio
+async def test_concurrent_scale_calls_agree_on_the_count() -> None:
+    async with EmbeddingEngine(device="cpu") as eng:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(eng.scale_workers, MODEL, 2)
+            tg.start_soon(eng.scale_workers, MODEL, 2)
+        assert len(eng.worker_states()) == 2
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(eng.scale_workers, MODEL, 1)
+            tg.start_soon(eng.scale_workers, MODEL, 1)
+        assert [s.state for s in eng.worker_states()] == ["ready"]
