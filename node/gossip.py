@@ -107,6 +107,7 @@ class GossipConfig:
     reconnect_interval_s: float = 5.0  # redial lost bootstrap peers this often
     dial_timeout_s: float = 5.0
     queue_size: int = 4096  # verified packets waiting for the daemon; overflow is counted
+    outbound_queue_size: int = 4096  # RPCs queued per peer (libp2p default 32 drops bursts)
     deliver_own: bool = False  # also put our own published packets on packets()
     # py-libp2p drops everything a forwarder relays above this many messages/s on a topic
     # (its default of 10/s loses legitimate traffic); our own limits below are finer.
@@ -161,8 +162,8 @@ class GossipConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.queue_size < 1:
-            raise ValueError(f"queue_size must be at least 1, got {self.queue_size}")
+        if self.queue_size < 1 or self.outbound_queue_size < 1:
+            raise ValueError("queue_size and outbound_queue_size must be at least 1")
         if not 1 <= self.degree_low <= self.degree <= self.degree_high:
             raise ValueError("need 1 <= degree_low <= degree <= degree_high")
         if not self.topic:
@@ -204,6 +205,7 @@ class GossipCounters:
     accepted: int = 0  # passed validation (will be relayed)
     delivered: int = 0  # put on the packets() queue
     queue_overflow: int = 0  # verified but dropped: the daemon did not keep up
+    outbound_dropped: int = 0  # RPCs libp2p could not queue to a slow peer
     frames_out: int = 0  # published by us
     bytes_out: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # by reason, incoming only
@@ -321,6 +323,12 @@ class GossipNode:
             return []
         return sorted(str(p) for p in self._pubsub.peer_topics.get(self.config.topic, ()))
 
+    def mesh_peers(self) -> list[str]:
+        """libp2p peer ids in our GossipSub mesh for the topic (full messages go to these)."""
+        if self._router is None:
+            return []
+        return sorted(str(p) for p in self._router.mesh.get(self.config.topic, ()))
+
     def banned_peers(self) -> list[str]:
         return sorted(str(p) for p in self._penalties.banned(time.monotonic()))
 
@@ -374,7 +382,13 @@ class GossipNode:
             penalty_threshold=cfg.ban_threshold,
             penalty_decay=0.5 ** (cfg.heartbeat_s / cfg.penalty_half_life_s),
         )
-        pubsub = make_pubsub(host, router, seen_ttl_s=cfg.seen_ttl_s)
+        pubsub = make_pubsub(
+            host,
+            router,
+            seen_ttl_s=cfg.seen_ttl_s,
+            outbound_queue_size=cfg.outbound_queue_size,
+            on_outbound_drop=self._count_outbound_drop,
+        )
         pubsub.set_topic_validator(cfg.topic, self._validate, is_async_validator=False)
         discovered_send, discovered_recv = trio.open_memory_channel[Libp2pPeerInfo](256)
         on_discovered = self._discovery_handler(discovered_send) if cfg.mdns else None
@@ -697,6 +711,9 @@ class GossipNode:
             log.debug("gossip: could not open a pubsub stream to %s", peer, exc_info=True)
         finally:
             self._registering.discard(peer)
+
+    def _count_outbound_drop(self) -> None:
+        self.counters.outbound_dropped += 1
 
     def _hang_up_soon(self, peer: ID) -> None:
         if self._nursery is not None:

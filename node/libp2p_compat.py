@@ -201,9 +201,49 @@ class _NoValidationCache:
         return None
 
 
-def make_pubsub(host: IHost, router: GossipSub, *, seen_ttl_s: int) -> Pubsub:
+class _SizedQueues(dict):  # type: ignore[type-arg]
+    """Stands in for Pubsub.peer_queues to resize each peer's outbound RPC queue.
+
+    libp2p gives every peer a queue of 32 RPCs (go-libp2p's size) and silently drops
+    what does not fit (`drop_rpc` only logs at debug level). Python drains it far more
+    slowly than Go, so a burst of a few dozen messages lost packets on the push path.
+    Each queue gets `max_size` slots, and its drops are counted via `on_drop`.
+    """
+
+    def __init__(self, max_size: int, on_drop: Callable[[], None]) -> None:
+        super().__init__()
+        self._max_size = max_size
+        self._on_drop = on_drop
+
+    def __setitem__(self, peer: Any, queue: Any) -> None:
+        inner = getattr(queue, "_queue", None)
+        if inner is not None and hasattr(inner, "max_size"):
+            inner.max_size = self._max_size
+        push = getattr(queue, "push", None)
+        if push is not None:
+            on_drop = self._on_drop
+
+            def counted_push(rpc: Any, priority: bool = False) -> bool:
+                ok = push(rpc, priority)
+                if not ok:
+                    on_drop()
+                return ok
+
+            queue.push = counted_push
+        super().__setitem__(peer, queue)
+
+
+def make_pubsub(
+    host: IHost,
+    router: GossipSub,
+    *,
+    seen_ttl_s: int,
+    outbound_queue_size: int,
+    on_outbound_drop: Callable[[], None],
+) -> Pubsub:
     pubsub = Pubsub(host, router, seen_ttl=seen_ttl_s, strict_signing=True)
     pubsub.validation_cache = _NoValidationCache()  # type: ignore[assignment]
+    pubsub.peer_queues = _SizedQueues(outbound_queue_size, on_outbound_drop)
     return pubsub
 
 
