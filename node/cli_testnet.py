@@ -39,7 +39,30 @@ def _testnet(d: Path | None) -> Testnet:
     return Testnet(d or default_testnet_dir())
 
 
-def _bring_up(tn: Testnet, n: int, models: list[str] | None, threads: int | None, timeout: float) -> None:
+def parse_faults(specs: list[str] | None, n: int) -> dict[int, str]:
+    """``["3=garbage"]`` -> ``{3: "garbage"}``; index and mode are checked."""
+    from node.config import FaultMode
+
+    modes = [m.value for m in FaultMode]
+    out: dict[int, str] = {}
+    for spec in specs or []:
+        index, sep, mode = spec.partition("=")
+        if not sep or not index.isdigit() or mode not in modes:
+            raise typer.BadParameter(f"{spec!r} is not INDEX=MODE with MODE one of {', '.join(modes)}")
+        if int(index) >= n:
+            raise typer.BadParameter(f"{spec!r}: node index {index} is out of range for {n} node(s)")
+        out[int(index)] = mode
+    return out
+
+
+def _bring_up(
+    tn: Testnet,
+    n: int,
+    models: list[str] | None,
+    threads: int | None,
+    timeout: float,
+    faults: dict[int, str] | None = None,
+) -> None:
     from node.progress import NodesProgress
 
     with NodesProgress([f"node-{i}" for i in range(n)]) as table:
@@ -47,6 +70,7 @@ def _bring_up(tn: Testnet, n: int, models: list[str] | None, threads: int | None
             n,
             models=models,
             torch_threads=threads,
+            faults=faults,
             timeout=timeout,
             progress=lambda name, status, pid, url: table.update(name, status, pid=pid, url=url),
         )
@@ -63,13 +87,18 @@ def up(
     torch_threads: Annotated[
         int | None, typer.Option("--torch-threads", min=1, help="Per node (default: cores // N, at least 1).")
     ] = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option("--fault", help="Make node INDEX faulty: INDEX=garbage|off-topic|silent (repeatable)."),
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for all nodes.")] = 600.0,
 ) -> None:
     """Start N daemons on 127.0.0.1, bootstrapped to each other; wait until all are ready."""
     quiet_library_logs()
+    faults = parse_faults(fault, n)
     tn = _testnet(dir)
     try:
-        _bring_up(tn, n, model, torch_threads, timeout)
+        _bring_up(tn, n, model, torch_threads, timeout, faults)
     except TestnetError as exc:
         raise fail(str(exc)) from None
     for node in tn.nodes():
@@ -104,12 +133,17 @@ def status(
     from rich.table import Table
 
     table = Table(title=str(tn.root))
-    for col in ("node", "pid", "ready", "peers", "api", "peer id"):
-        table.add_column(col)
+    for col in ("node", "pid", "ready", "peers", "fault", "api", "peer id"):
+        table.add_column(col, no_wrap=True)
     for s in nodes:
         ready = "[green]yes[/]" if s["ready"] else ("[yellow]no[/]" if s["running"] else "[red]stopped[/]")
-        table.add_row(s["name"], str(s["pid"] or "–"), ready, str(s["peers"]), s["api_url"], s["peer_id"])
-    Console().print(table)
+        table.add_row(
+            s["name"], str(s["pid"] or "–"), ready, str(s["peers"]), s["fault"], s["api_url"], s["peer_id"]
+        )
+    console = Console()
+    if not console.is_terminal:  # pipes get the whole table, not one cut at 80 columns
+        console = Console(width=200)
+    console.print(table)
 
 
 @testnet_app.command("down")

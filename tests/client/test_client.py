@@ -232,3 +232,15 @@ def test_down_stops_only_the_process_it_started(tmp_path):
             proc.wait()
     assert (tmp_path / "tn" / ".gitignore").read_text() == "*\n"
     assert os.path.exists(tmp_path / "tn" / "testnet.json")
+
+
+def test_testnet_fault_specs():
+    from typer import BadParameter
+
+    from node.cli_testnet import parse_faults
+
+    assert parse_faults(["3=garbage", "0=off-topic"], 4) == {3: "garbage", 0: "off-topic"}
+    assert parse_faults(None, 3) == {}
+    for bad in ("3", "x=garbage", "1=evil", "4=silent"):
+        with pytest.raises(BadParameter):
+            parse_faults([bad], 4)
