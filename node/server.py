@@ -342,41 +342,49 @@ async def serve(
                 "api_listening", api_url=facade.api_url, peer_id=gossip.peer_id, node_id=identity.node_id
             )
 
-            t0 = time.monotonic()
-            for model, n in settings.llm_models.items():
-                if n > 0:
-                    await llm.scale_workers(model, n)
-            await embeddings.scale_workers(settings.embedding_model, settings.embedding_workers)
-            log.info("engines_loaded", seconds=round(time.monotonic() - t0, 2), torch_threads=threads)
+            async def cancel_startup_on_shutdown(scope: trio.CancelScope) -> None:
+                await shutdown.wait()
+                scope.cancel()
 
-            await nursery.start(orchestrator.run, gossip.packets())
-            facade.ready = True
-            info = {
-                "pid": os.getpid(),
-                "api_url": facade.api_url,
-                "peer_id": gossip.peer_id,
-                "node_id": identity.node_id,
-                "listen_addrs": gossip.listen_multiaddrs(),
-                "data_dir": str(data_dir),
-                "fault": str(getattr(settings.fault, "value", settings.fault)),
-                "models": llm.available_models(),
-                "started_at": facade.started_at,
-            }
-            _write_node_json(data_dir, info)
-            log.info(
-                "node_ready",
-                api_url=facade.api_url,
-                peer_id=gossip.peer_id,
-                listen_addrs=info["listen_addrs"],
-                fault=info["fault"],
-            )
-            print(
-                f"rakis node ready\n  api:    {facade.api_url}\n  peer:   {gossip.peer_id}\n"
-                + "".join(f"  listen: {a}\n" for a in info["listen_addrs"]),
-                flush=True,
-            )
-            task_status.started(facade)
+            with trio.CancelScope() as startup:
+                nursery.start_soon(cancel_startup_on_shutdown, startup)
+                t0 = time.monotonic()
+                for model, n in settings.llm_models.items():
+                    if n > 0:
+                        await llm.scale_workers(model, n)
+                await embeddings.scale_workers(settings.embedding_model, settings.embedding_workers)
+                log.info("engines_loaded", seconds=round(time.monotonic() - t0, 2), torch_threads=threads)
 
+                await nursery.start(orchestrator.run, gossip.packets())
+                facade.ready = True
+                info = {
+                    "pid": os.getpid(),
+                    "api_url": facade.api_url,
+                    "peer_id": gossip.peer_id,
+                    "node_id": identity.node_id,
+                    "listen_addrs": gossip.listen_multiaddrs(),
+                    "data_dir": str(data_dir),
+                    "fault": str(getattr(settings.fault, "value", settings.fault)),
+                    "models": llm.available_models(),
+                    "started_at": facade.started_at,
+                }
+                _write_node_json(data_dir, info)
+                log.info(
+                    "node_ready",
+                    api_url=facade.api_url,
+                    peer_id=gossip.peer_id,
+                    listen_addrs=info["listen_addrs"],
+                    fault=info["fault"],
+                )
+                print(
+                    f"rakis node ready\n  api:    {facade.api_url}\n  peer:   {gossip.peer_id}\n"
+                    + "".join(f"  listen: {a}\n" for a in info["listen_addrs"]),
+                    flush=True,
+                )
+                task_status.started(facade)
+
+            if startup.cancelled_caught:
+                log.info("shutdown_during_startup")
             await shutdown.wait()
             log.info("shutting_down")
             facade.ready = False

@@ -37,6 +37,9 @@ def test_three_nodes_reach_consensus(testnet):
         assert v["certificate"] is not None
     assert len({v["answer"] for v in views}) == 1
     _state["first"] = (rid, views[2]["answer"])
+    metrics = a.get("/metrics").text
+    assert 'rakis_requests_finished_total{outcome="succeeded",reason="none"}' in metrics
+    assert "rakis_gossip_frames_out_total" in metrics
 
 
 def test_invalid_signature_is_refused_and_never_gossiped(testnet):
