@@ -81,6 +81,9 @@ class EngineCompute:
             res = await self.llm.run_inference_non_streaming(req)
         except (NoWorkerError, UnknownModelError, ValueError) as e:
             raise InferenceFailed(str(e)) from None
+        from node import metrics
+
+        metrics.observe_generation(res.model or models[0], res)
         if res.finish_reason not in ("stop", "length"):
             raise InferenceFailed(f"{res.finish_reason}: {res.error or ''}".strip(": "))
         return res.model or models[0], res.text
