@@ -70,6 +70,10 @@ def _follow(url: str, request_id: str, timeout: float, quiet: bool) -> dict[str,
 
     try:
         return watch_request(url, request_id, timeout=timeout, quiet=quiet)
+    except KeyboardInterrupt:
+        raise fail(
+            f"stopped following; the request goes on: rakis result {request_id} --node {url} --wait", 130
+        ) from None
     except LookupError as exc:
         raise fail(str(exc)) from None
     except TimeoutError as exc:

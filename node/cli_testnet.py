@@ -65,16 +65,19 @@ def _bring_up(
 ) -> None:
     from node.progress import NodesProgress
 
-    with NodesProgress([f"node-{i}" for i in range(n)]) as table:
-        tn.up(
-            n,
-            models=models,
-            torch_threads=threads,
-            faults=faults,
-            timeout=timeout,
-            progress=lambda name, status, pid, url: table.update(name, status, pid=pid, url=url),
-        )
-    table.console.line()  # a non-terminal Live leaves the cursor after the table
+    table = NodesProgress([f"node-{i}" for i in range(n)])
+    try:
+        with table:
+            tn.up(
+                n,
+                models=models,
+                torch_threads=threads,
+                faults=faults,
+                timeout=timeout,
+                progress=lambda name, status, pid, url: table.update(name, status, pid=pid, url=url),
+            )
+    finally:
+        table.console.line()  # a non-terminal Live leaves the cursor after the table
 
 
 @testnet_app.command("up")
@@ -101,6 +104,8 @@ def up(
         _bring_up(tn, n, model, torch_threads, timeout, faults)
     except TestnetError as exc:
         raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted: the nodes started so far were stopped", 130) from None
     for node in tn.nodes():
         typer.echo(node.api_url)
     typer.secho(
@@ -223,6 +228,8 @@ def demo(
             _explain_failure(tn, request_id)
     except (TestnetError, ClientError, TimeoutError, LookupError) as exc:
         raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
     finally:
         typer.secho("stopping the testnet…", err=True, dim=True)
         tn.down()
