@@ -88,6 +88,10 @@ class EngineCore:
         self.device = device
         self.model_name = name or model_dir.name
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        # The worker thread detokenizes with its own instance and callers' threads encode
+        # under a lock: fast tokenizers raise "Already borrowed" when shared concurrently.
+        self._detok_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self._encode_lock = threading.Lock()
         self.runner = LlamaRunner(model_dir, device=device, dtype=dtype)
         self.ops = engine_ops(device)
         self.block_size = block_size
@@ -226,7 +230,8 @@ class EngineCore:
         if not isinstance(req.sampling, SamplingParams):
             raise ValueError("sampling must be a SamplingParams")
         req.sampling.validate()
-        ids = self._prompt_ids(req)
+        with self._encode_lock:
+            ids = self._prompt_ids(req)
         capacity = self.allocator.num_blocks * self.block_size
         if len(ids) + 1 > min(capacity, self.max_model_len):
             raise ValueError(
@@ -244,7 +249,7 @@ class EngineCore:
             t_submit=time.monotonic(),
         )
         seq.generator = make_generator(p, self.runner.device)
-        seq.detok = IncrementalDetokenizer(self.tokenizer, p.stop, self._special_ids)
+        seq.detok = IncrementalDetokenizer(self._detok_tokenizer, p.stop, self._special_ids)
         with self._lock:
             if req.request_id in self._active:
                 raise ValueError(f"request_id {req.request_id!r} is already active")

@@ -116,6 +116,10 @@ class LlamaRunner:
             L.w_gate_up = t(torch.cat([m.gate_proj.weight, m.up_proj.weight], 0))
             L.w_down = t(m.down_proj.weight)
             self.layers.append(L)
+            # The fused copies replace these; release them now so loading peaks at about
+            # one model's size rather than two.
+            for lin in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj):
+                lin.weight.data = torch.empty(0, dtype=lin.weight.dtype)
         self.norm = t(base.norm.weight)
         self.lm_head = (
             t(hf.lm_head.weight) if hf.lm_head.weight is not base.embed_tokens.weight else self.embed
