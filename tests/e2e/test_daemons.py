@@ -115,6 +115,11 @@ def test_node_killed_mid_request_fails_with_reason_then_serves_stored_results(te
     v = a.wait_final(rid, timeout=90)
     assert (v["state"], v["reason"]) == ("failed", "not_enough_commits"), v
     assert b.wait_final(rid, timeout=30)["reason"] == "not_enough_commits"
+    # With c still down, a request that needs only two nodes succeeds without it.
+    r = a.submit(make_frame(prompt="Name a planet.", quorum=2, max_time_ms=40_000))
+    v = b.wait_final(r.json()["request_id"], timeout=90)
+    assert v["state"] == "succeeded", v
+    assert {m["node_id"] for m in v["members"]} == {a.node_id, b.node_id}
     # The killed node comes back and still serves the result it stored before the kill.
     c.start().wait_ready()
     first_rid, first_answer = _state["first"]

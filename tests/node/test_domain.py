@@ -165,12 +165,13 @@ def test_three_nodes_reach_consensus_and_certificate_verifies(tmp_path, engines)
     trio.run(main)
 
 
-def test_garbage_node_is_left_out(tmp_path, engines):
+@pytest.mark.parametrize("fault", ["garbage", "off-topic"])
+def test_faulty_node_is_left_out(tmp_path, engines, fault):
     async def main():
         async with trio.open_nursery() as nursery:
             net = Net(tmp_path, engines, nursery)
             honest = [await net.start(n) for n in ("a", "b", "c")]
-            bad = await net.start("bad", fault="garbage")
+            bad = await net.start("bad", fault=fault)
             rid = await honest[0].submit_request(
                 make_request(Identity.generate(), quorum=4, prompt="Say hello.")
             )
