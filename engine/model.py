@@ -161,6 +161,7 @@ class LlamaRunner:
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         qs, kvs = self.q_size, self.kv_size
         inter = self.intermediate
+        contiguous_qkv = getattr(ops, "backend", "") != "engine-cpu"
         h = F.embedding(input_ids, self.embed)
         residual = None
         for li, L in enumerate(self.layers):
@@ -169,6 +170,8 @@ class LlamaRunner:
             q = qkv[:, :qs].reshape(T, hq, d)
             k = qkv[:, qs : qs + kvs].reshape(T, hkv, d)
             v = qkv[:, qs + kvs :].reshape(T, hkv, d)
+            if contiguous_qkv:  # device kernels may assume dense [T, H, D] rows
+                q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
             ops.apply_rotary(q, k, positions, self.cos, self.sin)
             kc, vc = k_cache[li], v_cache[li]
             ops.store_kv(k, v, kc, vc, slot_mapping)

@@ -103,3 +103,16 @@ def test_preemption_recomputes_exactly(make_engine, tiny_hf):
     assert eng.allocator.num_used == eng.radix.num_blocks  # only the prefix cache holds blocks
     eng.radix.clear()
     assert eng.allocator.num_used == 0
+
+
+def test_kernels_reference_op_set_plugs_in(make_engine, tiny_hf):
+    """The runner is written against the kernels op contract: the kernels package's own
+    reference set (what CUDA's Triton set mirrors) gives the same greedy tokens."""
+    from kernels import get_ops
+
+    eng = make_engine()
+    eng.ops = get_ops("cpu")
+    assert eng.ops.backend == "reference"
+    reqs = _reqs(3, 8)
+    for req, res in zip(reqs, eng.generate(reqs), strict=True):
+        assert res.token_ids == _expected(eng, tiny_hf, req)
