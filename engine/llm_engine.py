@@ -298,7 +298,11 @@ class LLMEngine:
         up to `drain_timeout` seconds for their running requests to finish, then
         aborts what is left (finish_reason "abort", error "worker unloaded").
         Queued requests that no remaining worker can serve are aborted the same
-        way. Nothing is dropped without a result.
+        way. Nothing is dropped without a result. Loads and unloads are shielded
+        from cancellation (a half-done one would leave a core running unseen), so
+        `drain_timeout=None` waits for running requests however long they take.
+        Raises UnknownModelError for an unknown name, RuntimeError when a load fails
+        (after the rest of the pool has settled; the failed worker is gone).
         """
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"worker count must be an int >= 0, got {n!r}")
