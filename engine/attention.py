@@ -142,6 +142,58 @@ def paged_attention_prefill(
     return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
 
 
+class _RotaryMeta(threading.local):
+    pos: torch.Tensor | None = None
+    cos_cache: torch.Tensor | None = None
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+_rot = _RotaryMeta()
+
+
+def apply_rotary(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_cache: torch.Tensor,
+    sin_cache: torch.Tensor,
+) -> None:
+    """Llama rotate-half rotary embedding of q `[T, Hq, D]` and k `[T, Hkv, D]`, in place.
+
+    Same arithmetic as the reference (x1*cos - x2*sin, x2*cos + x1*sin, fp32 models),
+    with fewer ops: the cos/sin rows are looked up once per step (every layer passes
+    the same positions tensor), and when k directly follows q in memory (both views of
+    one fused qkv projection) both are rotated as one tensor.
+    """
+    m = _rot
+    if m.pos is not positions or m.cos_cache is not cos_cache:
+        m.cos = cos_cache.index_select(0, positions)[:, None, :].to(q.dtype)
+        m.sin = sin_cache.index_select(0, positions)[:, None, :].to(q.dtype)
+        m.pos, m.cos_cache = positions, cos_cache
+    t, hq, d = q.shape
+    hkv = k.shape[1]
+    if (
+        q.stride() == k.stride()
+        and q.stride(2) == 1
+        and q.stride(1) == d
+        and k.data_ptr() == q.data_ptr() + hq * d * q.element_size()
+    ):
+        parts = (q.as_strided((t, hq + hkv, d), q.stride()),)
+    else:
+        parts = (q, k)
+    half = d // 2
+    cos, sin = m.cos, m.sin
+    for x in parts:
+        x1, x2 = x[..., :half], x[..., half:]
+        a = x1 * cos
+        a.sub_(x2 * sin)
+        b = x2 * cos
+        b.add_(x1 * sin)
+        x1.copy_(a)
+        x2.copy_(b)
+
+
 def cpu_ops():
     """The engine's CPU op set (a `kernels.Ops`)."""
     from kernels import Ops, reference
@@ -152,7 +204,7 @@ def cpu_ops():
         paged_attention_decode=paged_attention_decode,
         paged_attention_prefill=paged_attention_prefill,
         rms_norm=reference.rms_norm,
-        apply_rotary=reference.apply_rotary,
+        apply_rotary=apply_rotary,
         sample=reference.sample,
     )
 
