@@ -85,6 +85,10 @@ PENALTY_POINTS: dict[str, float] = {
     PEER_RATE_LIMITED: 2.0,
     BANNED: 0.0,
 }
+# A peer over its sender rate with packets it signed itself is flooding, not relaying
+# someone else's flood (RATE_LIMITED above costs a relay nothing): charged per frame, so
+# a short honest burst past the bucket costs little and a sustained flood gets a ban.
+OWN_FLOOD_POINTS = 0.5
 
 
 class GossipError(Exception):
@@ -564,19 +568,23 @@ class GossipNode:
             return self._reject(forwarder, err.reason.value, now)
         if not own:
             if not self._sender_limiter.allow(packet.sender, now):
-                return self._reject(forwarder, RATE_LIMITED, now)
+                own_flood = forwarder == peer_id_from_public_key(packet.sender)
+                return self._reject(
+                    forwarder, RATE_LIMITED, now, points=OWN_FLOOD_POINTS if own_flood else None
+                )
             self.counters.accepted += 1
         self._validated[message_id(msg)] = packet
         while len(self._validated) > 1024:  # entries whose delivery libp2p skipped
             self._validated.popitem(last=False)
         return True
 
-    def _reject(self, forwarder: ID, reason: str, now: float) -> bool:
+    def _reject(self, forwarder: ID, reason: str, now: float, *, points: float | None = None) -> bool:
         self.counters.rejected[reason] += 1
         if _metrics is not None:
             _metrics.GOSSIP_FRAMES_REJECTED.labels(reason=reason).inc()
             _metrics.GOSSIP_FRAMES_IN.labels(type="unknown").inc()
-        points = PENALTY_POINTS.get(reason, 10.0)
+        if points is None:
+            points = PENALTY_POINTS.get(reason, 10.0)
         if points > 0:
             router = self._router
             if router is not None and router.scorer is not None:
