@@ -301,9 +301,12 @@ class Orchestrator:
         except wire.WireError as e:
             self._note_packet(None, "in", verdict=f"rejected:{e.reason.value}", size=len(frame))
             raise
+        if (
+            pkt.type is wire.PacketType.INFERENCE_REQUEST
+            and self.store.get_request(pkt.packet_id) is not None
+        ):
+            return pkt.packet_id  # duplicate of an accepted request (even if finished since)
         rid = self._check_submission(pkt)
-        if self.store.get_request(rid) is not None:
-            return rid  # duplicate of an accepted request
         self._persist_request(pkt)
         await self._send_frame(pkt.frame, pkt.type)
         self._note_packet(pkt, "in", verdict="accepted (api)")
