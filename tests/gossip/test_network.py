@@ -269,3 +269,20 @@ def test_queue_overflow_is_counted_not_fatal():
             nursery.cancel_scope.cancel()
 
     run_trio(body)
+
+
+def test_mdns_discovery_connects_nodes_on_the_lan():
+    """mDNS is off in the other tests; here two nodes find each other with it alone."""
+
+    async def body():
+        async with trio.open_nursery() as nursery:
+            net = Net(nursery)
+            a, b = [await net.start(new_node(mdns=True)) for _ in range(2)]
+            await wait_until(
+                lambda: b.peer_id in a.topic_peers() or a.peer_id in b.topic_peers(), timeout_s=15
+            )
+            await a.publish_body(request_body("via-mdns"))
+            await wait_until(lambda: "via-mdns" in net.prompts(b))
+            nursery.cancel_scope.cancel()
+
+    run_trio(body)
