@@ -161,6 +161,7 @@ class _Live:
     own_model: str | None = None
     inferring: bool = False
     last_rr_sent_ms: int = 0
+    last_reveal_sent_ms: int = 0
     verifying: set[str] = field(default_factory=set)
 
 
@@ -241,6 +242,7 @@ class Orchestrator:
         self._nursery: trio.Nursery | None = None
         self._accepting = False
         self._rng = random.Random(os.urandom(16))
+        self._late_reveals: dict[str, int] = {}
 
     # ================================================================ life cycle
 
@@ -353,7 +355,11 @@ class Orchestrator:
         )
         live = self._live.get(rid)
         if live is None:
-            return  # request unknown yet (kept, replayed when it arrives) or already final
+            # Request unknown yet (the packet is kept and replayed when it arrives), or
+            # final here: then a late verifier may still need our reveal.
+            if isinstance(pkt.body, wire.InferenceRevealRequest):
+                await self._reveal_again_from_store(rid, pkt.body, _now_ms())
+            return
         await self._feed(rid, live, pkt, _now_ms())
 
     async def _feed(self, rid: str, live: _Live, pkt: wire.SignedPacket, now: int) -> None:
@@ -366,6 +372,8 @@ class Orchestrator:
         elif isinstance(body, wire.InferenceRevealRequest):
             refs = [q.CommitRef(c.node_id, c.inference_id, c.commit) for c in body.commits]
             actions = m.reveal_request_seen(pkt.sender, refs, now)
+            if not any(isinstance(a, q.PublishReveal) for a in actions):
+                await self._maybe_reveal_again(rid, live, body, now)
             self._emit("reveal_request", rid, node_id=pkt.sender_id, commits=len(refs))
         elif isinstance(body, wire.InferenceReveal):
             actions = m.reveal_seen(pkt.sender, body.inference_id, body.output, body.b, now)
@@ -627,30 +635,53 @@ class Orchestrator:
         return True
 
     async def _maybe_resend_reveal_request(self, rid: str, live: _Live, now: int) -> None:
-        """Re-send our reveal request while named reveals are missing, so a node that
-        restarted (or lost a packet) still learns it must reveal. Receivers count one
-        reveal request per sender, so repeats are harmless."""
+        """Ask again for the named reveals we still lack (lost packets, or we restarted
+        and missed them). The machine keeps one reveal request per sender, so a repeat
+        changes no one's state; it only prompts named nodes to re-send their reveal
+        (``_maybe_reveal_again``). Only commits every node already counted are named."""
         m = live.machine
-        if m.final or not m.published_rr or self.config.fault == "silent":
+        if m.final or self.config.fault == "silent" or m.first_valid_rr_ms is None:
             return
-        if now - live.last_rr_sent_ms < self.config.reveal_request_resend_s * 1000:
+        resend_ms = self.config.reveal_request_resend_s * 1000
+        if now - m.first_valid_rr_ms < resend_ms or now - live.last_rr_sent_ms < resend_ms:
             return
         rd = m.reveal_deadline_ms
         if rd is None or now >= rd:
             return
         named = m.named()
-        if all(n in m.reveals and m.reveals[n].status != "parked" for n in named):
-            return
-        entries = m.reveal_requests.get(self.node_id)
-        if not entries:
+        if all(n in m.reveals for n in named):
             return
         body = wire.InferenceRevealRequest(
             request_id=rid,
-            commits=[wire.CommitRef(node_id=n, inference_id=i, commit=c) for n, i, c in entries],
+            commits=[
+                wire.CommitRef(node_id=n, inference_id=m.commits[n].inference_id, commit=m.commits[n].commit)
+                for n in sorted(named)
+            ],
         )
         live.last_rr_sent_ms = now
         frame = wire.encode(body, self.identity.signing_key, limits=self.config.limits)
         await self._send_frame(frame, wire.PacketType.INFERENCE_REVEAL_REQUEST)
+
+    async def _maybe_reveal_again(
+        self, rid: str, live: _Live, body: wire.InferenceRevealRequest, now: int
+    ) -> None:
+        """A reveal request names our commit but we revealed already: someone lacks our
+        reveal, so send it again (a fresh packet, at most once per resend interval).
+        Verifiers count one reveal per node, so a repeat is harmless."""
+        m = live.machine
+        own = m.own
+        if own is None or not m.published_reveal or self.config.fault == "silent":
+            return
+        if not any(c.node_id == self.node_id and c.commit == own.commit for c in body.commits):
+            return
+        if now - live.last_reveal_sent_ms < self.config.reveal_request_resend_s * 1000:
+            return
+        live.last_reveal_sent_ms = now
+        reveal = wire.InferenceReveal(
+            request_id=rid, inference_id=own.inference_id, output=own.output, b=own.b
+        )
+        frame = wire.encode(reveal, self.identity.signing_key, limits=self.config.limits)
+        await self._send_frame(frame, wire.PacketType.INFERENCE_REVEAL)
 
     # ================================================================ verification
 

@@ -95,6 +95,8 @@ class Bus:
         self.nodes: dict[str, trio.MemorySendChannel] = {}
         self.sent: list[bytes] = []
         self.down: set[str] = set()  # node ids whose publish fails (gossip down)
+        # (receiver node id, packet) -> True to lose the packet on its way to that node
+        self.lose = lambda node_id, pkt: False
 
     def attach(self, node_id: str):
         """Returns (publish, packets) for the node with this id."""
@@ -107,9 +109,11 @@ class Bus:
         async def packets():
             async for frame in recv:
                 try:
-                    yield wire.decode(frame, seen=seen)
+                    pkt = wire.decode(frame, seen=seen)
                 except wire.WireError:
                     continue
+                if not self.lose(node_id, pkt):
+                    yield pkt
 
         async def publish(frame: bytes) -> None:
             if node_id in self.down:

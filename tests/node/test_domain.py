@@ -319,3 +319,35 @@ def test_request_past_its_deadline_is_expired_and_refused_at_submit(tmp_path, en
                 net.stop(n)
 
     trio.run(main)
+
+
+def test_lost_reveals_are_asked_for_again(tmp_path, engines):
+    """A verifier that lost the other nodes' reveals asks again and still decides."""
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            net = Net(tmp_path, engines, nursery)
+            a, b, c = [await net.start(n) for n in ("a", "b", "c")]
+            lost: set[str] = set()
+
+            def lose(receiver, pkt):
+                # c loses the first reveal of every other node
+                if (
+                    receiver == c.node_id
+                    and pkt.type is wire.PacketType.INFERENCE_REVEAL
+                    and pkt.sender_id not in lost
+                ):
+                    lost.add(pkt.sender_id)
+                    return True
+                return False
+
+            net.bus.lose = lose
+            rid = await a.submit_request(make_request(Identity.generate(), quorum=3))
+            v = await wait_final(c, rid)
+            assert v["state"] == "succeeded", explain(v, net)
+            assert lost == {a.node_id, b.node_id}
+            assert {m["node_id"] for m in v["members"]} == {a.node_id, b.node_id, c.node_id}
+            for n in list(net.nodes):
+                net.stop(n)
+
+    trio.run(main)
