@@ -14,10 +14,11 @@ Everything runs in the caller's trio loop: `await nursery.start(node.run)` or
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -227,8 +228,9 @@ class GossipCounters:
         return out
 
 
-StatusProvider = Callable[[], wire.PeerStatus | None]
-InfoProvider = Callable[[], wire.PeerInfo | None]
+# Called on every heartbeat from the trio loop; may return an awaitable; None skips one.
+StatusProvider = Callable[[], "wire.PeerStatus | None | Awaitable[wire.PeerStatus | None]"]
+InfoProvider = Callable[[], "wire.PeerInfo | None | Awaitable[wire.PeerInfo | None]"]
 
 
 class GossipNode:
@@ -651,21 +653,23 @@ class GossipNode:
                 await self._info_due.wait()
                 await trio.sleep(0.2)  # debounce a burst of new peers into one peer_info
 
-    async def _publish_own(self, make: Callable[[], wire.Body | None]) -> None:
+    async def _publish_own(self, make: Callable[[], Any]) -> None:
         try:
             body = make()
+            if inspect.isawaitable(body):
+                body = await body
             if body is not None:
                 await self.publish_body(body)
         except Exception:  # noqa: BLE001 - a bad provider must not stop heartbeats
             self.counters.heartbeat_errors += 1
             log.warning("gossip: heartbeat not published", exc_info=True)
 
-    def _make_info(self) -> wire.PeerInfo | None:
+    def _make_info(self) -> Any:
         if self.peer_info_provider is not None:
             return self.peer_info_provider()
         return wire.PeerInfo(models=[], embedding_models=[], workers={}, device="none", version=_version())
 
-    def _make_status(self) -> wire.PeerStatus | None:
+    def _make_status(self) -> Any:
         if self.status_provider is not None:
             return self.status_provider()
         return wire.PeerStatus(

@@ -13,7 +13,7 @@ from node.libp2p_compat import AddressError, key_pair_from_seed, parse_peer_id, 
 from node.peers import PeerTable
 from node.ratelimit import KeyedRateLimiter, PenaltyBox, TokenBucket
 
-from .conftest import Net, new_node, request_body, run_trio
+from .conftest import Net, new_node, request_body, run_trio, wait_until
 
 
 def test_token_bucket_allows_burst_then_rate():
@@ -157,5 +157,28 @@ def test_running_context_manager_and_restart_of_same_object():
         assert not node.is_running and node.listen_multiaddrs() == []
         async with node.running():  # the same object can run again
             assert node.is_running
+
+    run_trio(body)
+
+
+def test_deliver_own_and_async_status_provider():
+    async def status():
+        await trio.sleep(0)
+        return wire.PeerStatus(load=7.0, queue_depth=1, tokens_per_s=0.0)
+
+    async def body():
+        async with trio.open_nursery() as nursery:
+            net = Net(nursery)
+            a = new_node(deliver_own=True, status_interval_s=0.2)
+            a.status_provider = status
+            await net.start(a)
+            b = await net.start(new_node())
+            await a.connect(b.listen_multiaddrs()[0])
+            await a.wait_for_topic_peers(1)
+            await a.publish_body(request_body("mine"))
+            await wait_until(lambda: "mine" in net.prompts(a))  # our own, echoed to our queue
+            await wait_until(lambda: any(r.load == 7.0 for r in b.peers()))
+            assert a.counters.heartbeat_errors == 0
+            nursery.cancel_scope.cancel()
 
     run_trio(body)
