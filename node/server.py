@@ -440,6 +440,23 @@ async def _main(settings: Settings) -> None:
         nursery.cancel_scope.cancel()
 
 
+def _lone_error(exc: BaseException) -> BaseException:
+    """The single error inside (nested) exception groups, else ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def run_daemon(settings: Settings) -> None:
-    """Blocking entry point of ``rakis node start``."""
-    trio.run(partial(_main, settings))
+    """Blocking entry point of ``rakis node start``.
+
+    Trio wraps errors raised inside nurseries in exception groups; a lone start-up error
+    (unreadable key, unusable data dir, port in use) is re-raised as itself so the CLI
+    can print one clear line instead of a traceback."""
+    try:
+        trio.run(partial(_main, settings))
+    except BaseExceptionGroup as group:
+        lone = _lone_error(group)
+        if lone is group:
+            raise
+        raise lone from None
