@@ -635,10 +635,11 @@ class Orchestrator:
         return True
 
     async def _maybe_resend_reveal_request(self, rid: str, live: _Live, now: int) -> None:
-        """Ask again for the named reveals we still lack (lost packets, or we restarted
-        and missed them). The machine keeps one reveal request per sender, so a repeat
-        changes no one's state; it only prompts named nodes to re-send their reveal
-        (``_maybe_reveal_again``). Only commits every node already counted are named."""
+        """Ask again for the named reveals we still lack (lost packets, or a node that
+        restarted and missed them). The machine keeps one reveal request per sender, so
+        a repeat changes no one's state; it prompts named nodes to re-send their reveal
+        (``_maybe_reveal_again``), and our repeated commit lets a node that missed it
+        count it. The machine ignores a repeated commit that matches the counted one."""
         m = live.machine
         if m.final or self.config.fault == "silent" or m.first_valid_rr_ms is None:
             return
@@ -659,6 +660,18 @@ class Orchestrator:
             ],
         )
         live.last_rr_sent_ms = now
+        if m.own is not None:
+            # A node that missed our commit (it was down, or the packet was lost) cannot
+            # count it, and so cannot see that a reveal request naming it is valid:
+            # repeat our commit first (a fresh packet with the same commitment).
+            commit = wire.InferenceCommit(
+                request_id=rid,
+                inference_id=m.own.inference_id,
+                model=live.own_model or "unknown",
+                commit=m.own.commit,
+            )
+            frame = wire.encode(commit, self.identity.signing_key, limits=self.config.limits)
+            await self._send_frame(frame, wire.PacketType.INFERENCE_COMMIT)
         frame = wire.encode(body, self.identity.signing_key, limits=self.config.limits)
         await self._send_frame(frame, wire.PacketType.INFERENCE_REVEAL_REQUEST)
 

@@ -351,3 +351,36 @@ def test_lost_reveals_are_asked_for_again(tmp_path, engines):
                 net.stop(n)
 
     trio.run(main)
+
+
+def test_node_that_missed_a_commit_still_reveals(tmp_path, engines):
+    """c never receives a's commit: it cannot validate the reveal requests naming it
+    until a repeats its commit along with its repeated reveal request."""
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            net = Net(tmp_path, engines, nursery)
+            a, b, c = [await net.start(n) for n in ("a", "b", "c")]
+            dropped: list[str] = []
+
+            def lose(receiver, pkt):
+                if (
+                    receiver == c.node_id
+                    and pkt.type is wire.PacketType.INFERENCE_COMMIT
+                    and pkt.sender_id == a.node_id
+                    and not dropped
+                ):
+                    dropped.append(pkt.packet_id)
+                    return True
+                return False
+
+            net.bus.lose = lose
+            rid = await a.submit_request(make_request(Identity.generate(), quorum=3))
+            v = await wait_final(a, rid)
+            assert dropped
+            assert v["state"] == "succeeded", explain(v, net)
+            assert {m["node_id"] for m in v["members"]} == {a.node_id, b.node_id, c.node_id}
+            for n in list(net.nodes):
+                net.stop(n)
+
+    trio.run(main)
