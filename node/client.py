@@ -88,6 +88,13 @@ def load_or_create_client_key(path: Path | None = None) -> Identity:
             raise ClientError(f"client key {path} is unreadable or not hex: {exc}") from None
         if len(seed) != 32:
             raise ClientError(f"client key {path} must hold 64 hex characters, it holds {len(text)}")
+        # Like the node key: a secret others can read is refused, never used.
+        mode = path.stat().st_mode
+        if os.name == "posix" and mode & 0o077:
+            raise ClientError(
+                f"client key {path} has mode {mode & 0o777:04o}; it must be readable by its "
+                f"owner only. Fix with: chmod 600 {path}"
+            )
         return Identity.from_seed(seed)
     ident = Identity.generate()
     try:
