@@ -712,7 +712,6 @@ class GossipNode:
                         if not self._pubsub.is_peer_blacklisted(peer):
                             self._registering.add(peer)
                             self._nursery.start_soon(self._register, peer)
-            self._refresh_table()
             await trio.sleep(interval)
 
     async def _register(self, peer: ID) -> None:
