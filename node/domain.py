@@ -34,6 +34,7 @@ from consensus import quorum as q
 from consensus.certificate import Certificate, CertificateResult
 from consensus.clustering import joint_hash
 from consensus.commitments import binary_embedding
+from consensus.reputation import PeerRecord
 from node import metrics, wire
 from node.facade import RequestRejected
 from node.identity import Identity
@@ -1084,8 +1085,14 @@ class Orchestrator:
     def recent_packets(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(self._packets)[:limit]
 
-    def reputation(self) -> dict[str, dict[str, int]]:
-        return self.store.reputation()
+    def reputation(self) -> dict[str, dict[str, Any]]:
+        """Per peer: counts from the store plus the explainable score of
+        ``consensus.reputation`` (rejections weigh more than missing reveals)."""
+        out: dict[str, dict[str, Any]] = {}
+        for node_id, counts in self.store.reputation().items():
+            rec = PeerRecord(counts["accepted"], counts["rejected"], counts["missing"])
+            out[node_id] = {**counts, "score": round(rec.score, 4), "explain": rec.explain()}
+        return out
 
     def queue_depth(self) -> int:
         return sum(1 for live in self._live.values() if live.inferring)

@@ -159,6 +159,7 @@ def test_three_nodes_reach_consensus_and_certificate_verifies(tmp_path, engines)
             assert report.ok, report.problems
             rep = a.store.reputation()
             assert rep[b.node_id]["accepted"] == 1 and rep[b.node_id]["in_cluster"] == 1
+            assert a.reputation()[b.node_id]["score"] > 0.5
             for n in list(net.nodes):
                 net.stop(n)
 
