@@ -33,13 +33,14 @@ from node.config import Settings
 from node.domain import DomainConfig, InferenceFailed, Orchestrator
 from node.facade import RequestRejected
 from node.logs import get_logger
-from node.store import Store
+from node.store import Store, StoreError
 
 log = get_logger(__name__)
 
 __all__ = ["DaemonFacade", "EngineCompute", "NODE_JSON", "run_daemon", "serve"]
 
 NODE_JSON = "node.json"
+LOCK_FILE = "daemon.lock"
 
 
 def _version() -> str:
@@ -281,7 +282,12 @@ async def serve(
     shutdown = shutdown if shutdown is not None else trio.Event()
     data_dir = Path(settings.data_dir)
     identity = identity_mod.load_or_create(data_dir)
-    store = Store(data_dir)
+    lock = _lock_data_dir(data_dir)
+    try:
+        store = Store(data_dir)
+    except BaseException:
+        lock.close()
+        raise
     threads = _configure_threads(settings)
     registry = ModelRegistry({k: str(v) for k, v in settings.model_paths.items()})
     device = None if settings.device == "auto" else settings.device
@@ -404,7 +410,29 @@ async def serve(
             (data_dir / NODE_JSON).unlink()
         except OSError:
             pass
+        lock.close()
         log.info("stopped")
+
+
+def _lock_data_dir(data_dir: Path) -> Any:
+    """Hold an exclusive lock on the data dir for the daemon's lifetime: two daemons on
+    one database would both answer for the same node key and interleave its state."""
+    import fcntl
+
+    path = data_dir / LOCK_FILE
+    fh = open(path, "a+")  # noqa: SIM115 - held open until shutdown
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        other = fh.read().strip() or "?"
+        fh.close()
+        raise StoreError(f"data directory {data_dir} is in use by another rakis node (pid {other})") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
 
 
 def _close_engines(llm: Any, embeddings: Any) -> None:
