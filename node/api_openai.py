@@ -169,6 +169,12 @@ def _result_error(result: InferenceResult) -> ApiError | None:
         return ApiError(503, "expired", "the request waited too long in the engine queue")
     if result.finish_reason == "abort":
         return ApiError(503, "aborted", "the generation was aborted")
+    if (result.error or "").startswith("ValueError:"):
+        # The worker refused the request itself (e.g. a prompt longer than the model's
+        # context): the client's fault, not the server's.
+        return ApiError(
+            400, "invalid_request", f"generation refused: {result.error.removeprefix('ValueError: ')}"
+        )
     return ApiError(503, "engine_error", f"generation failed: {result.error or result.finish_reason}")
 
 
