@@ -135,11 +135,12 @@ class InProcessNode:
         self._thread.join(30)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def inprocess_node(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Iterator[InProcessNode]:
     import torch
 
     torch.set_num_threads(1)
+    # One node for the session: HTTP fuzzing and the security checks share it.
     node = InProcessNode(tmp_path_factory.mktemp("adv-node"), tiny_llama_dir).start()
     try:
         yield node
@@ -158,20 +159,23 @@ def request_body(
     max_time_ms: int = 60_000,
     model: str = TINY_MODEL,
     max_tokens: int = 8,
+    limits: wire.WireLimits = wire.DEFAULT_LIMITS,
 ) -> wire.InferenceRequest:
-    return wire.InferenceRequest(
-        prompt=prompt,
-        accepted_models=[model],
-        temperature=0.0,
-        max_tokens=max_tokens,
-        security_frame=wire.SecurityFrame(
-            quorum=quorum,
-            max_time_ms=max_time_ms,
-            sec_distance=0.2,
-            sec_percentage=0.6,
-            embedding_model=EMBEDDING,
-        ),
-    )
+    """A request body; `limits` lets a test build one over a receiver's limits."""
+    raw = {
+        "prompt": prompt,
+        "accepted_models": [model],
+        "temperature": 0.0,
+        "max_tokens": max_tokens,
+        "security_frame": {
+            "quorum": quorum,
+            "max_time_ms": max_time_ms,
+            "sec_distance": 0.2,
+            "sec_percentage": 0.6,
+            "embedding_model": EMBEDDING,
+        },
+    }
+    return wire.InferenceRequest.model_validate(raw, context={"limits": limits})
 
 
 def sample_frames(key: Identity) -> list[bytes]:
