@@ -129,10 +129,6 @@ class DomainConfig:
         )
 
 
-# Stored frames are re-read long after they arrived: no clock-skew window then.
-_NO_SKEW = wire.WireLimits(max_clock_skew_ms=86_400_000 * 1)
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -442,7 +438,7 @@ class Orchestrator:
             if stored["own"] or stored["type"] == wire.PacketType.INFERENCE_REQUEST.value:
                 continue
             try:
-                early = wire.decode(stored["frame"], now_ms=stored["received_at"], limits=self.config.limits)
+                early = wire.decode(stored["frame"], limits=self.config.limits, check_time=False)
             except wire.WireError:
                 continue
             if rid in self._live:
@@ -870,7 +866,7 @@ class Orchestrator:
 
     def _frame_matches_commit(self, frame: bytes, counted: Any) -> bool:
         try:
-            pkt = wire.decode(frame, now_ms=None, limits=_NO_SKEW)
+            pkt = wire.decode(frame, limits=self.config.limits, check_time=False)
         except wire.WireError:
             return False
         body = pkt.body
@@ -888,7 +884,7 @@ class Orchestrator:
         pending = self.store.pending_requests()
         for row in pending:
             try:
-                pkt = wire.decode(row.frame, now_ms=row.created_at, limits=self.config.limits)
+                pkt = wire.decode(row.frame, limits=self.config.limits, check_time=False)
             except wire.WireError as e:
                 log.warning("stored_request_unreadable", request_id=row.request_id, error=str(e))
                 continue
@@ -939,7 +935,7 @@ class Orchestrator:
         if row is None:
             return None
         try:
-            pkt = wire.decode(row.frame, now_ms=row.created_at, limits=self.config.limits)
+            pkt = wire.decode(row.frame, limits=self.config.limits, check_time=False)
             body = pkt.body
         except wire.WireError:
             body = None
