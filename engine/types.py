@@ -94,7 +94,7 @@ class RequestStream:
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self._q: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._listeners: list[Callable[[Event], None]] = []
         self._history: list[Event] = []
         self._result: GenerationResult | None = None
@@ -102,21 +102,21 @@ class RequestStream:
 
     # called by the engine --------------------------------------------------------------
     def _emit(self, ev: Event) -> None:
+        # Listeners run under the stream's (re-entrant) lock so a listener added
+        # concurrently sees past events replayed strictly before new ones.
         with self._lock:
             if self._result is not None:
                 return
             self._history.append(ev)
             if isinstance(ev, GenerationResult):
                 self._result = ev
-            listeners = list(self._listeners)
-        self._q.put(ev)
-        for fn in listeners:
-            try:
-                fn(ev)
-            except Exception:  # a broken listener must not stop the scheduler
-                pass
-        if isinstance(ev, GenerationResult):
-            self._done.set()
+                self._done.set()
+            self._q.put(ev)
+            for fn in self._listeners:
+                try:
+                    fn(ev)
+                except Exception:  # a broken listener must not stop the scheduler
+                    pass
 
     # consumer API ----------------------------------------------------------------------
     @property
@@ -126,10 +126,9 @@ class RequestStream:
     def add_listener(self, fn: Callable[[Event], None]) -> None:
         """Register fn; events already emitted are replayed to it first, in order."""
         with self._lock:
-            past = list(self._history)
+            for ev in self._history:
+                fn(ev)
             self._listeners.append(fn)
-        for ev in past:
-            fn(ev)
 
     def get(self, timeout: float | None = None) -> Event:
         """Next event (TokenEvent ... then the GenerationResult); raises queue.Empty on timeout."""
