@@ -428,10 +428,17 @@ def _lock_data_dir(data_dir: Path) -> Any:
         other = fh.read().strip() or "?"
         fh.close()
         raise StoreError(f"data directory {data_dir} is in use by another rakis node (pid {other})") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+    except OSError as e:  # e.g. a full disk: name the place, not just the errno
+        try:
+            fh.close()  # flushes again, and fails again on a full disk
+        except OSError:
+            pass
+        raise StoreError(f"cannot write {path}: {e.strerror} (is the data directory full?)") from None
     return fh
 
 
