@@ -284,6 +284,10 @@ class EngineCore:
         return True
 
     def stats(self) -> dict:
+        """Snapshot for dashboards/metrics. prefix_hits / prefix_queries count prompt
+        *tokens* (served from the prefix cache / looked up), so prefix_hit_rate is the
+        fraction of prompt tokens not recomputed; prefix_hit_requests counts requests
+        with at least one cached block. tokens_per_s is over the last 10 s."""
         now = time.monotonic()
         with self._lock:
             while self._tok_window and self._tok_window[0][0] < now - 10.0:
