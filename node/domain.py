@@ -672,6 +672,32 @@ class Orchestrator:
         frame = wire.encode(body, self.identity.signing_key, limits=self.config.limits)
         await self._send_frame(frame, wire.PacketType.INFERENCE_REVEAL_REQUEST)
 
+    async def _reveal_again_from_store(self, rid: str, body: wire.InferenceRevealRequest, now: int) -> None:
+        """Like ``_maybe_reveal_again`` for a request that is already final here."""
+        own = self.store.get_inference(rid)
+        if (
+            own is None
+            or own.state != "revealed"
+            or own.output is None
+            or own.b is None
+            or own.commit is None
+        ):
+            return
+        if self.config.fault == "silent":
+            return
+        if not any(c.node_id == self.node_id and c.commit == own.commit for c in body.commits):
+            return
+        if now - self._late_reveals.get(rid, 0) < self.config.reveal_request_resend_s * 1000:
+            return
+        self._late_reveals[rid] = now
+        if len(self._late_reveals) > 10_000:
+            self._late_reveals.pop(next(iter(self._late_reveals)))
+        reveal = wire.InferenceReveal(
+            request_id=rid, inference_id=own.inference_id, output=own.output, b=own.b
+        )
+        frame = wire.encode(reveal, self.identity.signing_key, limits=self.config.limits)
+        await self._send_frame(frame, wire.PacketType.INFERENCE_REVEAL)
+
     async def _maybe_reveal_again(
         self, rid: str, live: _Live, body: wire.InferenceRevealRequest, now: int
     ) -> None:
