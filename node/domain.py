@@ -557,6 +557,7 @@ class Orchestrator:
                     request_id=rid, inference_id=a.inference_id, output=a.output, b=a.b
                 )
                 self.store.upsert_inference(rid, a.inference_id, state="revealed")
+                live.last_reveal_sent_ms = _now_ms()
             elif isinstance(a, q.PublishRejection):
                 body = wire.InferenceRevealRejected(
                     request_id=rid, inference_id=a.inference_id, reason=f"{a.reason}: {a.detail}"[:1000]
