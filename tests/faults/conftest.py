@@ -185,11 +185,20 @@ class Daemon:
         raise TimeoutError(f"{what} not reached after {timeout}s\n{self.tail()}")
 
     def wait_final(self, rid: str, timeout: float = 150) -> dict[str, Any]:
+        last: list[dict[str, Any] | None] = [None]
+
         def final() -> dict[str, Any] | None:
-            v = self.request(rid)
+            v = last[0] = self.request(rid)
             return v if v is not None and v["state"] != "pending" else None
 
-        return self.wait_for(final, timeout, f"request {rid[:12]} final")
+        try:
+            return self.wait_for(final, timeout, f"request {rid[:12]} final")
+        except TimeoutError as e:
+            v = last[0] or {}
+            brief = {k: v.get(k) for k in ("state", "stage", "commits", "reveals", "own_inference")}
+            raise TimeoutError(
+                f"{e}\nlast view on {self.data_dir.name}: {json.dumps(brief)[:3000]}"
+            ) from None
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -240,9 +249,9 @@ def make_frame(
     return wire.encode(body, (client or Identity.generate()).signing_key)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trio_net(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Iterator[dict[str, Daemon]]:
-    """Three daemons, started together; b and c bootstrap to a, a to both."""
+    """Three daemons (shared by the fault tests and the load test); b and c bootstrap to a."""
     root = tmp_path_factory.mktemp("faults-net")
     started: list[Daemon] = []
     try:

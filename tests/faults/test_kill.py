@@ -44,6 +44,24 @@ def _all_succeed(rid: str, nodes: list[Daemon], timeout: float = 150) -> list[di
     return views
 
 
+def test_partitioned_node_rejoins_and_takes_part_again(trio_net):
+    a, b, c = trio_net["a"], trio_net["b"], trio_net["c"]
+    c.signal(signal.SIGSTOP)  # cut off: no traffic in or out
+    try:
+        rid = a.submit(make_frame("What is two plus two?", quorum=2, max_time_ms=60_000))
+        views = _all_succeed(rid, [a, b], timeout=90)
+        assert c.node_id not in _members(views[0])
+    finally:
+        c.signal(signal.SIGCONT)
+    # Back on the network: it answers, stays connected, and is a member of the next
+    # request that needs all three.
+    c.wait_for(lambda: c.peer_count() >= 2, 60, "c reconnected")
+    time.sleep(1.0)
+    rid2 = a.submit(make_frame("Name a fruit.", quorum=3, max_time_ms=120_000))
+    views = _all_succeed(rid2, [a, b, c])
+    assert _members(views[0]) == {a.node_id, b.node_id, c.node_id}
+
+
 def test_killed_while_inferring_resumes_inference_after_restart(trio_net):
     a, b, c = trio_net["a"], trio_net["b"], trio_net["c"]
     # A long generation keeps c in the inferring stage long enough to catch it.
@@ -110,22 +128,4 @@ def test_killed_while_verifying_finishes_verification_after_restart(trio_net):
     busy.join(10)
     _restart(a, [b, c])
     views = _all_succeed(rid, [a, b, c])
-    assert _members(views[0]) == {a.node_id, b.node_id, c.node_id}
-
-
-def test_partitioned_node_rejoins_and_takes_part_again(trio_net):
-    a, b, c = trio_net["a"], trio_net["b"], trio_net["c"]
-    c.signal(signal.SIGSTOP)  # cut off: no traffic in or out
-    try:
-        rid = a.submit(make_frame("What is two plus two?", quorum=2, max_time_ms=60_000))
-        views = _all_succeed(rid, [a, b], timeout=90)
-        assert c.node_id not in _members(views[0])
-    finally:
-        c.signal(signal.SIGCONT)
-    # Back on the network: it answers, stays connected, and is a member of the next
-    # request that needs all three.
-    c.wait_for(lambda: c.peer_count() >= 2, 60, "c reconnected")
-    time.sleep(1.0)
-    rid2 = a.submit(make_frame("Name a fruit.", quorum=3, max_time_ms=120_000))
-    views = _all_succeed(rid2, [a, b, c])
     assert _members(views[0]) == {a.node_id, b.node_id, c.node_id}
