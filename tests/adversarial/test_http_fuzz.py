@@ -248,6 +248,7 @@ messages_st = st.lists(
         optional={
             "content": st.one_of(
                 st.text(max_size=120),
+                st.just("word " * 3000),  # longer than the tiny model's context
                 st.none(),
                 st.integers(),
                 st.lists(
