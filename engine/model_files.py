@@ -52,6 +52,10 @@ def minilm_dir() -> Path:
     return d
 
 
+# Bumped whenever the converted layout changes, so stale conversions are redone.
+_FORMAT = "v2"
+
+
 def cache_root() -> Path:
     """Root of converted models; RAKIS_MODEL_CACHE overrides (tests, read-only homes)."""
     env = os.environ.get("RAKIS_MODEL_CACHE")
@@ -70,7 +74,7 @@ def _file_sha256_prefix(path: Path) -> str:
 
 def _convert_into(gguf_path: Path, out: Path) -> None:
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,9 +82,16 @@ def _convert_into(gguf_path: Path, out: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
     model.eval()
-    # save_model de-duplicates tied weights (lm_head == embed_tokens) the way
-    # transformers expects when it loads the directory back.
-    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})
+    # Tied weights (lm_head == embed_tokens) must be stored under the embedding's
+    # name: transformers loads the embedding and ties lm_head to it. save_model's
+    # de-duplication may keep only "lm_head.weight", which leaves the embedding
+    # randomly initialised on load (garbage output that depends on the RNG state).
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    if head is not None and head.weight.data_ptr() == embed.data_ptr():
+        state.pop("lm_head.weight", None)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     model.config.save_pretrained(str(out))
     _drop_quantization_config(out / "config.json")
     if model.generation_config is not None:
@@ -108,7 +119,7 @@ def ensure_converted(gguf_path: str | Path) -> Path:
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    key = _file_sha256_prefix(gguf_path)
+    key = f"{_file_sha256_prefix(gguf_path)}-{_FORMAT}"
     target = root / key
     if (target / _DONE_MARKER).is_file():
         return target

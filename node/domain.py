@@ -618,8 +618,7 @@ class Orchestrator:
         except Exception as e:
             log.warning("publish_failed", packet_type=ptype.value, error=str(e))
             return False
-        metrics.GOSSIP_FRAMES_OUT.labels(type=ptype.value).inc()
-        metrics.GOSSIP_BYTES_OUT.inc(len(frame))
+        # Frames out are counted where they leave: in the gossip layer.
         self._packets.appendleft(
             {
                 "ts": _now_ms(),

@@ -51,8 +51,11 @@ from node.libp2p_compat import (
     subscribe_direct,
     unblacklist,
 )
+from node.logs import route_library_logs_to_root
 from node.peers import PeerRecord, PeerTable
 from node.ratelimit import KeyedRateLimiter, PenaltyBox
+
+route_library_logs_to_root()  # libp2p detaches its logger on import
 
 try:  # the shared Prometheus registry; the gossip layer works without it
     from node import metrics as _metrics

@@ -8,6 +8,7 @@ are routed through the same renderer so one node writes one format.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -90,6 +91,7 @@ def configure_logging(level: str | int = "info", json: bool | None = None, strea
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(levelno)
+    route_library_logs_to_root()
 
     structlog.configure(
         processors=[
@@ -105,9 +107,24 @@ def configure_logging(level: str | int = "info", json: bool | None = None, strea
     )
 
 
+def route_library_logs_to_root() -> None:
+    """Send py-libp2p's log records through our handler.
+
+    Importing libp2p (without LIBP2P_DEBUG) detaches its "libp2p" logger from the
+    root (``propagate = False``, no handlers), which silently drops its warnings:
+    a daemon would never show why a dial or a stream failed. Called after
+    configuring logging and again by the gossip layer after it imports libp2p.
+    """
+    if os.environ.get("LIBP2P_DEBUG"):
+        return  # the user asked for libp2p's own debug logging setup
+    lib = logging.getLogger("libp2p")
+    lib.handlers.clear()
+    lib.propagate = True
+
+
 def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.BoundLogger:
     """A structlog logger; ``initial`` key/values are bound to every line it writes."""
     return structlog.get_logger(name, **initial)
 
 
-__all__ = ["LEVELS", "configure_logging", "get_logger"]
+__all__ = ["LEVELS", "configure_logging", "get_logger", "route_library_logs_to_root"]
