@@ -135,12 +135,13 @@ class InProcessNode:
         self._thread.join(30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def inprocess_node(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Iterator[InProcessNode]:
     import torch
 
     torch.set_num_threads(1)
-    # One node for the session: HTTP fuzzing and the security checks share it.
+    # One node for the package (torn down after its last test): HTTP fuzzing and the
+    # security checks share it.
     node = InProcessNode(tmp_path_factory.mktemp("adv-node"), tiny_llama_dir).start()
     try:
         yield node

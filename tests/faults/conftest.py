@@ -249,7 +249,7 @@ def make_frame(
     return wire.encode(body, (client or Identity.generate()).signing_key)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def trio_net(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Iterator[dict[str, Daemon]]:
     """Three daemons (shared by the fault tests and the load test); b and c bootstrap to a."""
     root = tmp_path_factory.mktemp("faults-net")
