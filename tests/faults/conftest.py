@@ -59,11 +59,13 @@ class Daemon:
         *,
         bootstrap: list[str] | None = None,
         env: dict[str, str] | None = None,
+        fault: str = "honest",
     ) -> None:
         self.data_dir = data_dir
         self.tiny_dir = tiny_dir
         self.bootstrap = list(bootstrap or [])
         self.extra_env = dict(env or {})
+        self.fault = fault
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
         self.p2p_port: int | None = None
@@ -87,6 +89,8 @@ class Daemon:
             "1",
             "--model",
             f"{TINY_MODEL}=1",
+            "--fault",
+            self.fault,
         ]
         for b in self.bootstrap:
             out += ["--bootstrap", b]

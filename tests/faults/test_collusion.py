@@ -1,0 +1,44 @@
+"""Collusion below the threshold on real daemons: two `--fault off-topic` nodes give the
+*same* wrong answer (they collude perfectly) next to three honest ones; quorum 5 with
+`sec_percentage` 0.6 needs a cluster of 3. The honest answer wins on every node and the
+colluders are outside the winning cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Daemon, make_frame
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+
+
+def test_two_colluders_below_the_threshold_do_not_change_the_answer(trio_net, tiny_llama_dir, tmp_path):
+    a, b, c = trio_net["a"], trio_net["b"], trio_net["c"]
+    boot = [a.addr, b.addr, c.addr]
+    colluders = [
+        Daemon(tmp_path / f"x{i}", tiny_llama_dir, bootstrap=boot, fault="off-topic") for i in range(2)
+    ]
+    try:
+        for d in colluders:
+            d.start()
+        for d in colluders:
+            d.wait_ready()
+        for d in (a, *colluders):
+            d.wait_for(lambda d=d: d.peer_count() >= 4, 90, "five nodes meshed")
+        rid = a.submit(make_frame("Name a colour.", quorum=5, sec_percentage=0.6, max_time_ms=120_000))
+        views = {d.data_dir.name: d.wait_final(rid, 150) for d in (a, b, c, *colluders)}
+        honest_ids = {a.node_id, b.node_id, c.node_id}
+        answers = set()
+        for name, v in views.items():
+            assert (v["state"], v["reason"]) == ("succeeded", None), (name, v)
+            assert {m["node_id"] for m in v["members"]} == honest_ids, (name, v["members"])
+            answers.add(v["answer"])
+        assert len(answers) == 1
+        from node.domain import OFF_TOPIC_ANSWER
+
+        assert answers != {OFF_TOPIC_ANSWER}
+        plot = {p["node_id"]: p["in_cluster"] for p in views["a"]["embedding_plot"]}
+        assert all(plot.get(d.node_id) is False for d in colluders), plot
+    finally:
+        for d in colluders:
+            d.stop()
