@@ -121,9 +121,14 @@ class LlamaRunner:
             for lin in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj):
                 lin.weight.data = torch.empty(0, dtype=lin.weight.dtype)
         self.norm = t(base.norm.weight)
-        self.lm_head = (
-            t(hf.lm_head.weight) if hf.lm_head.weight is not base.embed_tokens.weight else self.embed
+        head = hf.lm_head.weight
+        tied = (
+            head is base.embed_tokens.weight
+            or head.is_meta
+            or (getattr(config, "tie_word_embeddings", False) and torch.equal(head, base.embed_tokens.weight))
         )
+        # A tied head shares the embedding's memory (a separate copy would cost ~110 MB).
+        self.lm_head = self.embed if tied else t(head)
         # The vocab projection runs in row slices that stay cache-resident: on CPU this is
         # 10-25% faster for small batches and bit-identical (each logit is the same dot product).
         self.lm_head_chunks = self.lm_head.split(2048) if self.device.type == "cpu" else (self.lm_head,)

@@ -53,7 +53,7 @@ def minilm_dir() -> Path:
 
 
 # Bumped whenever the converted layout changes, so stale conversions are redone.
-_FORMAT = "v2"
+_FORMAT = "v3"
 
 
 def cache_root() -> Path:
@@ -82,15 +82,16 @@ def _convert_into(gguf_path: Path, out: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
     model.eval()
-    # Tied weights (lm_head == embed_tokens) must be stored under the embedding's
-    # name: transformers loads the embedding and ties lm_head to it. save_model's
-    # de-duplication may keep only "lm_head.weight", which leaves the embedding
-    # randomly initialised on load (garbage output that depends on the RNG state).
+    # Tied weights (lm_head == embed_tokens) are stored under BOTH names, as separate
+    # tensors. transformers 5 resolves ties in an order that varies between processes:
+    # with only one of the two names in the file it sometimes reports the other one
+    # MISSING and leaves it randomly initialised or on the meta device (intermittent
+    # garbage output). With both present nothing is ever missing.
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    embed = model.get_input_embeddings().weight
-    head = model.get_output_embeddings()
-    if head is not None and head.weight.data_ptr() == embed.data_ptr():
-        state.pop("lm_head.weight", None)
+    embed = model.get_input_embeddings().weight.detach()
+    state.setdefault("model.embed_tokens.weight", embed.contiguous())
+    if model.get_output_embeddings() is not None:
+        state["lm_head.weight"] = model.get_output_embeddings().weight.detach().clone().contiguous()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     model.config.save_pretrained(str(out))
     _drop_quantization_config(out / "config.json")
