@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from node import wire
+from node.client import build_request, sign_request
 from node.identity import Identity
 
 RAKIS = str(Path(sys.executable).with_name("rakis"))
@@ -183,20 +183,18 @@ def make_frame(
     max_tokens: int = 16,
     client: Identity | None = None,
 ) -> bytes:
-    body = wire.InferenceRequest(
-        prompt=prompt,
-        accepted_models=[MODEL],
-        temperature=0.0,
+    """A client-signed request frame, built by the real client code."""
+    body = build_request(
+        prompt,
+        models=[MODEL],
+        quorum=quorum,
+        max_time_s=max_time_ms / 1000,
+        sec_distance=sec_distance,
+        sec_percentage=sec_percentage,
         max_tokens=max_tokens,
-        security_frame=wire.SecurityFrame(
-            quorum=quorum,
-            max_time_ms=max_time_ms,
-            sec_distance=sec_distance,
-            sec_percentage=sec_percentage,
-            embedding_model=EMBEDDING,
-        ),
+        embedding_model=EMBEDDING,
     )
-    return wire.encode(body, (client or Identity.generate()).signing_key)
+    return sign_request(body, client or Identity.generate())
 
 
 @pytest.fixture(scope="module")

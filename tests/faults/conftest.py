@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from node import wire
+from node.client import build_request, sign_request
 from node.identity import Identity
 
 RAKIS = str(Path(sys.executable).with_name("rakis"))
@@ -237,20 +237,18 @@ def make_frame(
     sec_percentage: float = 1.0,
     client: Identity | None = None,
 ) -> bytes:
-    body = wire.InferenceRequest(
-        prompt=prompt,
-        accepted_models=[TINY_MODEL],
-        temperature=0.0,
+    """A client-signed request frame, built by the real client code."""
+    body = build_request(
+        prompt,
+        models=[TINY_MODEL],
+        quorum=quorum,
+        max_time_s=max_time_ms / 1000,
+        sec_distance=0.15,
+        sec_percentage=sec_percentage,
         max_tokens=max_tokens,
-        security_frame=wire.SecurityFrame(
-            quorum=quorum,
-            max_time_ms=max_time_ms,
-            sec_distance=0.15,
-            sec_percentage=sec_percentage,
-            embedding_model=EMBEDDING,
-        ),
+        embedding_model=EMBEDDING,
     )
-    return wire.encode(body, (client or Identity.generate()).signing_key)
+    return sign_request(body, client or Identity.generate())
 
 
 @pytest.fixture(scope="package")
