@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     reveal_window_s: float = Field(10.0, gt=0, le=3600, description="Time allowed for reveals (0-3600 s].")
     hamming_tolerance: int = Field(8, ge=0, le=4096, description="Bits a revealed b may differ (0-4096).")
     fault: FaultMode = Field(FaultMode.HONEST, description="honest | garbage | off-topic | silent")
+    orphan_packet_ttl_s: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description="How long a packet for a request not seen yet waits for it (0-86400 s].",
+    )
+    max_orphan_packets: int = Field(
+        10_000, ge=1, le=10_000_000, description="Most packets kept for unseen requests at once (1-10^7)."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -232,6 +241,8 @@ reveal_grace_s = 1.0          # wait after quorum or deadline before asking for 
 reveal_window_s = 10.0        # time allowed for reveals
 hamming_tolerance = 8         # bits a revealed binary embedding may differ from ours
 fault = "honest"              # honest | garbage | off-topic | silent (testing only)
+orphan_packet_ttl_s = 600.0   # how long a packet for a request not seen yet waits for it
+max_orphan_packets = 10000    # most such packets kept at once; more are dropped
 
 [llm_models]                  # model name -> number of workers (0-64)
 "smollm2-135m-instruct" = 1

@@ -106,10 +106,22 @@ class DomainConfig:
     limits: wire.WireLimits = field(default_factory=wire.WireLimits)
     tick_s: float = 0.2
     reveal_request_resend_s: float = 3.0
+    # Packets for request ids this node has not seen ("orphans") are kept so they can be
+    # replayed when the request overtakes them, but only this long and only this many:
+    # otherwise any peer could fill the disk with packets for made-up ids.
+    orphan_packet_ttl_s: float = 600.0
+    max_orphan_packets: int = 10_000
+    orphan_prune_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.fault not in FAULT_MODES:
             raise ValueError(f"fault must be one of {FAULT_MODES}, got {self.fault!r}")
+        if not self.orphan_packet_ttl_s > 0:
+            raise ValueError(f"orphan_packet_ttl_s must be > 0, got {self.orphan_packet_ttl_s!r}")
+        if self.max_orphan_packets < 1:
+            raise ValueError(f"max_orphan_packets must be >= 1, got {self.max_orphan_packets!r}")
+        if not self.orphan_prune_interval_s > 0:
+            raise ValueError(f"orphan_prune_interval_s must be > 0, got {self.orphan_prune_interval_s!r}")
 
     @classmethod
     def from_settings(cls, settings: Any) -> DomainConfig:
@@ -126,6 +138,8 @@ class DomainConfig:
                 hamming_tolerance=settings.hamming_tolerance,
                 max_commits=settings.wire.max_commits,
             ),
+            orphan_packet_ttl_s=settings.orphan_packet_ttl_s,
+            max_orphan_packets=settings.max_orphan_packets,
         )
 
 
@@ -240,6 +254,13 @@ class Orchestrator:
         self._accepting = False
         self._rng = random.Random(os.urandom(16))
         self._late_reveals: dict[str, int] = {}
+        # Orphan bookkeeping: a count kept in memory (no COUNT(*) per packet), set from
+        # the store at start and after every prune; drops are logged once per interval.
+        self._orphans = 0
+        self._orphans_dropped_unlogged = 0
+        self._orphans_dropped_total = 0
+        self._orphan_drop_logged_at = -math.inf
+        self._last_orphan_prune = -math.inf
 
     # ================================================================ life cycle
 
@@ -252,6 +273,7 @@ class Orchestrator:
         """Resume from the store, then handle packets and timers until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._prune_orphans()
             await self._resume()
             self._accepting = True
             nursery.start_soon(self._ticker)
@@ -282,6 +304,11 @@ class Orchestrator:
     async def _ticker(self) -> None:
         while True:
             await trio.sleep(self.config.tick_s)
+            if trio.current_time() - self._last_orphan_prune >= self.config.orphan_prune_interval_s:
+                try:
+                    self._prune_orphans()
+                except Exception:
+                    log.exception("orphan_prune_failed")
             now = _now_ms()
             for rid, live in list(self._live.items()):
                 try:
@@ -347,10 +374,13 @@ class Orchestrator:
         rid = getattr(pkt.body, "request_id", None)
         if rid is None:
             return  # peer_info / peer_status: the gossip layer's peer table handles them
+        live = self._live.get(rid)
+        if live is None and not self.store.has_request(rid):
+            self._keep_orphan(pkt, rid)
+            return  # replayed from the store if the request arrives (``_on_request``)
         self.store.add_packet(
             pkt.packet_id, request_id=rid, type=pkt.type.value, sender_id=pkt.sender_id, frame=pkt.frame
         )
-        live = self._live.get(rid)
         if live is None:
             # Request unknown yet (the packet is kept and replayed when it arrives), or
             # final here: then a late verifier may still need our reveal.
@@ -358,6 +388,52 @@ class Orchestrator:
                 await self._reveal_again_from_store(rid, pkt.body, _now_ms())
             return
         await self._feed(rid, live, pkt, _now_ms())
+
+    # ================================================================ orphan packets
+
+    def _keep_orphan(self, pkt: wire.SignedPacket, rid: str) -> None:
+        """Store a packet whose request is unknown here, unless the cap is reached."""
+        if self._orphans >= self.config.max_orphan_packets:
+            metrics.ORPHAN_PACKETS_DROPPED.inc()
+            self._orphans_dropped_unlogged += 1
+            self._orphans_dropped_total += 1
+            now = trio.current_time()
+            if now - self._orphan_drop_logged_at >= self.config.orphan_prune_interval_s:
+                log.warning(
+                    "orphan_packet_dropped",
+                    dropped=self._orphans_dropped_unlogged,
+                    dropped_total=self._orphans_dropped_total,
+                    orphans=self._orphans,
+                    max_orphan_packets=self.config.max_orphan_packets,
+                    packet_type=pkt.type.value,
+                )
+                self._orphan_drop_logged_at = now
+                self._orphans_dropped_unlogged = 0
+            return
+        if self.store.add_packet(
+            pkt.packet_id, request_id=rid, type=pkt.type.value, sender_id=pkt.sender_id, frame=pkt.frame
+        ):
+            self._orphans += 1
+            metrics.ORPHAN_PACKETS.set(self._orphans)
+
+    def _prune_orphans(self) -> None:
+        """Drop orphans past their TTL or over the cap, and re-read the true count
+        (requests that arrived since turned some orphans into ordinary packets)."""
+        self._last_orphan_prune = trio.current_time()
+        deleted = self.store.prune_orphan_packets(
+            max_age_ms=int(self.config.orphan_packet_ttl_s * 1000),
+            max_count=self.config.max_orphan_packets,
+        )
+        self._orphans = self.store.count_orphan_packets()
+        metrics.ORPHAN_PACKETS.set(self._orphans)
+        if deleted:
+            metrics.ORPHAN_PACKETS_PRUNED.inc(deleted)
+            log.info("orphan_packets_pruned", deleted=deleted, orphans=self._orphans)
+
+    @property
+    def orphan_packets(self) -> int:
+        """Orphan packets stored, as this node counts them (refreshed by each prune)."""
+        return self._orphans
 
     async def _feed(self, rid: str, live: _Live, pkt: wire.SignedPacket, now: int) -> None:
         m = live.machine
@@ -388,13 +464,18 @@ class Orchestrator:
     def _persist_request(self, pkt: wire.SignedPacket) -> None:
         body = pkt.body
         assert isinstance(body, wire.InferenceRequest)
-        self.store.add_request(
+        new = self.store.add_request(
             pkt.packet_id,
             pkt.frame,
             client_id=pkt.sender_id,
             created_at=pkt.ts_ms,
             ending_at=pkt.ts_ms + body.security_frame.max_time_ms,
         )
+        if new and self._orphans:
+            # Its early packets are no longer orphans; a count over the small partial
+            # index once per new request keeps the cap honest without waiting for a prune.
+            self._orphans = self.store.count_orphan_packets()
+            metrics.ORPHAN_PACKETS.set(self._orphans)
 
     def _new_machine(self, pkt: wire.SignedPacket, now: int) -> tuple[q.QuorumMachine, list[q.Action]]:
         body = pkt.body

@@ -175,6 +175,22 @@ REVEALS_VERIFIED = Counter(
     registry=REGISTRY,
 )
 
+ORPHAN_PACKETS = Gauge(
+    "rakis_orphan_packets",
+    "Stored packets whose request this node has not seen yet (bounded by max_orphan_packets).",
+    registry=REGISTRY,
+)
+ORPHAN_PACKETS_DROPPED = Counter(
+    "rakis_orphan_packets_dropped",
+    "Packets for unseen requests not stored because max_orphan_packets was reached.",
+    registry=REGISTRY,
+)
+ORPHAN_PACKETS_PRUNED = Counter(
+    "rakis_orphan_packets_pruned",
+    "Stored packets for unseen requests deleted past orphan_packet_ttl_s or over the cap.",
+    registry=REGISTRY,
+)
+
 # ---- HTTP (node/api.py) ---------------------------------------------------------------
 HTTP_REQUESTS = Counter(
     "rakis_http_requests",

@@ -127,7 +127,20 @@ def _m2_outbox(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX packets_unsent ON packets(sent) WHERE sent = 0")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_outbox]
+def _m3_orphans(db: sqlite3.Connection) -> None:
+    # A packet whose request this node has not seen ("orphan") is kept only for a while
+    # and only up to a cap. The flag is set on insert and cleared when the request is
+    # stored, so counting and pruning read a small partial index instead of anti-joining
+    # every packet the node ever kept against `requests`.
+    db.execute("ALTER TABLE packets ADD COLUMN orphan INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "UPDATE packets SET orphan=1 WHERE NOT EXISTS"
+        " (SELECT 1 FROM requests r WHERE r.request_id = packets.request_id)"
+    )
+    db.execute("CREATE INDEX packets_orphan ON packets(received_at) WHERE orphan = 1")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_outbox, _m3_orphans]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -254,13 +267,31 @@ class Store:
     def add_request(
         self, request_id: str, frame: bytes, *, client_id: str, created_at: int, ending_at: int
     ) -> bool:
-        """Insert a request if new; True when it was new (idempotent on duplicates)."""
-        cur = self._write(
-            "INSERT OR IGNORE INTO requests(request_id, frame, client_id, created_at, ending_at, received_at)"
-            " VALUES (?,?,?,?,?,?)",
-            (request_id, bytes(frame), client_id, int(created_at), int(ending_at), _now_ms()),
-        )
-        return cur.rowcount == 1
+        """Insert a request if new; True when it was new (idempotent on duplicates).
+
+        Packets that arrived before it stop being orphans in the same transaction, so
+        the prune can never delete a packet whose request is stored."""
+
+        def tx(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO requests(request_id, frame, client_id, created_at, ending_at,"
+                " received_at) VALUES (?,?,?,?,?,?)",
+                (request_id, bytes(frame), client_id, int(created_at), int(ending_at), _now_ms()),
+            )
+            if cur.rowcount != 1:
+                return False
+            db.execute("UPDATE packets SET orphan=0 WHERE request_id=? AND orphan=1", (request_id,))
+            return True
+
+        return bool(self._tx(tx))
+
+    def has_request(self, request_id: str) -> bool:
+        """Whether the request is stored (pending or final); a primary-key probe."""
+        with self._lock:
+            return (
+                self._db.execute("SELECT 1 FROM requests WHERE request_id=?", (request_id,)).fetchone()
+                is not None
+            )
 
     def get_request(self, request_id: str) -> RequestRow | None:
         with self._lock:
@@ -370,13 +401,51 @@ class Store:
         frame: bytes,
         own: bool = False,
     ) -> bool:
-        """Keep a packet needed for a certificate; True when new."""
+        """Keep a packet needed for a certificate; True when new.
+
+        A packet for a request not stored here is flagged as an orphan (see
+        :meth:`prune_orphan_packets`)."""
         cur = self._write(
-            "INSERT OR IGNORE INTO packets(packet_id, request_id, type, sender_id, frame, own, received_at, sent)"
-            " VALUES (?,?,?,?,?,?,?,?)",
-            (packet_id, request_id, str(type), sender_id, bytes(frame), int(own), _now_ms(), int(not own)),
+            "INSERT OR IGNORE INTO packets(packet_id, request_id, type, sender_id, frame, own, received_at,"
+            " sent, orphan) SELECT ?,?,?,?,?,?,?,?,"
+            " NOT EXISTS (SELECT 1 FROM requests WHERE request_id=?)",
+            (
+                packet_id,
+                request_id,
+                str(type),
+                sender_id,
+                bytes(frame),
+                int(own),
+                _now_ms(),
+                int(not own),
+                request_id,
+            ),
         )
         return cur.rowcount == 1
+
+    def count_orphan_packets(self) -> int:
+        """Packets whose request is not stored (at most the cap plus one prune interval)."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM packets WHERE orphan=1").fetchone()[0])
+
+    def prune_orphan_packets(self, *, max_age_ms: int, max_count: int, now_ms: int | None = None) -> int:
+        """Delete orphans received more than ``max_age_ms`` ago, then the oldest ones
+        beyond ``max_count``; return how many were deleted. Packets of stored requests
+        are never touched."""
+        if max_age_ms < 0 or max_count < 0:
+            raise ValueError(f"max_age_ms and max_count must be >= 0, got {max_age_ms}, {max_count}")
+        cutoff = (_now_ms() if now_ms is None else int(now_ms)) - int(max_age_ms)
+
+        def tx(db: sqlite3.Connection) -> int:
+            aged = db.execute("DELETE FROM packets WHERE orphan=1 AND received_at < ?", (cutoff,)).rowcount
+            over = db.execute(
+                "DELETE FROM packets WHERE rowid IN (SELECT rowid FROM packets WHERE orphan=1"
+                " ORDER BY received_at DESC, rowid DESC LIMIT -1 OFFSET ?)",
+                (int(max_count),),
+            ).rowcount
+            return aged + over
+
+        return int(self._tx(tx))
 
     def mark_sent(self, packet_id: str) -> None:
         self._write("UPDATE packets SET sent=1 WHERE packet_id=?", (packet_id,))
