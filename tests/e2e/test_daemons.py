@@ -14,7 +14,8 @@ import time
 import msgpack
 import pytest
 
-from tests.e2e.conftest import MODEL, Daemon, make_frame
+from tests.daemon_helpers import Daemon
+from tests.e2e.conftest import MODEL, make_frame
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -24,7 +25,7 @@ _state: dict = {}
 def test_three_nodes_reach_consensus(testnet):
     a, b, c = testnet["a"], testnet["b"], testnet["c"]
     frame = make_frame(prompt="What is the capital of France? Answer in one word.", quorum=3)
-    r = a.submit(frame)
+    r = a.post_request(frame)
     assert r.status_code == 200, r.text
     rid = r.json()["request_id"]
     views = [d.wait_final(rid) for d in (a, b, c)]
@@ -48,7 +49,7 @@ def test_invalid_signature_is_refused_and_never_gossiped(testnet):
     payload, signature = msgpack.unpackb(good)
     bad_sig = bytes([signature[0] ^ 0x01]) + signature[1:]
     frame = msgpack.packb([payload, bad_sig], use_bin_type=True)
-    r = a.submit(frame)
+    r = a.post_request(frame)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "bad_signature"
     assert "signature" in r.text.lower()
@@ -77,15 +78,15 @@ def test_openai_client_against_a_daemon(testnet):
     assert text == out.choices[0].message.content
 
 
-def test_garbage_node_is_left_out(testnet):
+def test_garbage_node_is_left_out(testnet, daemon_options):
     a, b, c = testnet["a"], testnet["b"], testnet["c"]
-    bad = Daemon(testnet["root"] / "garbage", fault="garbage", bootstrap=[a.addr]).start()
+    bad = Daemon(testnet["root"] / "garbage", daemon_options, fault="garbage", bootstrap=[a.addr]).start()
     try:
         bad.wait_ready()
         a.wait_for(lambda: a.peer_count() >= 3, timeout=60, what="a sees the garbage node")
         bad.wait_for(lambda: bad.peer_count() >= 3, timeout=60, what="garbage node sees all")
         frame = make_frame(prompt="Name three primary colours.", quorum=4, sec_percentage=0.75)
-        r = b.submit(frame)
+        r = b.post_request(frame)
         assert r.status_code == 200, r.text
         rid = r.json()["request_id"]
         v = c.wait_final(rid)
@@ -107,7 +108,7 @@ def test_garbage_node_is_left_out(testnet):
 def test_node_killed_mid_request_fails_with_reason_then_serves_stored_results(testnet):
     a, b, c = testnet["a"], testnet["b"], testnet["c"]
     frame = make_frame(prompt="Write one sentence about rivers.", quorum=3, max_time_ms=20_000)
-    r = a.submit(frame)
+    r = a.post_request(frame)
     assert r.status_code == 200, r.text
     rid = r.json()["request_id"]
     c.wait_for(lambda: c.request(rid) is not None, timeout=20, what="c received the request")
@@ -116,7 +117,7 @@ def test_node_killed_mid_request_fails_with_reason_then_serves_stored_results(te
     assert (v["state"], v["reason"]) == ("failed", "not_enough_commits"), v
     assert b.wait_final(rid, timeout=30)["reason"] == "not_enough_commits"
     # With c still down, a request that needs only two nodes succeeds without it.
-    r = a.submit(make_frame(prompt="Name a planet.", quorum=2, max_time_ms=40_000))
+    r = a.post_request(make_frame(prompt="Name a planet.", quorum=2, max_time_ms=40_000))
     v = b.wait_final(r.json()["request_id"], timeout=90)
     assert v["state"] == "succeeded", v
     assert {m["node_id"] for m in v["members"]} == {a.node_id, b.node_id}
@@ -135,7 +136,7 @@ def test_restarted_node_reveals_commit_made_before_kill(testnet):
     a, b, c = testnet["a"], testnet["b"], testnet["c"]
     c.wait_for(lambda: a.peer_count() >= 2 and c.peer_count() >= 2, timeout=60, what="network whole again")
     frame = make_frame(prompt="Say hello to the world.", quorum=3, max_time_ms=150_000)
-    r = a.submit(frame)
+    r = a.post_request(frame)
     assert r.status_code == 200, r.text
     rid = r.json()["request_id"]
     b.wait_for(lambda: b.request(rid) is not None, timeout=20, what="b received the request")

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Daemon, make_frame
+from tests.daemon_helpers import Daemon
+
+from .conftest import make_frame
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 
-def test_two_colluders_below_the_threshold_do_not_change_the_answer(trio_net, tiny_llama_dir, tmp_path):
+def test_two_colluders_below_the_threshold_do_not_change_the_answer(trio_net, daemon_options, tmp_path):
     a, b, c = trio_net["a"], trio_net["b"], trio_net["c"]
     boot = [a.addr, b.addr, c.addr]
     colluders = [
-        Daemon(tmp_path / f"x{i}", tiny_llama_dir, bootstrap=boot, fault="off-topic") for i in range(2)
+        Daemon(tmp_path / f"x{i}", daemon_options, bootstrap=boot, fault="off-topic") for i in range(2)
     ]
     try:
         for d in colluders:

@@ -20,8 +20,7 @@ import pytest
 
 from node import identity
 from node.store import Store
-
-from .conftest import Daemon, daemon_env
+from tests.daemon_helpers import Daemon
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -75,7 +74,7 @@ def _start_and_fail(daemon: Daemon, preexec=None) -> str:
         capture_output=True,
         text=True,
         timeout=180,
-        env=daemon_env(daemon.tiny_dir),
+        env=daemon.env(),
         preexec_fn=preexec,
     )
     out = proc.stdout + proc.stderr
@@ -94,14 +93,14 @@ def _integrity_ok(data: Path) -> None:
         db.close()
 
 
-def test_read_only_data_dir_is_a_clear_error_at_start(tmp_path, tiny_llama_dir):
+def test_read_only_data_dir_is_a_clear_error_at_start(tmp_path, daemon_options):
     data = tmp_path / "ro"
     if MOUNT:
         with tmpfs(data, "8m"):
             _prepare(data)
             before = _digest(data)
             subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True)
-            out = _start_and_fail(Daemon(data, tiny_llama_dir))
+            out = _start_and_fail(Daemon(data, daemon_options))
             after = _digest(data)
             subprocess.run(["mount", "-o", "remount,rw", str(data)], check=True)
             _integrity_ok(data)
@@ -112,7 +111,7 @@ def test_read_only_data_dir_is_a_clear_error_at_start(tmp_path, tiny_llama_dir):
         for p in data.iterdir():
             p.chmod(0o400)
         try:
-            out = _start_and_fail(Daemon(data, tiny_llama_dir))
+            out = _start_and_fail(Daemon(data, daemon_options))
         finally:
             data.chmod(0o700)
         after = _digest(data)
@@ -122,7 +121,7 @@ def test_read_only_data_dir_is_a_clear_error_at_start(tmp_path, tiny_llama_dir):
     assert "read-only" in out.lower() or "readonly" in out.lower() or "permission" in out.lower(), out[-2000:]
 
 
-def test_full_data_dir_is_a_clear_error_at_start(tmp_path, tiny_llama_dir):
+def test_full_data_dir_is_a_clear_error_at_start(tmp_path, daemon_options):
     data = tmp_path / "full"
     if MOUNT:
         with tmpfs(data, "256k"):
@@ -133,7 +132,7 @@ def test_full_data_dir_is_a_clear_error_at_start(tmp_path, tiny_llama_dir):
                     f.write(b"\0" * 4096)
                     f.flush()
             before = _digest(data)
-            out = _start_and_fail(Daemon(data, tiny_llama_dir))
+            out = _start_and_fail(Daemon(data, daemon_options))
             after = _digest(data)
             (data / "filler").unlink()
             _integrity_ok(data)
@@ -145,7 +144,7 @@ def test_full_data_dir_is_a_clear_error_at_start(tmp_path, tiny_llama_dir):
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
 
-        out = _start_and_fail(Daemon(data, tiny_llama_dir), preexec=tiny_fsize)
+        out = _start_and_fail(Daemon(data, daemon_options), preexec=tiny_fsize)
         after = _digest(data)
         _integrity_ok(data)
     # Every file that was there is unchanged (an empty lock file may have appeared).

@@ -17,9 +17,10 @@ import trio
 
 from node.identity import Identity
 from tests.adversarial.conftest import FrameMutator
+from tests.daemon_helpers import Daemon
 from tests.gossip.conftest import new_node, run_trio
 
-from .conftest import Daemon, make_frame
+from .conftest import make_frame
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

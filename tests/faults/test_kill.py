@@ -15,7 +15,9 @@ import time
 import httpx
 import pytest
 
-from .conftest import EMBEDDING, Daemon, make_frame
+from tests.daemon_helpers import EMBEDDING, Daemon
+
+from .conftest import make_frame
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
