@@ -54,6 +54,7 @@ class Net:
         self.bus = Bus()
         self.nodes: dict[str, Orchestrator] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
+        self.exited: dict[str, trio.Event] = {}
 
     async def start(
         self,
@@ -75,20 +76,30 @@ class Net:
             config=DomainConfig(fault=fault, quorum=FAST),
         )
         scope = trio.CancelScope()
+        exited = trio.Event()
 
         async def runner(task_status=trio.TASK_STATUS_IGNORED):
-            with scope:
-                await orch.run(packets, task_status=task_status)
+            try:
+                with scope:
+                    await orch.run(packets, task_status=task_status)
+            finally:
+                exited.set()
 
         await self.nursery.start(runner)
         self.nodes[name] = orch
         self.scopes[name] = scope
+        self.exited[name] = exited
         return orch
 
-    def stop(self, name: str) -> Orchestrator:
+    async def stop(self, name: str) -> Orchestrator:
+        """Cancel the node and close its store only once its tasks have unwound: a task
+        already resumed (say, by a finished embedding) runs to its next checkpoint
+        before it sees the cancellation, and must not find the database closed."""
         orch = self.nodes.pop(name)
         self.bus.detach(orch.node_id)
         self.scopes.pop(name).cancel()
+        with trio.fail_after(30):
+            await self.exited.pop(name).wait()
         orch.store.close()
         return orch
 
@@ -161,7 +172,7 @@ def test_three_nodes_reach_consensus_and_certificate_verifies(tmp_path, engines)
             assert rep[b.node_id]["accepted"] == 1 and rep[b.node_id]["in_cluster"] == 1
             assert a.reputation()[b.node_id]["score"] > 0.5
             for n in list(net.nodes):
-                net.stop(n)
+                await net.stop(n)
 
     trio.run(main)
 
@@ -185,7 +196,7 @@ def test_faulty_node_is_left_out(tmp_path, engines, fault):
             assert plot[bad.node_id] is False
             assert honest[1].store.reputation()[bad.node_id]["outlier"] == 1
             for n in list(net.nodes):
-                net.stop(n)
+                await net.stop(n)
 
     trio.run(main)
 
@@ -212,7 +223,7 @@ def test_missing_commits_fail_with_reason_and_bad_frames_are_refused(tmp_path, e
             v = await wait_final(a, rid, timeout=30)
             assert (v["state"], v["reason"]) == ("failed", "not_enough_commits")
             for n in list(net.nodes):
-                net.stop(n)
+                await net.stop(n)
 
     trio.run(main)
 
@@ -234,7 +245,7 @@ def test_restart_reveals_commit_made_before_stop_and_serves_results(tmp_path, en
                 while c.get_request(rid) is None or c.get_request(rid)["stage"] != "committed":
                     await trio.sleep(0.1)
             assert c.store.get_inference(rid).state == "committed"
-            net.stop("c")
+            await net.stop("c")
             c2 = await net.start("c", identity=ident_c)
             assert c2.get_request(rid)["stage"] == "committed"
             gate.set()  # b commits now; the reveal request names c's pre-restart commit
@@ -244,14 +255,14 @@ def test_restart_reveals_commit_made_before_stop_and_serves_results(tmp_path, en
             assert b.node_id in {m["node_id"] for m in v["members"]}
             assert c2.store.get_inference(rid).state == "revealed"
             vc = await wait_final(c2, rid)
-            net.stop("c")
+            await net.stop("c")
             c3 = await net.start("c", identity=ident_c)
             again = c3.get_request(rid)
             assert again["state"] == vc["state"] == "succeeded"
             assert again["answer"] == vc["answer"]
             assert again["certificate"] is not None
             for n in list(net.nodes):
-                net.stop(n)
+                await net.stop(n)
 
     trio.run(main)
 
@@ -274,7 +285,7 @@ def test_unsent_packets_are_published_after_restart(tmp_path, engines):
                 while c.get_request(rid) is None or c.get_request(rid)["stage"] != "committed":
                     await trio.sleep(0.1)
             assert [p["type"] for p in c.store.unsent_packets(rid)] == ["inference_commit"]
-            net.stop("c")
+            await net.stop("c")
             net.bus.down.discard(ident_c.node_id)
             c2 = await net.start("c", identity=ident_c)
             assert c2.store.unsent_packets(rid) == []
@@ -282,7 +293,7 @@ def test_unsent_packets_are_published_after_restart(tmp_path, engines):
             assert v["state"] == "succeeded", explain(v, net)
             assert ident_c.node_id in {m["node_id"] for m in v["members"]}
             for n in list(net.nodes):
-                net.stop(n)
+                await net.stop(n)
 
     trio.run(main)
 
@@ -317,7 +328,7 @@ def test_request_past_its_deadline_is_expired_and_refused_at_submit(tmp_path, en
             assert (v["state"], v["reason"]) == ("expired", "expired")
             assert a.store.get_inference(v["request_id"]) is None
             for n in list(net.nodes):
-                net.stop(n)
+                await net.stop(n)
 
     trio.run(main)
 
@@ -349,7 +360,7 @@ def test_lost_reveals_are_asked_for_again(tmp_path, engines):
             assert lost == {a.node_id, b.node_id}
             assert {m["node_id"] for m in v["members"]} == {a.node_id, b.node_id, c.node_id}
             for n in list(net.nodes):
-                net.stop(n)
+                await net.stop(n)
 
     trio.run(main)
 
@@ -382,6 +393,6 @@ def test_node_that_missed_a_commit_still_reveals(tmp_path, engines):
             assert v["state"] == "succeeded", explain(v, net)
             assert {m["node_id"] for m in v["members"]} == {a.node_id, b.node_id, c.node_id}
             for n in list(net.nodes):
-                net.stop(n)
+                await net.stop(n)
 
     trio.run(main)
