@@ -4,7 +4,10 @@ The kernels package defines the op contract (docs/CONTRACTS.md) with plain-torch
 references written for clarity; here are CPU versions of the cache ops written for
 speed on few cores: one gather of each sequence's blocks and one fused
 `scaled_dot_product_attention` call per batch (GQA native, no repeat of K/V), instead
-of per-head einsums. Norm, rotary and sampling come from the references, which
+of per-head einsums. Decode attention, the part that runs every step for every
+sequence, goes to the native kernel (engine.native) when it can be built here: it reads
+the blocks in place, 2-8x faster than gather + SDPA; the torch version stays as its
+fallback and its oracle. Norm, rotary and sampling come from the references, which
 already match Hugging Face Llama numerics. On CUDA the kernels package's Triton set
 is used (`engine_ops`).
 """
@@ -47,6 +50,12 @@ class _DecodeMeta(threading.local):
     nb: int
     max_len: int
     mask: torch.Tensor | None
+    # For the native kernel: int32 contiguous copies, and the checks it relies on
+    # (lengths within the table, block ids below native_max_block) done once per step.
+    native_bt: torch.Tensor
+    native_sl: torch.Tensor
+    native_lens_ok: bool
+    native_max_block: int
 
 
 _meta = _DecodeMeta()
@@ -70,7 +79,68 @@ def _decode_meta(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size:
         pos = torch.arange(max_len, device=block_tables.device)
         m.mask = (pos[None, :] < seq_lens[:, None].to(pos.device))[:, None, None, :]
     m.bt, m.sl = block_tables, seq_lens
+    m.native_bt = block_tables.to(torch.int32).contiguous()
+    m.native_sl = seq_lens.to(torch.int32).contiguous()
+    m.native_lens_ok = bool(lens) and min(lens) >= 1 and max_len <= block_tables.shape[1] * block_size
+    m.native_max_block = 0
+    if block_tables.numel():
+        m.native_max_block = int(block_tables.max())
+        m.native_lens_ok = m.native_lens_ok and int(block_tables.min()) >= 0
     return m
+
+
+def _native_decode(lib):
+    """paged_attention_decode on the native kernel, falling back to the torch path for
+    anything the kernel does not take (non-fp32, unusual layouts)."""
+    fn = lib.rakis_paged_decode_f32
+
+    def paged_attention_decode_native(
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_tables: torch.Tensor,
+        seq_lens: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        b, hq, d = q.shape
+        nblocks, bs, hkv, _ = k_cache.shape
+        if b == 0:
+            return torch.empty_like(q)
+        m = _decode_meta(block_tables, seq_lens, bs)
+        if not (
+            m.native_lens_ok
+            and m.native_max_block < nblocks
+            and q.dtype == k_cache.dtype == v_cache.dtype == torch.float32
+            and q.device.type == "cpu"
+            and q.stride(2) == 1
+            and q.stride(1) == d
+            and k_cache.is_contiguous()
+            and v_cache.is_contiguous()
+            and v_cache.shape == k_cache.shape
+            and hq % hkv == 0
+        ):
+            return paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)
+        out = torch.empty((b, hq, d), dtype=q.dtype)
+        fn(
+            q.data_ptr(),
+            k_cache.data_ptr(),
+            v_cache.data_ptr(),
+            m.native_bt.data_ptr(),
+            m.native_sl.data_ptr(),
+            out.data_ptr(),
+            b,
+            hq,
+            hkv,
+            d,
+            bs,
+            m.native_bt.shape[1],
+            float(scale),
+            torch.get_num_threads(),
+            q.stride(0),
+        )
+        return out
+
+    return paged_attention_decode_native
 
 
 def paged_attention_decode(
@@ -196,14 +266,17 @@ def apply_rotary(
         x2.copy_(b)
 
 
-def cpu_ops():
-    """The engine's CPU op set (a `kernels.Ops`)."""
+def cpu_ops(native: bool = True):
+    """The engine's CPU op set (a `kernels.Ops`); decode attention on the native kernel
+    when it can be built here (engine.native), else on gather + SDPA."""
+    from engine import native as native_kernels
     from kernels import Ops, reference
 
+    lib = native_kernels.load() if native else None
     return Ops(
         backend="engine-cpu",
         store_kv=store_kv,
-        paged_attention_decode=paged_attention_decode,
+        paged_attention_decode=_native_decode(lib) if lib is not None else paged_attention_decode,
         paged_attention_prefill=paged_attention_prefill,
         rms_norm=reference.rms_norm,
         apply_rotary=apply_rotary,
