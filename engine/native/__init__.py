@@ -9,7 +9,8 @@ cache directory, keyed by the source, the flags and this CPU, under a file lock 
 concurrent nodes build it once; loaded with ctypes, which releases the GIL during the
 call.
 
-Anything missing (no compiler, a failed build, `RAKIS_NATIVE=0`) leaves `load()`
+The cache is `$RAKIS_NATIVE_CACHE` when set. Anything missing (no compiler, an
+unwritable cache, a failed build, `RAKIS_NATIVE=0`) leaves `load()`
 returning None and the engine on its torch path: slower, same results.
 """
 
@@ -57,7 +58,9 @@ def _compiler() -> str | None:
 
 
 def cache_dir() -> Path:
-    return Path(platformdirs.user_cache_dir("rakis")) / "native"
+    """Where built kernels live; RAKIS_NATIVE_CACHE overrides (services without a home)."""
+    env = os.environ.get("RAKIS_NATIVE_CACHE")
+    return Path(env) if env else Path(platformdirs.user_cache_dir("rakis")) / "native"
 
 
 def _build(cxx: str, out: Path) -> None:

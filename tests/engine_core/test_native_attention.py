@@ -101,3 +101,12 @@ def test_concurrent_processes_build_once(tmp_path):
     built = list((tmp_path / "rakis" / "native").glob("*.so"))
     assert len(built) == 1
     assert not list((tmp_path / "rakis" / "native").glob("tmp*"))
+
+
+@needs_compiler
+def test_cache_dir_from_env(tmp_path, monkeypatch):
+    """A service without a writable home (systemd ProtectHome) points the cache elsewhere."""
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setenv("RAKIS_NATIVE_CACHE", str(tmp_path / "native"))
+    assert native.load() is not None
+    assert len(list((tmp_path / "native").glob("rakis_native-*.so"))) == 1
