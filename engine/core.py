@@ -94,6 +94,14 @@ class EngineCore:
         self._encode_lock = threading.Lock()
         self.runner = LlamaRunner(model_dir, device=device, dtype=dtype)
         self.ops = engine_ops(device)
+        log.info(
+            "engine %s on %s: ops %s, projections %s, decode attention %s",
+            self.model_name,
+            device,
+            self.ops.backend,
+            "oneDNN packed" if self.runner.lm_head.packed else "F.linear",
+            getattr(self.ops.paged_attention_decode, "__name__", "?"),
+        )
         self.block_size = block_size
         self.max_model_len = self.runner.max_position
 

@@ -48,6 +48,11 @@ class Linear:
         self._packed = packed
         self._w = torch.ops.mkldnn._reorder_linear_weight(weight, None) if packed else weight
 
+    @property
+    def packed(self) -> bool:
+        """True when the weight is in oneDNN's packed layout (the fast CPU path)."""
+        return self._packed
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed:
             return torch.ops.mkldnn._linear_pointwise(x, self._w, self._b, "none", [], "")

@@ -20,7 +20,7 @@ def test_packed_matches_f_linear(rows, with_bias):
     w = torch.randn(96, 80, generator=g)
     b = torch.randn(96, generator=g) if with_bias else None
     lin = make_linear(w, b)
-    assert lin._packed
+    assert lin.packed
     x = torch.randn(rows, 80, generator=g)
     torch.testing.assert_close(lin(x), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
 
@@ -32,7 +32,7 @@ def test_non_contiguous_input_and_bf16():
     torch.testing.assert_close(make_linear(w)(x), F.linear(x, w), rtol=1e-5, atol=1e-5)
     wb, xb = w.bfloat16(), x.bfloat16()
     lin = make_linear(wb)
-    assert lin._packed
+    assert lin.packed
     torch.testing.assert_close(lin(xb).float(), F.linear(xb, wb).float(), rtol=2e-2, atol=2e-2)
 
 
@@ -40,9 +40,9 @@ def test_env_switch_selects_plain_f_linear(monkeypatch):
     monkeypatch.setenv("RAKIS_CPU_GEMM", "mkl")
     w = torch.randn(8, 4)
     lin = make_linear(w)
-    assert not lin._packed
+    assert not lin.packed
     x = torch.randn(2, 4)
     assert torch.equal(lin(x), F.linear(x, w))
     # fp16 and other dtypes oneDNN is not asked to pack stay on F.linear too
     monkeypatch.delenv("RAKIS_CPU_GEMM")
-    assert not make_linear(w.half())._packed
+    assert not make_linear(w.half()).packed
