@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,59 +35,90 @@ def store_kv(
     v_cache.view(-1, hkv, d).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
 
 
+@dataclass(frozen=True)
+class _Gather:
+    """The torch path's per-step data: whole-block gather indices and the length mask."""
+
+    idx: torch.Tensor
+    nb: int
+    mask: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class _NativeArgs:
+    """The native kernel's per-step data: int32 contiguous tables and lengths, and
+    whether they are safe to hand over (lengths within the table, block ids >= 0;
+    ``max_block`` is compared with each layer's cache size)."""
+
+    tables: torch.Tensor
+    lens: torch.Tensor
+    ok: bool
+    max_block: int
+
+
 class _DecodeMeta(threading.local):
-    """Gather indices and mask for one decode batch, reused by every layer.
+    """Per-step data of one decode batch, reused by every layer.
 
     The model calls attention once per layer with the same block_tables/seq_lens
-    tensors; building the index and mask once per step instead of once per layer
-    keeps the per-layer overhead to the gather and the attention itself. It holds the
-    tensors it was built from (so their identity cannot be recycled) and is per
-    thread (one engine worker per thread).
+    tensors; building indices and masks once per step instead of once per layer
+    keeps the per-layer overhead to the attention itself. Each path builds only its
+    own part, on first use in the step. It holds the tensors it was built from (so
+    their identity cannot be recycled) and is per thread (one engine worker per thread).
     """
 
     bt: torch.Tensor | None = None
     sl: torch.Tensor | None = None
-    idx: torch.Tensor
-    nb: int
+    lens: list[int]
     max_len: int
-    mask: torch.Tensor | None
-    # For the native kernel: int32 contiguous copies, and the checks it relies on
-    # (lengths within the table, block ids below native_max_block) done once per step.
-    native_bt: torch.Tensor
-    native_sl: torch.Tensor
-    native_lens_ok: bool
-    native_max_block: int
+    gather: _Gather | None = None
+    native: _NativeArgs | None = None
 
 
 _meta = _DecodeMeta()
 
 
-def _decode_meta(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int) -> _DecodeMeta:
+def _decode_meta(block_tables: torch.Tensor, seq_lens: torch.Tensor) -> _DecodeMeta:
     m = _meta
     if m.bt is block_tables and m.sl is seq_lens:
         return m
-    lens = seq_lens.tolist()
-    max_len = max(lens) if lens else 0
-    nb = max(1, math.ceil(max_len / block_size))
-    # Gather whole blocks (one contiguous block_size*Hkv*D run each) rather than single
-    # token rows: ~2-3x faster on CPU; the pad past max_len is sliced off as a view.
-    m.idx = block_tables[:, :nb].reshape(-1).long()
-    m.nb = nb
-    m.max_len = max_len
-    if min(lens, default=0) == max_len:
-        m.mask = None
-    else:
-        pos = torch.arange(max_len, device=block_tables.device)
-        m.mask = (pos[None, :] < seq_lens[:, None].to(pos.device))[:, None, None, :]
+    m.lens = seq_lens.tolist()
+    m.max_len = max(m.lens) if m.lens else 0
+    m.gather = m.native = None
     m.bt, m.sl = block_tables, seq_lens
-    m.native_bt = block_tables.to(torch.int32).contiguous()
-    m.native_sl = seq_lens.to(torch.int32).contiguous()
-    m.native_lens_ok = bool(lens) and min(lens) >= 1 and max_len <= block_tables.shape[1] * block_size
-    m.native_max_block = 0
-    if block_tables.numel():
-        m.native_max_block = int(block_tables.max())
-        m.native_lens_ok = m.native_lens_ok and int(block_tables.min()) >= 0
     return m
+
+
+def _gather_of(m: _DecodeMeta, block_size: int) -> _Gather:
+    if m.gather is None:
+        bt, max_len = m.bt, m.max_len
+        assert bt is not None and m.sl is not None
+        nb = max(1, math.ceil(max_len / block_size))
+        mask = None
+        if min(m.lens, default=0) != max_len:
+            pos = torch.arange(max_len, device=bt.device)
+            mask = (pos[None, :] < m.sl[:, None].to(pos.device))[:, None, None, :]
+        # Gather whole blocks (one contiguous block_size*Hkv*D run each) rather than
+        # single token rows: ~2-3x faster on CPU; the pad past max_len is sliced off.
+        m.gather = _Gather(idx=bt[:, :nb].reshape(-1).long(), nb=nb, mask=mask)
+    return m.gather
+
+
+def _native_of(m: _DecodeMeta, block_size: int) -> _NativeArgs:
+    if m.native is None:
+        bt = m.bt
+        assert bt is not None and m.sl is not None
+        ok = bool(m.lens) and min(m.lens) >= 1 and m.max_len <= bt.shape[1] * block_size
+        max_block = 0
+        if bt.numel():
+            max_block = int(bt.max())
+            ok = ok and int(bt.min()) >= 0
+        m.native = _NativeArgs(
+            tables=bt.to(torch.int32).contiguous(),
+            lens=m.sl.to(torch.int32).contiguous(),
+            ok=ok,
+            max_block=max_block,
+        )
+    return m.native
 
 
 def _native_decode(lib):
@@ -106,10 +138,10 @@ def _native_decode(lib):
         nblocks, bs, hkv, _ = k_cache.shape
         if b == 0:
             return torch.empty_like(q)
-        m = _decode_meta(block_tables, seq_lens, bs)
+        n = _native_of(_decode_meta(block_tables, seq_lens), bs)
         if not (
-            m.native_lens_ok
-            and m.native_max_block < nblocks
+            n.ok
+            and n.max_block < nblocks
             and q.dtype == k_cache.dtype == v_cache.dtype == torch.float32
             and q.device.type == "cpu"
             and q.stride(2) == 1
@@ -125,15 +157,15 @@ def _native_decode(lib):
             q.data_ptr(),
             k_cache.data_ptr(),
             v_cache.data_ptr(),
-            m.native_bt.data_ptr(),
-            m.native_sl.data_ptr(),
+            n.tables.data_ptr(),
+            n.lens.data_ptr(),
             out.data_ptr(),
             b,
             hq,
             hkv,
             d,
             bs,
-            m.native_bt.shape[1],
+            n.tables.shape[1],
             float(scale),
             torch.get_num_threads(),
             q.stride(0),
@@ -159,14 +191,15 @@ def paged_attention_decode(
     _, bs, hkv, _ = k_cache.shape
     if b == 0:
         return torch.empty_like(q)
-    m = _decode_meta(block_tables, seq_lens, bs)
-    k = k_cache.index_select(0, m.idx).view(b, m.nb * bs, hkv, d)[:, : m.max_len].transpose(1, 2)
-    v = v_cache.index_select(0, m.idx).view(b, m.nb * bs, hkv, d)[:, : m.max_len].transpose(1, 2)
+    m = _decode_meta(block_tables, seq_lens)
+    gm = _gather_of(m, bs)
+    k = k_cache.index_select(0, gm.idx).view(b, gm.nb * bs, hkv, d)[:, : m.max_len].transpose(1, 2)
+    v = v_cache.index_select(0, gm.idx).view(b, gm.nb * bs, hkv, d)[:, : m.max_len].transpose(1, 2)
     # The query heads sharing one KV head go in as that head's queries ([B, Hkv, g, D]):
     # one pass over each K/V row instead of g, and the CPU flash kernel gets g query rows
     # to work on instead of 1 (about 2x faster at batch 32 with 2 threads).
     g = hq // hkv
-    out = F.scaled_dot_product_attention(q.reshape(b, hkv, g, d), k, v, attn_mask=m.mask, scale=scale)
+    out = F.scaled_dot_product_attention(q.reshape(b, hkv, g, d), k, v, attn_mask=gm.mask, scale=scale)
     return out.reshape(b, hq, d)
 
 

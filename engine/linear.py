@@ -5,8 +5,8 @@ machines MKL runs its generic path and the decode-sized products (1-32 rows agai
 the 30 x 4 weight matrices of a small model, plus the 49k-row vocabulary head) reach
 only 20-40% of what the cores can do. oneDNN picks its AVX-512 kernels from the ISA,
 not the vendor, and with the weight reordered once into its blocked layout it streams
-the weights 1.3-2.5x faster at 1-32 rows and ~2x faster for the vocabulary head
-(`scripts/bench_engine.py`, docs/benchmarks.md). Results are the same fp32 dot
+the weights 1.7-3x faster at 1-32 rows, vocabulary head included
+(`scripts/bench_gemm.py`, docs/benchmarks.md). Results are the same fp32 dot
 products summed in a different order (differences ~1e-6 relative).
 
 `RAKIS_CPU_GEMM=mkl` turns the oneDNN path off (for A/B runs or a torch build
@@ -40,21 +40,16 @@ class Linear:
     embedding) keep their own reference.
     """
 
-    __slots__ = ("_w", "_b", "_packed", "out_features", "in_features")
+    __slots__ = ("_w", "_b", "packed", "out_features", "in_features")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, packed: bool) -> None:
         self.out_features, self.in_features = weight.shape
         self._b = bias
-        self._packed = packed
+        self.packed = packed  # True: oneDNN's packed layout (the fast CPU path)
         self._w = torch.ops.mkldnn._reorder_linear_weight(weight, None) if packed else weight
 
-    @property
-    def packed(self) -> bool:
-        """True when the weight is in oneDNN's packed layout (the fast CPU path)."""
-        return self._packed
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed:
+        if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x, self._w, self._b, "none", [], "")
         return F.linear(x, self._w, self._b)
 

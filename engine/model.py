@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from engine.linear import make_linear, onednn_enabled
+from engine.linear import make_linear
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -139,7 +139,7 @@ class LlamaRunner:
         # Without oneDNN the CPU vocab projection runs in row slices that stay
         # cache-resident: 10-25% faster for small batches under MKL, bit-identical.
         self.lm_head_chunks: tuple[torch.Tensor, ...] = ()
-        if self.device.type == "cpu" and not onednn_enabled(self.device, dtype):
+        if self.device.type == "cpu" and not self.lm_head.packed:
             self.lm_head_chunks = head_w.split(2048)
         rot = base.rotary_emb
         from kernels.reference import rotary_cos_sin
