@@ -10,7 +10,7 @@ first use.
     frame = sign_request(build_request("Hi", quorum=3), ident)
     with NodeClient("http://127.0.0.1:8420") as node:
         rid = node.submit(frame)
-        final = node.wait(rid)            # polls; the CLI uses node.progress.watch_request
+        final = node.wait(rid)            # polls; the CLI uses node.cli.progress.watch_request
         print(result_summary(final))
 """
 
@@ -260,7 +260,7 @@ class NodeClient:
         interval: float = 0.5,
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the request is final (the CLI follows SSE instead, see node.progress)."""
+        """Poll until the request is final (the CLI follows SSE instead, see node.cli.progress)."""
         end = time.monotonic() + timeout
         while True:
             view = self.get(request_id)

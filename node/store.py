@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from node import clock
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -142,10 +143,6 @@ def _m3_orphans(db: sqlite3.Connection) -> None:
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_outbox, _m3_orphans]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)
@@ -276,7 +273,7 @@ class Store:
             cur = db.execute(
                 "INSERT OR IGNORE INTO requests(request_id, frame, client_id, created_at, ending_at,"
                 " received_at) VALUES (?,?,?,?,?,?)",
-                (request_id, bytes(frame), client_id, int(created_at), int(ending_at), _now_ms()),
+                (request_id, bytes(frame), client_id, int(created_at), int(ending_at), clock.now_ms()),
             )
             if cur.rowcount != 1:
                 return False
@@ -339,7 +336,7 @@ class Store:
                 json.dumps(members),
                 json.dumps(result or {}),
                 certificate,
-                _now_ms(),
+                clock.now_ms(),
                 request_id,
             ),
         )
@@ -373,7 +370,7 @@ class Store:
             " commit_hash=COALESCE(excluded.commit_hash, commit_hash),"
             " reason=COALESCE(excluded.reason, reason),"
             " updated_at=excluded.updated_at",
-            (request_id, inference_id, model, state, output, embedding, b, commit, reason, _now_ms()),
+            (request_id, inference_id, model, state, output, embedding, b, commit, reason, clock.now_ms()),
         )
 
     def get_inference(self, request_id: str) -> OwnInference | None:
@@ -416,7 +413,7 @@ class Store:
                 sender_id,
                 bytes(frame),
                 int(own),
-                _now_ms(),
+                clock.now_ms(),
                 int(not own),
                 request_id,
             ),
@@ -434,7 +431,7 @@ class Store:
         are never touched."""
         if max_age_ms < 0 or max_count < 0:
             raise ValueError(f"max_age_ms and max_count must be >= 0, got {max_age_ms}, {max_count}")
-        cutoff = (_now_ms() if now_ms is None else int(now_ms)) - int(max_age_ms)
+        cutoff = (clock.now_ms() if now_ms is None else int(now_ms)) - int(max_age_ms)
 
         def tx(db: sqlite3.Connection) -> int:
             aged = db.execute("DELETE FROM packets WHERE orphan=1 AND received_at < ?", (cutoff,)).rowcount
@@ -485,7 +482,7 @@ class Store:
         self._write(
             "INSERT INTO quorum_states(request_id, state, updated_at) VALUES (?,?,?)"
             " ON CONFLICT(request_id) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
-            (request_id, bytes(state), _now_ms()),
+            (request_id, bytes(state), clock.now_ms()),
         )
 
     def load_quorum_state(self, request_id: str) -> bytes | None:
@@ -511,12 +508,12 @@ class Store:
             if cur.rowcount != 1:
                 return False
             db.execute(
-                "INSERT OR IGNORE INTO reputation(node_id, updated_at) VALUES (?,?)", (node_id, _now_ms())
+                "INSERT OR IGNORE INTO reputation(node_id, updated_at) VALUES (?,?)", (node_id, clock.now_ms())
             )
             sets = ", ".join(f"{k}={k}+?" for k in deltas)
             db.execute(
                 f"UPDATE reputation SET {sets + ', ' if sets else ''}updated_at=? WHERE node_id=?",
-                (*[int(v) for v in deltas.values()], _now_ms(), node_id),
+                (*[int(v) for v in deltas.values()], clock.now_ms(), node_id),
             )
             return True
 

@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 from node import identity as identity_mod
-from node.libp2p_compat import peer_id_from_public_key
+from node.p2p.libp2p_compat import peer_id_from_public_key
 
 TESTNET_FILE = "testnet.json"
 PID_FILE = "daemon.pid"
@@ -82,7 +82,7 @@ def rakis_command() -> list[str]:
     script = Path(sys.executable).with_name("rakis")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from node.cli import app; app()"]
+    return [sys.executable, "-c", "from node.cli.app import app; app()"]
 
 
 def _free_ports(n: int) -> list[int]:

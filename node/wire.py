@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,6 +32,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from node import clock
 
 PROTOCOL_VERSION = 1
 NONCE_BYTES = 16
@@ -381,7 +382,7 @@ class SeenCache:
 
     def seen(self, packet_id: str, now_ms: int | None = None) -> bool:
         expiry = self._entries.get(packet_id)
-        return expiry is not None and expiry >= (_now_ms() if now_ms is None else now_ms)
+        return expiry is not None and expiry >= (clock.now_ms() if now_ms is None else now_ms)
 
     def add(
         self, packet_id: str, ts_ms: int, now_ms: int | None = None, *, window_ms: int | None = None
@@ -389,14 +390,14 @@ class SeenCache:
         """Remember ``packet_id`` until ``ts_ms + window`` (the larger of the cache's window
         and ``window_ms``, so a cache built with a smaller window than the decoder's
         clock-skew limit still covers every packet the decoder can accept)."""
-        now = _now_ms() if now_ms is None else now_ms
+        now = clock.now_ms() if now_ms is None else now_ms
         self._entries[packet_id] = ts_ms + max(self.window_ms, window_ms or 0)
         self._entries.move_to_end(packet_id)
         self._prune(now)
 
     def check_and_add(self, packet_id: str, ts_ms: int, now_ms: int | None = None) -> bool:
         """Record the id; return True when it was already present (a replay)."""
-        now = _now_ms() if now_ms is None else now_ms
+        now = clock.now_ms() if now_ms is None else now_ms
         if self.seen(packet_id, now):
             return True
         self.add(packet_id, ts_ms, now)
@@ -412,10 +413,6 @@ class SeenCache:
             if expiry >= now_ms:
                 break
             del entries[first_id]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _packet_type_of(body: BaseModel) -> PacketType:
@@ -447,7 +444,7 @@ def encode(
         "v": PROTOCOL_VERSION,
         "type": ptype.value,
         "from": bytes(signing_key.verify_key),
-        "ts": _now_ms() if ts_ms is None else int(ts_ms),
+        "ts": clock.now_ms() if ts_ms is None else int(ts_ms),
         "nonce": bytes(nonce),
         "body": body.model_dump(mode="python"),
     }
@@ -564,7 +561,7 @@ def _decode(
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
         raise WireError(WireReason.BAD_SIGNATURE, "signature does not match sender and payload") from None
 
-    now = _now_ms() if now_ms is None else now_ms
+    now = clock.now_ms() if now_ms is None else now_ms
     if check_time and abs(ts - now) > limits.max_clock_skew_ms:
         raise WireError(
             WireReason.CLOCK_SKEW, f"ts is {ts - now} ms from now, window is ±{limits.max_clock_skew_ms} ms"

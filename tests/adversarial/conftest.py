@@ -1,4 +1,4 @@
-"""Helpers for attack tests: an in-process daemon (the real `node.server.serve`) and frame
+"""Helpers for attack tests: an in-process daemon (the real `node.daemon.run.serve`) and frame
 generators for fuzzing.
 
 `InProcessNode` runs `serve()` — real libp2p host, real Hypercorn on 127.0.0.1, real
@@ -53,7 +53,7 @@ class ErrorLog(logging.Handler):
 
 
 class InProcessNode:
-    """`node.server.serve(settings)` on its own trio loop in a daemon thread."""
+    """`node.daemon.run.serve(settings)` on its own trio loop in a daemon thread."""
 
     def __init__(self, data_dir: Path, tiny_dir: Path, **overrides: Any) -> None:
         from node.config import load_settings
@@ -90,7 +90,7 @@ class InProcessNode:
             self._started.set()
 
     async def _main(self) -> None:
-        from node.server import serve
+        from node.daemon.run import serve
 
         self._token = trio.lowlevel.current_trio_token()
         self._shutdown = trio.Event()

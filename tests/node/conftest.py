@@ -8,12 +8,17 @@ validator does, and receives frames on its own task so handlers never nest.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import trio
+from nacl.signing import SigningKey
+
+from node import wire
+from tests.node.builders import sample_bodies
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -42,7 +47,7 @@ class CoreCompute:
 
     async def generate(self, request_id, body, models, deadline_s):
         from engine.types import GenerationRequest, SamplingParams
-        from node.domain import InferenceFailed
+        from node.orchestrator.errors import InferenceFailed
 
         req = GenerationRequest(
             request_id=f"{request_id}-{id(self)}",
@@ -127,3 +132,32 @@ class Bus:
 
     def detach(self, node_id: str) -> None:
         self.nodes.pop(node_id, None)
+
+
+# --- wire, identity, config, logs and CLI tests -------------------------------------
+
+@pytest.fixture(scope="session")
+def key() -> SigningKey:
+    return SigningKey(b"\x11" * 32)
+
+
+@pytest.fixture(scope="session")
+def other_key() -> SigningKey:
+    return SigningKey(b"\x22" * 32)
+
+
+@pytest.fixture
+def request_body() -> wire.InferenceRequest:
+    body = sample_bodies()[0]
+    assert isinstance(body, wire.InferenceRequest)
+    return body
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """CLI and logging tests install a root handler; take it off again afterwards."""
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == "rakis"]:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)

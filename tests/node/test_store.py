@@ -152,15 +152,3 @@ def test_unwritable_data_dir_gives_clear_error(tmp_path):
     target.write_text("not a dir")
     with pytest.raises(StoreError, match="data directory"):
         Store(target / "sub")
-
-
-def test_one_daemon_per_data_dir(tmp_path):
-    from node.server import _lock_data_dir
-
-    held = _lock_data_dir(tmp_path)
-    try:
-        with pytest.raises(StoreError, match=f"in use by another rakis node \\(pid {os.getpid()}\\)"):
-            _lock_data_dir(tmp_path)
-    finally:
-        held.close()
-    _lock_data_dir(tmp_path).close()  # free again once released

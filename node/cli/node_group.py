@@ -1,0 +1,116 @@
+"""`rakis node start`: run the daemon in the foreground (flags override the config file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from node.cli.common import DataDirOption, fail, resolve_data_dir
+from node.config import ConfigError, FaultMode, load_settings
+
+node_app = typer.Typer(name="node", help="Run a rakis node.", no_args_is_help=True)
+
+
+def _parse_api(api: str) -> tuple[str, int]:
+    host, sep, port = api.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise typer.BadParameter(f"{api!r} is not HOST:PORT (e.g. 127.0.0.1:8420; port 0 picks a free one)")
+    return host.strip("[]"), int(port)
+
+
+def _parse_models(models: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for spec in models:
+        name, sep, count = spec.partition("=")
+        if not name or (sep and not count.isdigit()):
+            raise typer.BadParameter(f"{spec!r} is not NAME or NAME=WORKERS (e.g. smollm2-135m-instruct=1)")
+        out[name] = int(count) if sep else 1
+    return out
+
+
+@node_app.command("start")
+def start(
+    data_dir: DataDirOption = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Config file (default: <data-dir>/config.toml).")
+    ] = None,
+    listen: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--listen", "-l", help="libp2p listen multiaddr (repeatable), e.g. /ip4/0.0.0.0/tcp/4001."
+        ),
+    ] = None,
+    api: Annotated[
+        str | None, typer.Option("--api", help="HTTP API HOST:PORT (default 127.0.0.1:8420; port 0 = any).")
+    ] = None,
+    bootstrap: Annotated[
+        list[str] | None,
+        typer.Option("--bootstrap", "-b", help="Peer multiaddr with /p2p/<id> to dial (repeatable)."),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="LLM to serve as NAME or NAME=WORKERS (repeatable)."),
+    ] = None,
+    embedding_model: Annotated[
+        str | None, typer.Option("--embedding-model", help="Embedding model name.")
+    ] = None,
+    embedding_workers: Annotated[int | None, typer.Option("--embedding-workers", min=1, max=64)] = None,
+    torch_threads: Annotated[
+        int | None,
+        typer.Option("--torch-threads", min=0, max=1024, help="torch CPU threads (0 = automatic)."),
+    ] = None,
+    mdns: Annotated[bool | None, typer.Option("--mdns/--no-mdns", help="LAN peer discovery.")] = None,
+    fault: Annotated[
+        FaultMode | None,
+        typer.Option(
+            "--fault", help="Deliberately faulty behaviour for tests and demos.", case_sensitive=False
+        ),
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option("--admin-token", envvar="RAKIS_ADMIN_TOKEN", help="Token for admin endpoints."),
+    ] = None,
+) -> None:
+    """Start the node: libp2p host, HTTP API and orchestrator in one process."""
+    overrides: dict[str, object] = {}
+    if listen:
+        overrides["listen_addrs"] = list(listen)
+    if api is not None:
+        overrides["api_host"], port = _parse_api(api)
+        overrides["api_port"] = port
+    if bootstrap:
+        overrides["bootstrap"] = list(bootstrap)
+    if model:
+        overrides["llm_models"] = _parse_models(model)
+    if embedding_model is not None:
+        overrides["embedding_model"] = embedding_model
+    if embedding_workers is not None:
+        overrides["embedding_workers"] = embedding_workers
+    if torch_threads is not None:
+        overrides["torch_threads"] = torch_threads
+    if mdns is not None:
+        overrides["mdns"] = mdns
+    if fault is not None:
+        overrides["fault"] = fault
+    if admin_token is not None:
+        overrides["admin_token"] = admin_token
+    port0 = overrides.get("api_port") == 0
+    if port0:
+        overrides["api_port"] = 1  # validated as 1-65535; replaced by 0 below (any free port)
+    try:
+        settings = load_settings(resolve_data_dir(data_dir), config_file=config, **overrides)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    if port0:
+        settings = settings.model_copy(update={"api_port": 0})
+
+    from node.daemon.run import run_daemon
+    from node.identity import IdentityError
+    from node.store import StoreError
+
+    try:
+        run_daemon(settings)
+    except (IdentityError, StoreError, OSError) as e:
+        raise fail(str(e)) from None
