@@ -10,6 +10,9 @@ across an ``await``.
 The schema is versioned with ``PRAGMA user_version`` and an ordered list of
 migration functions; a database newer than this code is refused instead of being
 misread.
+
+Why this module is long: one SQLite schema and its migrations, with one method per
+query; every durable fact of the node goes through this one class and its one lock.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ Decoding is ordered cheapest-first so hostile input costs as little as possible:
 size, msgpack shape (with hard length limits), header, signature, clock, replay,
 and only then the body schema. Every rejection is a :class:`WireError` with a
 :class:`WireReason`, so callers can count rejections without catching anything else.
+
+Why this module is long: the wire format is one contract (schemas, codec, limits and
+replay cache are checked together on every frame); splitting it would scatter the
+rules a peer must follow across files that must always change together.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node import wire  # noqa: E402
 from node.identity import Identity  # noqa: E402
-from node.p2p.gossip import GossipNode, local_config  # noqa: E402
+from node.p2p.config import local_config  # noqa: E402
+from node.p2p.gossip import GossipNode  # noqa: E402
 
 
 def _body(tag: str) -> wire.InferenceRequest:

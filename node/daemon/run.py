@@ -57,7 +57,8 @@ async def serve(
 
     from engine import EmbeddingEngine, LLMEngine, ModelRegistry
     from node.api.app import create_app
-    from node.p2p.gossip import GossipNode, config_from_settings
+    from node.p2p.config import config_from_settings
+    from node.p2p.gossip import GossipNode
 
     shutdown = shutdown if shutdown is not None else trio.Event()
     data_dir = Path(settings.data_dir)

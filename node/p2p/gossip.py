@@ -10,12 +10,16 @@ kept from `peer_info` / `peer_status` heartbeats.
 
 Everything runs in the caller's trio loop: `await nursery.start(node.run)` or
 `async with node.running(): ...`.
+
+Why this module is long: libp2p calls the topic validator synchronously, and the
+validator, the heartbeat and the maintenance loops share one node's state (limiters,
+penalties, peer table, connection holds); one class keeps that state in one owner.
+Configuration, the peer table, rate limits and library workarounds live beside it.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,9 +39,9 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from node import wire
 from node.identity import Identity
-from node.logs import route_library_logs_to_root
+from node.logs import get_logger, route_library_logs_to_root
+from node.p2p.config import GossipConfig
 from node.p2p.libp2p_compat import (
-    AddressError,
     blacklist,
     make_host,
     make_pubsub,
@@ -63,9 +67,8 @@ try:  # the shared Prometheus registry; the gossip layer works without it
 except ImportError:  # pragma: no cover
     _metrics = None  # type: ignore[assignment]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
-DEFAULT_TOPIC = "rakis/1"
 RATE_LIMITED = "rate_limited"  # the sender (origin key) is over its rate
 PEER_RATE_LIMITED = "peer_rate_limited"  # the forwarding libp2p peer is over its rate
 BANNED = "banned"
@@ -98,111 +101,6 @@ OWN_FLOOD_POINTS = 0.5
 
 class GossipError(Exception):
     """A gossip operation could not be done (not running, dial failed, bad address)."""
-
-
-@dataclass(frozen=True)
-class GossipConfig:
-    """Settings of the gossip layer; the daemon builds this from its config file."""
-
-    listen_addrs: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
-    bootstrap: tuple[str, ...] = ()  # /ip4/../tcp/../p2p/<peer id>; redialed when lost
-    mdns: bool = True  # LAN discovery; tests turn it off
-    topic: str = DEFAULT_TOPIC
-    limits: wire.WireLimits = wire.DEFAULT_LIMITS
-    heartbeat_s: float = 1.0  # GossipSub mesh maintenance (libp2p default: 120 s)
-    status_interval_s: float = 2.0  # our peer_status heartbeat
-    info_interval_s: float = 15.0  # our peer_info (also sent when a new peer appears)
-    peer_expiry_s: float = 30.0  # forget peers silent for this long
-    reconnect_interval_s: float = 5.0  # redial lost bootstrap peers this often
-    dial_timeout_s: float = 5.0
-    queue_size: int = 4096  # verified packets waiting for the daemon; overflow is counted
-    outbound_queue_size: int = 4096  # RPCs queued per peer (libp2p default 32 drops bursts)
-    deliver_own: bool = False  # also put our own published packets on packets()
-    # py-libp2p drops everything a forwarder relays above this many messages/s on a topic
-    # (its default of 10/s loses legitimate traffic); our own limits below are finer.
-    libp2p_topic_rate: float = 2000.0
-    sender_rate: float = 100.0  # frames/s per origin key (sustained)
-    sender_burst: float = 400.0
-    peer_rate: float = 1000.0  # frames/s per forwarding peer (all origins together)
-    peer_burst: float = 4000.0
-    ban_threshold: float = 50.0  # penalty points (see PENALTY_POINTS) that get a peer banned
-    penalty_half_life_s: float = 60.0
-    ban_s: float = 600.0
-    degree: int = 6
-    degree_low: int = 4
-    degree_high: int = 12
-    prune_back_off_s: int = 10
-    seen_ttl_s: int = 120  # libp2p message-id dedup window
-    seen_max_entries: int = 100_000  # wire replay cache
-    shutdown_timeout_s: float = 5.0  # orderly close; then cancelled hard
-    disconnect_hold_s: float = 30.0  # after disconnect(): keep the peer off pubsub this long
-
-    def __post_init__(self) -> None:
-        for name in ("listen_addrs", "bootstrap"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                raise ValueError(f"{name} must be a list of multiaddrs, not one string")
-            object.__setattr__(self, name, tuple(value))
-        if not self.listen_addrs:
-            raise ValueError("listen_addrs must name at least one multiaddr")
-        for addr in self.listen_addrs:
-            parse_listen_addr(addr)
-        for addr in self.bootstrap:
-            parse_peer_addr(addr)
-        positive = (
-            "heartbeat_s",
-            "status_interval_s",
-            "info_interval_s",
-            "peer_expiry_s",
-            "reconnect_interval_s",
-            "dial_timeout_s",
-            "libp2p_topic_rate",
-            "sender_rate",
-            "sender_burst",
-            "peer_rate",
-            "peer_burst",
-            "ban_threshold",
-            "penalty_half_life_s",
-            "ban_s",
-            "shutdown_timeout_s",
-        )
-        if self.disconnect_hold_s < 0:
-            raise ValueError(f"disconnect_hold_s must not be negative, got {self.disconnect_hold_s}")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.queue_size < 1 or self.outbound_queue_size < 1:
-            raise ValueError("queue_size and outbound_queue_size must be at least 1")
-        if not 1 <= self.degree_low <= self.degree <= self.degree_high:
-            raise ValueError("need 1 <= degree_low <= degree <= degree_high")
-        if not self.topic:
-            raise ValueError("topic must not be empty")
-
-
-def config_from_settings(settings: Any, **overrides: Any) -> GossipConfig:
-    """GossipConfig from the daemon's `node.config` settings object (duck-typed).
-
-    `rate_limit_per_peer` / `rate_limit_burst` there mean frames per *node* (origin key):
-    they become `sender_rate` / `sender_burst`. A forwarding connection carries many
-    nodes' traffic, so its own limit is set 20 times higher (at least 1000/s).
-    """
-    values: dict[str, Any] = {}
-    for ours, theirs in (
-        ("listen_addrs", "listen_addrs"),
-        ("bootstrap", "bootstrap"),
-        ("mdns", "mdns"),
-        ("limits", "wire"),
-        ("seen_max_entries", "seen_cache_entries"),
-        ("sender_rate", "rate_limit_per_peer"),
-        ("sender_burst", "rate_limit_burst"),
-    ):
-        if hasattr(settings, theirs):
-            values[ours] = getattr(settings, theirs)
-    if "sender_rate" in values:
-        values["peer_rate"] = max(1000.0, 20.0 * float(values["sender_rate"]))
-        values["peer_burst"] = max(4000.0, 20.0 * float(values.get("sender_burst", 0)))
-    values.update(overrides)
-    return GossipConfig(**values)
 
 
 @dataclass
@@ -373,7 +271,7 @@ class GossipNode:
                     with trio.move_on_after(self.config.shutdown_timeout_s):
                         await done.wait()
                     if not done.is_set():
-                        log.warning("gossip: orderly shutdown took too long; cancelling it")
+                        log.warning("gossip_shutdown_slow", action="cancelling")
                     if self._stack_scope is not None:
                         self._stack_scope.cancel()
 
@@ -419,7 +317,7 @@ class GossipNode:
                                 nursery.start_soon(self._heartbeat_loop)
                                 nursery.start_soon(self._maintenance_loop)
                                 nursery.start_soon(self._bootstrap_loop)
-                                log.info("gossip: %s listening on %s", self.peer_id, self.listen_multiaddrs())
+                                log.info("gossip_listening", peer_id=self.peer_id, listen_addrs=self.listen_multiaddrs())
                                 task_status.started()
                                 await stop.wait()
                                 self._nursery = None
@@ -439,7 +337,7 @@ class GossipNode:
                 raise
             # Errors while tearing down are libp2p's internal races; the node is stopping
             # anyway and must not take the daemon down with it.
-            log.warning("gossip: error during shutdown (ignored)", exc_info=True)
+            log.warning("gossip_shutdown_error_ignored", exc_info=True)
         finally:
             if on_discovered is not None:
                 peerDiscovery.unregister_peer_discovered_handler(on_discovered)
@@ -597,12 +495,12 @@ class GossipNode:
                 router.scorer.penalize_behavior(forwarder, points)
             if self._penalties.add(forwarder, points, now):
                 self._ban(forwarder)
-        log.debug("gossip: rejected frame from %s: %s", forwarder, reason)
+        log.debug("gossip_frame_rejected", forwarder=str(forwarder), reason=str(reason))
         return False
 
     def _ban(self, peer: ID) -> None:
         self.counters.bans += 1
-        log.warning("gossip: banning peer %s for %.0f s (too many invalid frames)", peer, self.config.ban_s)
+        log.warning("gossip_peer_banned", peer=str(peer), ban_s=self.config.ban_s, cause="too many invalid frames")
         if self._pubsub is not None:
             blacklist(self._pubsub, peer)
         if self._nursery is not None:
@@ -615,7 +513,7 @@ class GossipNode:
                 try:
                     await host.disconnect(peer)
                 except Exception:  # noqa: BLE001 - already gone is fine
-                    log.debug("gossip: disconnecting %s failed", peer, exc_info=True)
+                    log.debug("gossip_disconnect_failed", peer=str(peer), exc_info=True)
 
     def _deliver(self, msg: rpc_pb2.Message) -> None:
         """Called by libp2p for each message that passed validation (ours included)."""
@@ -666,7 +564,7 @@ class GossipNode:
                 await self.publish_body(body)
         except Exception:  # noqa: BLE001 - a bad provider must not stop heartbeats
             self.counters.heartbeat_errors += 1
-            log.warning("gossip: heartbeat not published", exc_info=True)
+            log.warning("gossip_heartbeat_not_published", exc_info=True)
 
     def _make_info(self) -> Any:
         if self.peer_info_provider is not None:
@@ -687,7 +585,7 @@ class GossipNode:
             now = time.monotonic()
             gone = self._table.expire()
             if gone:
-                log.info("gossip: %d peer(s) expired after silence", len(gone))
+                log.info("gossip_peers_expired", count=len(gone))
             for peer in self._penalties.expire(now):
                 if self._pubsub is not None and peer not in self._held:
                     unblacklist(self._pubsub, peer)  # type: ignore[arg-type]
@@ -723,7 +621,7 @@ class GossipNode:
             if self._pubsub is not None:
                 await self._pubsub.ensure_peer_stream(peer, timeout=self.config.dial_timeout_s)
         except Exception:  # noqa: BLE001 - retried on the next maintenance round
-            log.debug("gossip: could not open a pubsub stream to %s", peer, exc_info=True)
+            log.debug("gossip_stream_open_failed", peer=str(peer), exc_info=True)
         finally:
             self._registering.discard(peer)
 
@@ -774,7 +672,7 @@ class GossipNode:
             self.counters.dials += 1
         except Exception as exc:  # noqa: BLE001 - the peer may simply be down; retried later
             self.counters.dial_failures += 1
-            log.debug("gossip: dial %s failed: %s", info.peer_id, exc)
+            log.debug("gossip_dial_failed", peer=str(info.peer_id), error=str(exc))
         finally:
             self._dialing.discard(info.peer_id)
 
@@ -821,29 +719,4 @@ class GossipNode:
         return self._host
 
 
-
-
-__all__ = [
-    "DEFAULT_TOPIC",
-    "PENALTY_POINTS",
-    "AddressError",
-    "GossipConfig",
-    "GossipCounters",
-    "GossipError",
-    "GossipNode",
-    "PeerRecord",
-    "config_from_settings",
-    "local_config",
-]
-
-
-def local_config(**overrides: Any) -> GossipConfig:
-    """Settings for nodes on 127.0.0.1 (tests, local testnet): ephemeral port, no mDNS,
-    short intervals."""
-    base: dict[str, Any] = {
-        "listen_addrs": ("/ip4/127.0.0.1/tcp/0",),
-        "mdns": False,
-        "reconnect_interval_s": 0.5,
-    }
-    base.update(overrides)
-    return GossipConfig(**base)
+__all__ = ["PENALTY_POINTS", "GossipCounters", "GossipError", "GossipNode"]

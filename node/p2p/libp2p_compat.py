@@ -6,7 +6,6 @@ Each helper says which trap of the library it works around and why.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,7 +22,9 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams
 
-log = logging.getLogger(__name__)
+from node.logs import get_logger
+
+log = get_logger(__name__)
 
 # meshsub v1.1 (scoring, PX, backoff) and v1.0 only. v1.2 adds IDONTWANT, which
 # py-libp2p sends to every mesh peer for every message, however small: for our
@@ -303,7 +304,7 @@ def stop_seen_cache(pubsub: Pubsub) -> None:
     try:
         pubsub.seen_messages.stop()
     except Exception:  # noqa: BLE001 - shutdown must not fail on a library detail
-        log.debug("could not stop the pubsub seen-cache thread", exc_info=True)
+        log.debug("pubsub_seen_cache_stop_failed", exc_info=True)
 
 
 def blacklist(pubsub: Pubsub, peer: ID) -> None:

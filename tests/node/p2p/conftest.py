@@ -15,7 +15,8 @@ import trio
 
 from node import wire
 from node.identity import Identity
-from node.p2p.gossip import GossipNode, local_config
+from node.p2p.config import local_config
+from node.p2p.gossip import GossipNode
 
 TEST_TIMEOUT_S = 40.0
 

@@ -8,7 +8,8 @@ import trio
 
 from node import wire
 from node.identity import Identity
-from node.p2p.gossip import GossipConfig, GossipError, GossipNode, config_from_settings, local_config
+from node.p2p.config import GossipConfig, config_from_settings, local_config
+from node.p2p.gossip import GossipError, GossipNode
 from node.p2p.libp2p_compat import AddressError, key_pair_from_seed, parse_peer_id, peer_id_from_node_id
 from node.p2p.peers import PeerTable
 from node.p2p.ratelimit import KeyedRateLimiter, PenaltyBox, TokenBucket
