@@ -59,6 +59,10 @@ class DaemonFacade:
     def started_at(self) -> float:
         return self.advert.started_at
 
+    @property
+    def api_url(self) -> str | None:
+        return self.advert.api_url
+
     async def submit_request(self, frame: bytes) -> str:
         if not self.ready:
             raise RequestRejected("not_ready", "the node is still loading its models")
