@@ -144,7 +144,33 @@ def _m3_orphans(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX packets_orphan ON packets(received_at) WHERE orphan = 1")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_outbox, _m3_orphans]
+def _m4_bans_and_rechecks(db: sqlite3.Connection) -> None:
+    # Bans outlive a restart (a banned peer must not get a clean slate by waiting for the
+    # node to restart). `kind` is "peer" (a libp2p connection that forwarded garbage) or
+    # "sender" (a signing key whose outputs failed re-checks). A failed re-check also
+    # counts in the peer's reputation.
+    _run_script(
+        db,
+        """
+        CREATE TABLE bans (
+            kind       TEXT NOT NULL,
+            key        TEXT NOT NULL,
+            until_ms   INTEGER NOT NULL,
+            reason     TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (kind, key)
+        );
+        ALTER TABLE reputation ADD COLUMN failed_recheck INTEGER NOT NULL DEFAULT 0;
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _m1_initial,
+    _m2_outbox,
+    _m3_orphans,
+    _m4_bans_and_rechecks,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -184,7 +210,8 @@ class OwnInference:
     updated_at: int
 
 
-_REP_FIELDS = ("accepted", "rejected", "missing", "in_cluster", "outlier")
+_REP_FIELDS = ("accepted", "rejected", "missing", "in_cluster", "outlier", "failed_recheck")
+BAN_KINDS = ("peer", "sender")
 
 
 class Store:
@@ -521,6 +548,28 @@ class Store:
             return True
 
         return bool(self._tx(tx))
+
+    def save_ban(self, kind: str, key: str, *, until_ms: int, reason: str) -> None:
+        """Record (or extend) a ban; the later end wins when one exists already."""
+        if kind not in BAN_KINDS:
+            raise ValueError(f"ban kind must be one of {BAN_KINDS}, got {kind!r}")
+        self._write(
+            "INSERT INTO bans(kind, key, until_ms, reason, created_at) VALUES (?,?,?,?,?)"
+            " ON CONFLICT(kind, key) DO UPDATE SET until_ms=max(until_ms, excluded.until_ms),"
+            " reason=excluded.reason",
+            (kind, key, int(until_ms), reason[:200], clock.now_ms()),
+        )
+
+    def active_bans(self, kind: str, *, now_ms: int | None = None) -> dict[str, int]:
+        """key -> ban end (ms) for bans of ``kind`` still running; ended ones are deleted."""
+        now = clock.now_ms() if now_ms is None else int(now_ms)
+
+        def tx(db: sqlite3.Connection) -> dict[str, int]:
+            db.execute("DELETE FROM bans WHERE until_ms <= ?", (now,))
+            rows = db.execute("SELECT key, until_ms FROM bans WHERE kind=?", (kind,)).fetchall()
+            return {r["key"]: int(r["until_ms"]) for r in rows}
+
+        return dict(self._tx(tx))
 
     def reputation(self, node_id: str | None = None) -> dict[str, dict[str, int]]:
         with self._lock:

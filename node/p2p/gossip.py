@@ -40,8 +40,10 @@ from libp2p.tools.anyio_service import background_trio_service
 from node import wire
 from node.identity import Identity
 from node.logs import get_logger, route_library_logs_to_root
+from node.p2p.bans import BanBook, SenderPolicy, mono_to_wall_ms, wall_ms_to_mono
 from node.p2p.config import GossipConfig
 from node.p2p.libp2p_compat import (
+    AddressError,
     blacklist,
     make_host,
     make_pubsub,
@@ -72,6 +74,8 @@ log = get_logger(__name__)
 RATE_LIMITED = "rate_limited"  # the sender (origin key) is over its rate
 PEER_RATE_LIMITED = "peer_rate_limited"  # the forwarding libp2p peer is over its rate
 BANNED = "banned"
+SENDER_BANNED = "sender_banned"  # signed by a key banned for failed re-checks
+SENDER_THROTTLED = "sender_throttled"  # signed by a key throttled after a failed re-check
 
 # Penalty points per rejection reason, charged to the peer that forwarded the frame.
 # Reasons an honest relay can trigger (a duplicate published by two nodes, clock drift,
@@ -90,6 +94,8 @@ PENALTY_POINTS: dict[str, float] = {
     wire.WireReason.CLOCK_SKEW: 0.0,  # an overloaded honest relay forwards stale frames
     wire.WireReason.REPLAY: 0.0,
     RATE_LIMITED: 0.0,
+    SENDER_BANNED: 0.0,  # the relay may not know the sender is banned here
+    SENDER_THROTTLED: 0.0,
     PEER_RATE_LIMITED: 2.0,
     BANNED: 0.0,
 }
@@ -149,6 +155,7 @@ class GossipNode:
         *,
         status_provider: StatusProvider | None = None,
         peer_info_provider: InfoProvider | None = None,
+        ban_book: BanBook | None = None,
         **overrides: Any,
     ) -> None:
         cfg = config or GossipConfig()
@@ -173,6 +180,9 @@ class GossipNode:
         self._sender_limiter = KeyedRateLimiter(cfg.sender_rate, cfg.sender_burst)
         self._peer_limiter = KeyedRateLimiter(cfg.peer_rate, cfg.peer_burst)
         self._penalties = PenaltyBox(cfg.ban_threshold, cfg.penalty_half_life_s, cfg.ban_s)
+        self._senders = SenderPolicy()
+        self._ban_book = ban_book
+        self._restore_bans()
         self._queue_send, self._queue_recv = trio.open_memory_channel[wire.SignedPacket](cfg.queue_size)
         self._keep: dict[ID, Libp2pPeerInfo] = {}
         for addr in cfg.bootstrap:
@@ -298,6 +308,8 @@ class GossipNode:
             on_outbound_drop=self._count_outbound_drop,
         )
         pubsub.set_topic_validator(cfg.topic, self._validate, is_async_validator=False)
+        for peer in self._penalties.banned(time.monotonic()):  # bans restored from the ban book
+            blacklist(pubsub, peer)  # type: ignore[arg-type]
         discovered_send, discovered_recv = trio.open_memory_channel[Libp2pPeerInfo](256)
         on_discovered = self._discovery_handler(discovered_send) if cfg.mdns else None
         try:
@@ -471,6 +483,10 @@ class GossipNode:
                 return False
             return self._reject(forwarder, err.reason.value, now)
         if not own:
+            if self._senders.is_banned(packet.sender_id, now):
+                return self._reject(forwarder, SENDER_BANNED, now)
+            if not self._senders.allow(packet.sender_id, now):
+                return self._reject(forwarder, SENDER_THROTTLED, now)
             if not self._sender_limiter.allow(packet.sender, now):
                 own_flood = forwarder == peer_id_from_public_key(packet.sender)
                 return self._reject(
@@ -501,10 +517,44 @@ class GossipNode:
     def _ban(self, peer: ID) -> None:
         self.counters.bans += 1
         log.warning("gossip_peer_banned", peer=str(peer), ban_s=self.config.ban_s, cause="too many invalid frames")
+        ends = self._penalties.ban_ends(peer)
+        if self._ban_book is not None and ends is not None:
+            self._ban_book.save_ban("peer", str(peer), until_ms=mono_to_wall_ms(ends), reason="invalid frames")
         if self._pubsub is not None:
             blacklist(self._pubsub, peer)
         if self._nursery is not None:
             self._nursery.start_soon(self._hang_up, peer)
+
+    def penalize_sender(self, node_id: str, reason: str) -> bool:
+        """A packet signed by ``node_id`` failed a check only the node can make (a
+        proof-of-inference re-check): throttle that key, and ban it after repeated
+        failures. Its frames are then dropped whoever relays them. True when banned."""
+        now = time.monotonic()
+        banned = self._senders.fail(node_id, now)
+        log.warning("gossip_sender_penalized", sender=node_id, reason=reason, banned=banned)
+        ends = self._senders.penalties.ban_ends(node_id)
+        if banned and self._ban_book is not None and ends is not None:
+            self._ban_book.save_ban("sender", node_id, until_ms=mono_to_wall_ms(ends), reason=reason)
+        return banned
+
+    def banned_senders(self) -> list[str]:
+        return sorted(str(k) for k in self._senders.penalties.banned(time.monotonic()))
+
+    def _restore_bans(self) -> None:
+        """Re-impose the bans kept in the ban book (a restart is no way out of a ban)."""
+        if self._ban_book is None:
+            return
+        for key, until_ms in self._ban_book.active_bans("peer").items():
+            try:
+                peer = parse_peer_id(key)
+            except AddressError:
+                continue
+            self._penalties.restore_ban(peer, wall_ms_to_mono(until_ms))
+        for key, until_ms in self._ban_book.active_bans("sender").items():
+            self._senders.penalties.restore_ban(key, wall_ms_to_mono(until_ms))
+        restored = len(self._penalties.banned(time.monotonic())) + len(self.banned_senders())
+        if restored:
+            log.info("gossip_bans_restored", count=restored)
 
     async def _hang_up(self, peer: ID) -> None:
         host = self._host

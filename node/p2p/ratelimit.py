@@ -105,6 +105,16 @@ class PenaltyBox:
             return True
         return False
 
+    def restore_ban(self, peer: object, until: float) -> None:
+        """Re-impose a ban that ends at ``until`` (same clock as ``now``): bans kept on
+        disk survive a restart this way."""
+        if until > self._banned_until.get(peer, -math.inf):
+            self._banned_until[peer] = until
+        self._points.pop(peer, None)
+
+    def ban_ends(self, peer: object) -> float | None:
+        return self._banned_until.get(peer)
+
     def is_banned(self, peer: object, now: float) -> bool:
         until = self._banned_until.get(peer)
         return until is not None and until > now

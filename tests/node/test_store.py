@@ -119,7 +119,14 @@ def test_packets_and_reputation(tmp_path):
     assert s.record_reputation("r1", "n1", accepted=1, in_cluster=1)
     assert not s.record_reputation("r1", "n1", accepted=1)  # once per (request, peer)
     s.record_reputation("r2", "n1", rejected=1)
-    assert s.reputation()["n1"] == {"accepted": 1, "rejected": 1, "missing": 0, "in_cluster": 1, "outlier": 0}
+    assert s.reputation()["n1"] == {
+        "accepted": 1,
+        "rejected": 1,
+        "missing": 0,
+        "in_cluster": 1,
+        "outlier": 0,
+        "failed_recheck": 0,
+    }
     with pytest.raises(ValueError, match="unknown reputation fields"):
         s.record_reputation("r3", "n1", bogus=1)
     s.save_quorum_state("r1", b"state")
