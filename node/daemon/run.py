@@ -81,6 +81,7 @@ async def serve(
         config_from_settings(settings),
         status_provider=advert.peer_status,
         peer_info_provider=advert.peer_info,
+        ban_book=store,
     )
     orchestrator = Orchestrator(
         identity=identity,
