@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,13 @@ from tests.daemon_helpers import DEFAULT_MODEL, DaemonOptions, start_network, st
 MODEL = DEFAULT_MODEL
 OPTIONS = DaemonOptions(model=MODEL, reveal_window_s=15, ready_timeout_s=180, final_timeout_s=120)
 make_frame = partial(daemon_helpers.make_frame, model=MODEL, max_time_ms=60_000)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_models import make_tiny_llama_dir
+
+    return make_tiny_llama_dir(tmp_path_factory.mktemp("e2e-tiny-llama"), seed=3)
 
 
 @pytest.fixture(scope="module")
