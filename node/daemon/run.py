@@ -145,6 +145,7 @@ async def serve(
                     "peer_id": gossip.peer_id,
                     "node_id": identity.node_id,
                     "listen_addrs": gossip.listen_multiaddrs(),
+                    "announce_addrs": gossip.announce_multiaddrs(),
                     "data_dir": str(data_dir),
                     "fault": str(getattr(settings.fault, "value", settings.fault)),
                     "models": llm.available_models(),
@@ -156,11 +157,13 @@ async def serve(
                     api_url=advert.api_url,
                     peer_id=gossip.peer_id,
                     listen_addrs=info["listen_addrs"],
+                    announce_addrs=info["announce_addrs"],
                     fault=info["fault"],
                 )
                 print(
                     f"rakis node ready\n  api:    {advert.api_url}\n  peer:   {gossip.peer_id}\n"
-                    + "".join(f"  listen: {a}\n" for a in info["listen_addrs"]),
+                    + "".join(f"  listen: {a}\n" for a in info["listen_addrs"])
+                    + "".join(f"  dial:   {a}\n" for a in info["announce_addrs"]),
                     flush=True,
                 )
                 task_status.started(facade)

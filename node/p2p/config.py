@@ -23,6 +23,7 @@ class GossipConfig:
     """Settings of the gossip layer; the daemon builds this from its config file."""
 
     listen_addrs: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
+    announce_addrs: tuple[str, ...] = ()  # what peers should dial; default: expanded listen addrs
     bootstrap: tuple[str, ...] = ()  # /ip4/../tcp/../p2p/<peer id>; redialed when lost
     mdns: bool = True  # LAN discovery; tests turn it off
     topic: str = DEFAULT_TOPIC
@@ -56,7 +57,7 @@ class GossipConfig:
     disconnect_hold_s: float = 30.0  # after disconnect(): keep the peer off pubsub this long
 
     def __post_init__(self) -> None:
-        for name in ("listen_addrs", "bootstrap"):
+        for name in ("listen_addrs", "bootstrap", "announce_addrs"):
             value = getattr(self, name)
             if isinstance(value, str):
                 raise ValueError(f"{name} must be a list of multiaddrs, not one string")
@@ -67,6 +68,8 @@ class GossipConfig:
             parse_listen_addr(addr)
         for addr in self.bootstrap:
             parse_peer_addr(addr)
+        for addr in self.announce_addrs:
+            parse_listen_addr(addr)
         positive = (
             "heartbeat_s",
             "status_interval_s",
@@ -108,6 +111,7 @@ def config_from_settings(settings: Any, **overrides: Any) -> GossipConfig:
     for ours, theirs in (
         ("listen_addrs", "listen_addrs"),
         ("bootstrap", "bootstrap"),
+        ("announce_addrs", "announce_addrs"),
         ("mdns", "mdns"),
         ("limits", "wire"),
         ("seen_max_entries", "seen_cache_entries"),

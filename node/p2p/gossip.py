@@ -40,6 +40,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from node import wire
 from node.identity import Identity
 from node.logs import get_logger, route_library_logs_to_root
+from node.p2p.addresses import dialable_addrs
 from node.p2p.bans import BanBook, SenderPolicy, mono_to_wall_ms, wall_ms_to_mono
 from node.p2p.config import GossipConfig
 from node.p2p.libp2p_compat import (
@@ -223,6 +224,15 @@ class GossipNode:
         if self._host is None:
             return []
         return [str(a) for a in self._host.get_addrs()]
+
+    def announce_multiaddrs(self) -> list[str]:
+        """The addresses peers should dial (``announce_addrs``, else the listen addresses
+        with 0.0.0.0 expanded into this machine's interfaces), each with ``/p2p/<id>``."""
+        if self._host is None:
+            return []
+        return dialable_addrs(
+            self.listen_multiaddrs(), peer_id=self.peer_id, announce=self.config.announce_addrs
+        )
 
     def peers(self) -> list[PeerRecord]:
         """Peers heard from recently (peer_info / peer_status), with connection state."""
