@@ -85,6 +85,10 @@ def choose_answer(members: Sequence[Candidate]) -> AnswerChoice:
     mat = np.stack([np.asarray(c.embedding, dtype=np.float64) for c in ordered])
     totals = np.round(cosine_distances(mat).sum(axis=1), 6)
     median = float(np.median([_words(c.output) for c in ordered]))
-    eligible = [k for k, c in enumerate(ordered) if _words(c.output) * 2 >= median] or list(range(len(ordered)))
-    best_k = min(eligible, key=lambda k: (float(totals[k]), output_hash(ordered[k].output), ordered[k].node_id))
+    eligible = [k for k, c in enumerate(ordered) if _words(c.output) * 2 >= median] or list(
+        range(len(ordered))
+    )
+    best_k = min(
+        eligible, key=lambda k: (float(totals[k]), output_hash(ordered[k].output), ordered[k].node_id)
+    )
     return AnswerChoice(ordered[best_k].inference_id, MEDOID)

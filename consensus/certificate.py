@@ -350,7 +350,9 @@ def verify_certificate(
     if res.recheck != summary:
         problems.append(f"recheck is {res.recheck!r}, the verdicts say {summary!r}")
 
-    outcome = find_consensus(accepted, quorum=quorum, sec_distance=sec_distance, sec_percentage=sec_percentage)
+    outcome = find_consensus(
+        accepted, quorum=quorum, sec_distance=sec_distance, sec_percentage=sec_percentage
+    )
     if not outcome.success:
         problems.append(f"clustering fails: {outcome.reason}")
     elif tuple(sorted(res.members)) != outcome.members:
@@ -358,12 +360,17 @@ def verify_certificate(
     elif all(iid in verdicts for iid in outcome.members):
         members = [opened[iid] for iid in outcome.members]
         choice = choose_answer(
-            [Candidate(rv.inference_id, rv.sender.hex(), rv.output, verdicts[rv.inference_id], e) for rv, e in members]
+            [
+                Candidate(rv.inference_id, rv.sender.hex(), rv.output, verdicts[rv.inference_id], e)
+                for rv, e in members
+            ]
         )
         if res.answer_rule not in ANSWER_RULES:
             problems.append(f"unknown answer rule {res.answer_rule!r}")
         elif choice.rule != res.answer_rule:
-            problems.append(f"answer rule differs: claimed {res.answer_rule}, the verdicts give {choice.rule}")
+            problems.append(
+                f"answer rule differs: claimed {res.answer_rule}, the verdicts give {choice.rule}"
+            )
         if choice.inference_id != res.representative:
             problems.append(
                 f"answer not chosen by the rule: claimed {res.representative}, {choice.rule} gives {choice.inference_id}"
@@ -387,7 +394,9 @@ def _recheck_against(
     """Re-check each distinct (weights, output) here and compare with the claims."""
     keys: dict[str, RecheckItem] = {}
     for rv, _e in opened.values():
-        keys.setdefault(recheck_key(rv.model_hash, rv.output), RecheckItem(rv.model, rv.model_hash, rv.output))
+        keys.setdefault(
+            recheck_key(rv.model_hash, rv.output), RecheckItem(rv.model, rv.model_hash, rv.output)
+        )
     ordered = sorted(keys)
     ours = list(recheck_fn(request_body, [keys[k] for k in ordered]))
     if len(ours) != len(ordered):

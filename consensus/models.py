@@ -41,7 +41,9 @@ def check_model_hash(value: str) -> str:
 def check_alias(value: str) -> str:
     """An alias is non-empty, has no '@' (the pin separator) and no surrounding space."""
     if not isinstance(value, str) or not value or "@" in value or value != value.strip():
-        raise ValueError(f"model alias must be non-empty, without '@' or surrounding spaces, got {value!r:.90}")
+        raise ValueError(
+            f"model alias must be non-empty, without '@' or surrounding spaces, got {value!r:.90}"
+        )
     return value
 
 

@@ -638,7 +638,9 @@ class QuorumMachine:
     def _covered_by_received_rr(self) -> bool:
         """Whether a reveal request we received lists every commit we counted."""
         mine = {(n, c.inference_id, c.commit) for n, c in self.commits.items()}
-        return any(mine <= set(entries) for s, entries in self.reveal_requests.items() if s != self.own_node_id)
+        return any(
+            mine <= set(entries) for s, entries in self.reveal_requests.items() if s != self.own_node_id
+        )
 
     def _reject(self, node_id: str, rv: _Reveal, rej: Rejection | tuple[str, str]) -> list[Action]:
         reason, detail = (str(rej.reason), rej.detail) if isinstance(rej, Rejection) else rej
@@ -705,7 +707,9 @@ class QuorumMachine:
             key = rv.key
             if key not in self.rechecks_requested:
                 self.rechecks_requested.add(key)
-                actions.append(RequestRecheck(self.request_id, key, rv.output, rv.model, rv.model_hash, deadline))
+                actions.append(
+                    RequestRecheck(self.request_id, key, rv.output, rv.model, rv.model_hash, deadline)
+                )
             actions += self._settle(node_id, rv)
         return actions
 
@@ -818,7 +822,9 @@ class QuorumMachine:
     def reveal_verdicts(self) -> dict[str, RecheckVerdict]:
         """inference id -> verdict, for every revealed output that has one (views and
         certificates: members and the outputs excluded by a failed re-check)."""
-        return {rv.inference_id: self.verdicts[rv.key] for rv in self.reveals.values() if rv.key in self.verdicts}
+        return {
+            rv.inference_id: self.verdicts[rv.key] for rv in self.reveals.values() if rv.key in self.verdicts
+        }
 
     # ------------------------------------------------------------ snapshot
 

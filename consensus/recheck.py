@@ -73,7 +73,9 @@ class RecheckVerdict:
     def __post_init__(self) -> None:
         if self.status not in RECHECK_STATUSES:
             raise ValueError(f"status must be one of {RECHECK_STATUSES}, got {self.status!r}")
-        if self.reason is not None and (not isinstance(self.reason, str) or len(self.reason) > MAX_REASON_CHARS):
+        if self.reason is not None and (
+            not isinstance(self.reason, str) or len(self.reason) > MAX_REASON_CHARS
+        ):
             raise ValueError(f"reason must be a string of at most {MAX_REASON_CHARS} characters")
         if self.status == FAILED and not self.reason:
             raise ValueError("a failed verdict needs a reason")
@@ -83,7 +85,9 @@ class RecheckVerdict:
             # would leave the rule undefined.
             if isinstance(ll, bool) or not isinstance(ll, int | float) or not math.isfinite(ll):
                 raise ValueError(f"a passed verdict needs a finite log_likelihood, got {ll!r}")
-        elif ll is not None and (isinstance(ll, bool) or not isinstance(ll, int | float) or not math.isfinite(ll)):
+        elif ll is not None and (
+            isinstance(ll, bool) or not isinstance(ll, int | float) or not math.isfinite(ll)
+        ):
             raise ValueError(f"log_likelihood must be finite or None, got {ll!r}")
         sp = self.suspect_positions
         if isinstance(sp, bool) or not isinstance(sp, int) or sp < 0:

@@ -18,7 +18,9 @@ def passed(ll: float) -> RecheckVerdict:
 
 
 def vec(seed: int, base: int = 0, noise: float = 0.05) -> np.ndarray:
-    return np.random.default_rng(base).normal(size=32) + np.random.default_rng(seed).normal(scale=noise, size=32)
+    return np.random.default_rng(base).normal(size=32) + np.random.default_rng(seed).normal(
+        scale=noise, size=32
+    )
 
 
 def test_highest_log_likelihood_wins_whatever_the_order() -> None:
@@ -61,7 +63,9 @@ def test_medoid_fallback_is_deterministic_and_skips_stubs() -> None:
     assert choice == choose_answer(list(reversed(members)))
     # the medoid made a stub: it is no longer eligible
     stubbed = [
-        Candidate(c.inference_id, c.node_id, "stub", BLIND, c.embedding) if c.inference_id == choice.inference_id else c
+        Candidate(c.inference_id, c.node_id, "stub", BLIND, c.embedding)
+        if c.inference_id == choice.inference_id
+        else c
         for c in members
     ]
     assert choose_answer(stubbed).inference_id != choice.inference_id

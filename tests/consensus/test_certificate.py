@@ -179,7 +179,9 @@ def test_recheck_fn_catches_lying_verdicts(corpus, corpus_embed) -> None:
         calls.append(len(items))
         assert request_body["accepted_models"] == [f"{MODEL}@{HASH_A}"]
         return [
-            honest_verdict(it.output) if it.output in honest else RecheckVerdict("failed", "token_mismatch at 0")
+            honest_verdict(it.output)
+            if it.output in honest
+            else RecheckVerdict("failed", "token_mismatch at 0")
             for it in items
         ]
 
@@ -189,7 +191,10 @@ def test_recheck_fn_catches_lying_verdicts(corpus, corpus_embed) -> None:
     assert len(r.rechecked) == 5
 
     def inverted(request_body, items):
-        return [RecheckVerdict("failed", "x") if it.output in honest else honest_verdict(it.output) for it in items]
+        return [
+            RecheckVerdict("failed", "x") if it.output in honest else honest_verdict(it.output)
+            for it in items
+        ]
 
     r = verify_certificate(cert, **_kw(corpus_embed), recheck_fn=inverted)
     assert not r.ok and sum("certificate says" in p for p in r.problems) == 5

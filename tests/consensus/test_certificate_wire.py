@@ -107,7 +107,12 @@ def test_certificate_from_wire_frames(corpus, corpus_embed) -> None:
     iid0 = inference_id_for(rid, SigningKey(bytes([40]) * 32).verify_key.encode())
     fake = wire.encode(
         wire.InferenceReveal(
-            request_id=rid, inference_id=iid0, output="x", b=binary_embedding(emb[iid0]), model=MODEL, model_hash=HASH
+            request_id=rid,
+            inference_id=iid0,
+            output="x",
+            b=binary_embedding(emb[iid0]),
+            model=MODEL,
+            model_hash=HASH,
         ),
         intruder,
     )

@@ -21,8 +21,8 @@ from consensus import (
     QuorumConfig,
     QuorumMachine,
     RecheckVerdict,
-    RequestRecheck,
     Reputation,
+    RequestRecheck,
     SecurityParams,
     binary_embedding,
     inference_id_for,
@@ -32,13 +32,23 @@ from tests.consensus.sim import ACCEPTED, HASH_A, HASH_B, MODEL, REQUEST_ID, Nod
 
 # commit window: explicit 5 s (commits close at 5_000, count on arrival until 5_500)
 PARAMS = SecurityParams(
-    quorum=5, max_time_ms=30_000, sec_distance=0.1, sec_percentage=0.6, accepted_models=ACCEPTED, commit_window_ms=5_000
+    quorum=5,
+    max_time_ms=30_000,
+    sec_distance=0.1,
+    sec_percentage=0.6,
+    accepted_models=ACCEPTED,
+    commit_window_ms=5_000,
 )
 CONFIG = QuorumConfig(
     reveal_request_grace_ms=300, commit_grace_ms=500, reveal_window_ms=5_000, consensus_window_ms=5_000
 )
 P3 = SecurityParams(
-    quorum=3, max_time_ms=30_000, sec_distance=0.1, sec_percentage=0.6, accepted_models=ACCEPTED, commit_window_ms=5_000
+    quorum=3,
+    max_time_ms=30_000,
+    sec_distance=0.1,
+    sec_percentage=0.6,
+    accepted_models=ACCEPTED,
+    commit_window_ms=5_000,
 )
 CLOSE, OPEN = 5_000, 5_500
 HONEST = passes_if(lambda t: t.startswith("honest"))
@@ -191,7 +201,12 @@ def _refs(idx) -> list[CommitRef]:
 
 def test_expired_when_seen_late_and_final_is_final() -> None:
     m, acts = QuorumMachine.start(
-        request_id=REQUEST_ID, created_at_ms=0, params=PARAMS, own_pubkey=pubkey(0), now_ms=OPEN, config=CONFIG
+        request_id=REQUEST_ID,
+        created_at_ms=0,
+        params=PARAMS,
+        own_pubkey=pubkey(0),
+        now_ms=OPEN,
+        config=CONFIG,
     )
     assert m.state == "expired" and isinstance(acts[0], Finished)
     assert _commit_seen(m, 1, "honest x", OPEN + 1) == []
