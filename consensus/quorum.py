@@ -819,6 +819,29 @@ class QuorumMachine:
         rv = self.reveals.get(node_id)
         return None if rv is None else self.verdicts.get(rv.key)
 
+    def pending_work(self) -> list[Action]:
+        """The embeddings and re-checks asked for and not answered yet: what a daemon
+        restarted from a snapshot must start again (each ``RequestEmbedding`` once per
+        pending reveal, each ``RequestRecheck`` once per key)."""
+        if self.final:
+            return []
+        work: list[Action] = []
+        asked: set[str] = set()
+        for _node_id, rv in sorted(self.reveals.items()):
+            if rv.status != "pending":
+                continue
+            if rv.embedding is None:
+                work.append(RequestEmbedding(self.request_id, rv.inference_id, rv.output, self.hard_stop_ms))
+            key = rv.key
+            if key in self.rechecks_requested and key not in self.verdicts and key not in asked:
+                asked.add(key)
+                work.append(
+                    RequestRecheck(
+                        self.request_id, key, rv.output, rv.model, rv.model_hash, self.hard_stop_ms
+                    )
+                )
+        return work
+
     def reveal_verdicts(self) -> dict[str, RecheckVerdict]:
         """inference id -> verdict, for every revealed output that has one (views and
         certificates: members and the outputs excluded by a failed re-check)."""
