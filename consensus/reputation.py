@@ -74,6 +74,11 @@ class PeerStanding:
         }
 
 
+# Transitional: node/domain.py still imports the old name; remove this line once it
+# imports PeerStanding (node.peers.PeerRecord is a different class).
+PeerRecord = PeerStanding
+
+
 @dataclass(slots=True)
 class Reputation:
     """Standing of all peers seen; keyed by node id (hex public key)."""
