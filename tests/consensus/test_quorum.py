@@ -482,3 +482,29 @@ def test_a_node_is_never_counted_twice(events: list[tuple[int, bool, bytes, int]
     assert set(m.commits) <= {pubkey(k).hex() for k in range(4)}
     for node_id, c in m.commits.items():
         assert c.inference_id == inference_id_for(REQUEST_ID, bytes.fromhex(node_id))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    honest_done=st.lists(st.integers(1, CLOSE - 1), min_size=3, max_size=5),
+    n_fast=st.integers(3, 5),
+    latency=st.integers(1, 400),
+)
+def test_honest_commits_inside_the_window_are_always_in_every_commit_set(
+    seed: int, honest_done: list[int], n_fast: int, latency: int
+) -> None:
+    """However many fake identities commit at once and ask for reveals at once, every
+    honest node that commits inside the window (propagation within commit_grace_ms) is
+    in every honest node's commit set, no honest node reveals before the window closes,
+    and the fakes, whose outputs fail the re-check, are never members."""
+    nodes = [Node(pubkey(k), f"honest answer {k} " + "word " * 20, t) for k, t in enumerate(honest_done)]
+    nodes += [Node(pubkey(50 + k), "fake fake fake", 10 + k, eager=True) for k in range(n_fast)]
+    sim = Sim(nodes, embed, P3, CONFIG, seed=seed, latency_ms=latency, truth=HONEST)
+    sim.run()
+    honest_keys = {n.key.hex() for n in nodes[: len(honest_done)]}
+    fake_ids = {inference_id_for(REQUEST_ID, pubkey(50 + k)) for k in range(n_fast)}
+    for n in nodes[: len(honest_done)]:
+        assert honest_keys <= n.machine.commit_set()
+        assert n.machine.state == "succeeded" and not fake_ids & set(n.machine.outcome_members)
+    assert all(t >= OPEN for t, p in sim.sent if p[0] == "reveal" and p[1].hex() in honest_keys)
