@@ -44,6 +44,7 @@ def split(frame: bytes) -> tuple[dict[str, Any], bytes, bytes]:
 REQ_ID = "ab" * 32
 INF_ID = "cd" * 16
 NODE_ID = "ef" * 32
+MODEL_HASH = "sha256:" + "5a" * 32
 
 
 def sample_bodies() -> list[wire._Body]:
@@ -54,24 +55,36 @@ def sample_bodies() -> list[wire._Body]:
         sec_distance=0.2,
         sec_percentage=0.66,
         embedding_model="all-minilm-l6-v2",
+        commit_window_ms=5_000,
     )
     return [
         wire.InferenceRequest(
             prompt="What is the capital of France?",
-            accepted_models=["smollm2-135m-instruct"],
+            accepted_models=["smollm2-135m-instruct", f"gemma3-270m@{MODEL_HASH}"],
             temperature=0.7,
             max_tokens=64,
             seed=42,
             security_frame=frame,
         ),
         wire.InferenceCommit(
-            request_id=REQ_ID, inference_id=INF_ID, model="smollm2-135m-instruct", commit=b"\x07" * 32
+            request_id=REQ_ID,
+            inference_id=INF_ID,
+            model="smollm2-135m-instruct",
+            model_hash=MODEL_HASH,
+            commit=b"\x07" * 32,
         ),
         wire.InferenceRevealRequest(
             request_id=REQ_ID,
             commits=[wire.CommitRef(node_id=NODE_ID, inference_id=INF_ID, commit=b"\x09" * 32)],
         ),
-        wire.InferenceReveal(request_id=REQ_ID, inference_id=INF_ID, output="Paris.", b=b"\xaa" * 48),
+        wire.InferenceReveal(
+            request_id=REQ_ID,
+            inference_id=INF_ID,
+            output="Paris.",
+            b=b"\xaa" * 48,
+            model="smollm2-135m-instruct",
+            model_hash=MODEL_HASH,
+        ),
         wire.InferenceRevealRejected(request_id=REQ_ID, inference_id=INF_ID, reason="hamming_distance"),
         wire.InferenceQuorumComputed(
             request_id=REQ_ID,
@@ -80,6 +93,9 @@ def sample_bodies() -> list[wire._Body]:
             joint_hash="12" * 32,
             output="Paris.",
             from_node=NODE_ID,
+            representative=INF_ID,
+            answer_rule="max_log_likelihood",
+            recheck="checked",
         ),
         wire.PeerInfo(
             models=["smollm2-135m-instruct"],
@@ -88,6 +104,7 @@ def sample_bodies() -> list[wire._Body]:
             device="cpu",
             version="0.1.0",
             api_url="http://127.0.0.1:8420",
+            model_hashes={"smollm2-135m-instruct": MODEL_HASH},
         ),
         wire.PeerStatus(load=0.5, queue_depth=3, tokens_per_s=120.5, busy_workers=1, total_workers=2),
     ]

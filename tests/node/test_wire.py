@@ -8,10 +8,12 @@ import msgpack
 import pytest
 from nacl.signing import SigningKey
 
+from consensus.windows import commit_window_ms
 from node import wire
 from node.wire import WireError, WireLimits, WireReason
 from tests.node.builders import (
     INF_ID,
+    MODEL_HASH,
     REQ_ID,
     now_ms,
     packet_dict,
@@ -49,7 +51,12 @@ def test_request_and_inference_ids(key: SigningKey, request_body: wire.Inference
     iid = wire.inference_id(rid, pkt.sender)
     assert iid == hashlib.sha256(rid.encode() + pkt.sender).hexdigest()[:32]
     commit_pkt = wire.decode(
-        wire.encode(wire.InferenceCommit(request_id=rid, inference_id=iid, model="m", commit=b"\0" * 32), key)
+        wire.encode(
+            wire.InferenceCommit(
+                request_id=rid, inference_id=iid, model="m", model_hash=MODEL_HASH, commit=b"\0" * 32
+            ),
+            key,
+        )
     )
     with pytest.raises(ValueError):
         wire.request_id(commit_pkt)
@@ -63,7 +70,9 @@ def test_fresh_nonce_gives_distinct_packets(key: SigningKey, request_body: wire.
 
 
 def test_encode_refuses_frames_receivers_would_drop(key: SigningKey) -> None:
-    body = wire.InferenceReveal(request_id=REQ_ID, inference_id=INF_ID, output="x" * 2000, b=b"\1")
+    body = wire.InferenceReveal(
+        request_id=REQ_ID, inference_id=INF_ID, output="x" * 2000, b=b"\1", model="m", model_hash=MODEL_HASH
+    )
     with pytest.raises(WireError) as info:
         wire.encode(body, key, limits=WireLimits(max_frame_bytes=1024))
     assert info.value.reason is WireReason.OVERSIZE
@@ -128,7 +137,10 @@ def test_oversize_is_checked_before_decoding(key: SigningKey, request_body: wire
 
 
 def test_bad_version(key: SigningKey, request_body: wire.InferenceRequest) -> None:
-    assert reason_of(raw_frame(packet_dict(request_body, key, v=2), key)) is WireReason.BAD_VERSION
+    assert wire.PROTOCOL_VERSION == 2
+    # protocol 1 nodes neither re-check nor honour the commit window: refused
+    assert reason_of(raw_frame(packet_dict(request_body, key, v=1), key)) is WireReason.BAD_VERSION
+    assert reason_of(raw_frame(packet_dict(request_body, key, v=3), key)) is WireReason.BAD_VERSION
     assert reason_of(raw_frame(packet_dict(request_body, key, v="1"), key)) is WireReason.BAD_VERSION
     pkt = packet_dict(request_body, key)
     del pkt["v"]
@@ -223,6 +235,18 @@ def test_schema_missing_extra_and_wrong_types(key: SigningKey, request_body: wir
         {"security_frame": {"sec_percentage": 1.01}},
         {"security_frame": {"sec_distance": -0.5}},
         {"security_frame": {"max_time_ms": 0}},
+        {"security_frame": {"commit_window_ms": 0}},
+        {"security_frame": {"commit_window_ms": 30_001}},  # past max_time_ms (30 s)
+        {"security_frame": {"commit_window_ms": 5_000.0}},
+        {"accepted_models": ["m@sha256:" + "A" * 64]},  # hash must be lowercase hex
+        {"accepted_models": ["m@md5:" + "a" * 32]},
+        {"accepted_models": ["m@"]},
+        {"accepted_models": ["@sha256:" + "a" * 64]},
+        {"accepted_models": [" m"]},
+        {"accepted_models": ["m", "m"]},
+        {"accepted_models": ["m", "m@sha256:" + "a" * 64]},  # bare and pinned: ambiguous
+        {"seed": -1},
+        {"seed": 2**63},
     ],
     ids=repr,
 )
@@ -259,7 +283,14 @@ def test_configured_limits(
 
 
 def test_other_type_limits(key: SigningKey) -> None:
-    reveal = wire.InferenceReveal(request_id=REQ_ID, inference_id=INF_ID, output="y" * 50, b=b"\1" * 10)
+    reveal = wire.InferenceReveal(
+        request_id=REQ_ID,
+        inference_id=INF_ID,
+        output="y" * 50,
+        b=b"\1" * 10,
+        model="m",
+        model_hash=MODEL_HASH,
+    )
     frame = wire.encode(reveal, key)
     assert reason_of(frame, limits=WireLimits(max_output_chars=49)) is WireReason.LIMIT
     assert reason_of(frame, limits=WireLimits(max_b_bytes=9)) is WireReason.LIMIT
@@ -273,6 +304,14 @@ def test_other_type_limits(key: SigningKey) -> None:
         (1, {"inference_id": "cd" * 17}),
         (2, {"commits": []}),
         (3, {"b": "not-bytes"}),
+        (1, {"model_hash": "sha256:" + "a" * 63}),
+        (1, {"model_hash": "a" * 64}),
+        (1, {"model": "m@sha256:" + "a" * 64}),  # the alias goes in model, the hash in model_hash
+        (3, {"model_hash": None}),
+        (5, {"answer_rule": "joint_hash_mod_n"}),
+        (5, {"recheck": "maybe"}),
+        (6, {"model_hashes": {"not-listed": "sha256:" + "a" * 64}}),
+        (6, {"model_hashes": {"smollm2-135m-instruct": "sha256:xyz"}}),
         (5, {"success": False}),  # failure without a reason
         (5, {"joint_hash": "zz" * 32}),
         (6, {"workers": {"m": -1}}),
@@ -377,3 +416,83 @@ def test_seen_cache_window_never_shorter_than_the_skew_limit(
     frame = wire.encode(request_body, key, ts_ms=now)
     wire.decode(frame, seen=seen, now_ms=now)
     assert reason_of(frame, seen=seen, now_ms=now + 50_000) is WireReason.REPLAY
+
+
+# ---- protocol 2: commit window, model identity, seed ------------------------------------
+
+
+def test_a_bare_prompt_request_stays_valid(key: SigningKey) -> None:
+    """No seed, no commit window, one unpinned model: the smallest request of protocol 1
+    is still a valid protocol 2 request."""
+    body = wire.InferenceRequest(
+        prompt="Hi",
+        accepted_models=["smollm2-135m-instruct"],
+        temperature=0.0,
+        max_tokens=8,
+        security_frame=wire.SecurityFrame(
+            quorum=3, max_time_ms=120_000, sec_distance=0.5, sec_percentage=0.6, embedding_model="e"
+        ),
+    )
+    pkt = wire.decode(wire.encode(body, key))
+    assert pkt.body == body and pkt.body.seed is None and pkt.body.security_frame.commit_window_ms is None
+    assert pkt.body.security_frame.effective_commit_window_ms == 30_000
+
+
+@pytest.mark.parametrize(
+    ("max_time", "explicit", "window"),
+    [
+        (120_000, None, 30_000),  # a quarter
+        (4_000, None, 2_000),  # at least 2 s
+        (1_000, None, 1_000),  # never past max_time_ms
+        (600_000, None, 60_000),  # at most 60 s
+        (600_000, 1, 1),  # explicit values are taken as they are
+        (10_000, 10_000, 10_000),
+    ],
+)
+def test_commit_window_default_and_explicit(max_time: int, explicit: int | None, window: int) -> None:
+    frame = wire.SecurityFrame(
+        quorum=1,
+        max_time_ms=max_time,
+        sec_distance=0.5,
+        sec_percentage=1.0,
+        embedding_model="e",
+        commit_window_ms=explicit,
+    )
+    assert frame.effective_commit_window_ms == window == commit_window_ms(max_time, explicit)
+
+
+def test_request_seed(request_body: wire.InferenceRequest) -> None:
+    assert request_body.seed == 42 and wire.request_seed(request_body, REQ_ID) == 42
+    unseeded = request_body.model_copy(update={"seed": None})
+    rid = hashlib.sha256(b"some request").hexdigest()
+    derived = wire.request_seed(unseeded, rid)
+    assert derived == int.from_bytes(bytes.fromhex(rid)[:8], "big") & (2**63 - 1)
+    assert 0 <= derived <= wire.SEED_MAX and derived == wire.request_seed(unseeded, rid)
+    assert wire.request_seed(unseeded, "ff" * 32) == 2**63 - 1
+    with pytest.raises(ValueError):
+        wire.request_seed(unseeded, "not an id")
+
+
+def test_model_identity_round_trips(key: SigningKey) -> None:
+    pinned = wire.InferenceRequest(
+        prompt="Hi",
+        accepted_models=["a", f"b@{MODEL_HASH}", "b@sha256:" + "0" * 64],  # b pinned to two weights
+        temperature=0.7,
+        max_tokens=8,
+        seed=0,
+        security_frame=wire.SecurityFrame(
+            quorum=3, max_time_ms=10_000, sec_distance=0.5, sec_percentage=0.6, embedding_model="e"
+        ),
+    )
+    assert wire.decode(wire.encode(pinned, key)).body == pinned
+    info = wire.PeerInfo(
+        models=["a", "b"],
+        embedding_models=["e"],
+        workers={"a": 1},
+        device="cpu",
+        version="2",
+        model_hashes={"b": MODEL_HASH},
+    )
+    assert wire.decode(wire.encode(info, key)).body.model_hashes == {"b": MODEL_HASH}
+    bare = wire.PeerInfo(models=[], embedding_models=[], workers={}, device="cpu", version="2")
+    assert bare.model_hashes == {}

@@ -25,13 +25,31 @@ names = st.text(min_size=1, max_size=40)
 texts = st.text(max_size=300)
 finite = {"allow_nan": False, "allow_infinity": False}
 
-security_frames = st.builds(
-    wire.SecurityFrame,
-    quorum=st.integers(1, 256),
-    max_time_ms=st.integers(1, 600_000),
-    sec_distance=st.floats(0, 2, **finite),
-    sec_percentage=st.floats(0, 1, exclude_min=True, **finite),
-    embedding_model=names,
+aliases = names.filter(lambda s: "@" not in s and s == s.strip())
+model_hashes = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
+# accepted_models: distinct aliases, each bare or pinned to one or two weights hashes
+accepted_models = st.lists(aliases, min_size=1, max_size=8, unique=True).flatmap(
+    lambda al: st.tuples(*(st.lists(model_hashes, max_size=2, unique=True) for _ in al)).map(
+        lambda pins: [
+            a if not ps else f"{a}@{h}" for a, ps in zip(al, pins, strict=True) for h in (ps or [None])
+        ]
+    )
+)
+security_frames = st.integers(1, 600_000).flatmap(
+    lambda max_time: st.builds(
+        wire.SecurityFrame,
+        quorum=st.integers(1, 256),
+        max_time_ms=st.just(max_time),
+        sec_distance=st.floats(0, 2, **finite),
+        sec_percentage=st.floats(0, 1, exclude_min=True, **finite),
+        embedding_model=names,
+        commit_window_ms=st.none() | st.integers(1, max_time),
+    )
+)
+peer_models = st.lists(names, max_size=8, unique=True).flatmap(
+    lambda ms: st.tuples(
+        st.just(ms), st.dictionaries(st.sampled_from(ms), model_hashes) if ms else st.just({})
+    )
 )
 commit_refs = st.builds(
     wire.CommitRef, node_id=hex64, inference_id=hex32, commit=st.binary(min_size=32, max_size=32)
@@ -41,7 +59,7 @@ BODIES: dict[wire.PacketType, st.SearchStrategy[wire._Body]] = {
     wire.PacketType.INFERENCE_REQUEST: st.builds(
         wire.InferenceRequest,
         prompt=st.text(min_size=1, max_size=300),
-        accepted_models=st.lists(names, min_size=1, max_size=16),
+        accepted_models=accepted_models,
         temperature=st.floats(0, 2, **finite),
         max_tokens=st.integers(1, 4096),
         security_frame=security_frames,
@@ -51,7 +69,8 @@ BODIES: dict[wire.PacketType, st.SearchStrategy[wire._Body]] = {
         wire.InferenceCommit,
         request_id=hex64,
         inference_id=hex32,
-        model=names,
+        model=aliases,
+        model_hash=model_hashes,
         commit=st.binary(min_size=32, max_size=32),
     ),
     wire.PacketType.INFERENCE_REVEAL_REQUEST: st.builds(
@@ -63,6 +82,8 @@ BODIES: dict[wire.PacketType, st.SearchStrategy[wire._Body]] = {
         inference_id=hex32,
         output=texts,
         b=st.binary(min_size=1, max_size=1024),
+        model=aliases,
+        model_hash=model_hashes,
     ),
     wire.PacketType.INFERENCE_REVEAL_REJECTED: st.builds(
         wire.InferenceRevealRejected,
@@ -79,6 +100,9 @@ BODIES: dict[wire.PacketType, st.SearchStrategy[wire._Body]] = {
         output=texts,
         from_node=hex64,
         reason=st.none() | st.text(min_size=1, max_size=50),
+        representative=st.none() | hex32,
+        answer_rule=st.none() | st.sampled_from(["max_log_likelihood", "medoid"]),
+        recheck=st.none() | st.sampled_from(["checked", "partial", "unavailable"]),
     )
     | st.builds(
         wire.InferenceQuorumComputed,
@@ -90,14 +114,17 @@ BODIES: dict[wire.PacketType, st.SearchStrategy[wire._Body]] = {
         from_node=hex64,
         reason=st.sampled_from(["expired", "not_enough_commits", "no_cluster_of_needed_size"]),
     ),
-    wire.PacketType.PEER_INFO: st.builds(
-        wire.PeerInfo,
-        models=st.lists(names, max_size=8),
-        embedding_models=st.lists(names, max_size=4),
-        workers=st.dictionaries(names, st.integers(0, 64), max_size=8),
-        device=names,
-        version=names,
-        api_url=st.none() | st.text(min_size=1, max_size=60),
+    wire.PacketType.PEER_INFO: peer_models.flatmap(
+        lambda mh: st.builds(
+            wire.PeerInfo,
+            models=st.just(mh[0]),
+            embedding_models=st.lists(names, max_size=4),
+            workers=st.dictionaries(names, st.integers(0, 64), max_size=8),
+            device=names,
+            version=names,
+            api_url=st.none() | st.text(min_size=1, max_size=60),
+            model_hashes=st.just(mh[1]),
+        )
     ),
     wire.PacketType.PEER_STATUS: st.builds(
         wire.PeerStatus,
