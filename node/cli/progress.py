@@ -35,8 +35,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from node.orchestrator.stages import STAGES
+
 FINAL_STATES = frozenset({"succeeded", "failed", "expired"})
-STAGES = ("queued", "inferring", "committed", "revealing", "verifying", "done")
 _STATE_STYLE = {"succeeded": "green", "failed": "red", "expired": "yellow", "pending": "cyan"}
 
 

@@ -29,7 +29,8 @@ from node.daemon.compute import EngineCompute
 from node.daemon.datadir import lock_data_dir, remove_node_json, write_node_json
 from node.daemon.facade import DaemonFacade
 from node.logs import get_logger
-from node.orchestrator.orchestrator import DomainConfig, Orchestrator
+from node.orchestrator.config import OrchestratorConfig
+from node.orchestrator.orchestrator import Orchestrator
 from node.store import Store
 
 log = get_logger(__name__)
@@ -88,7 +89,7 @@ async def serve(
         store=store,
         compute=EngineCompute(llm, embeddings, settings.embedding_model),
         publish=gossip.publish,
-        config=DomainConfig.from_settings(settings),
+        config=OrchestratorConfig.from_settings(settings),
     )
     facade = DaemonFacade(
         settings=settings,

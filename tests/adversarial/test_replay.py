@@ -20,7 +20,8 @@ import trio
 from node import wire
 from node.clock import now_ms
 from node.identity import Identity
-from node.orchestrator.orchestrator import DomainConfig, Orchestrator
+from node.orchestrator.config import OrchestratorConfig
+from node.orchestrator.orchestrator import Orchestrator
 from node.store import Store
 from tests.node.conftest import CoreCompute
 from tests.node.p2p.conftest import Net, new_node, run_trio, wait_until
@@ -73,7 +74,7 @@ class StackNode:
             store=self.store,
             compute=CoreCompute(core, emb, TINY_MODEL),
             publish=publish,
-            config=DomainConfig(limits=WINDOW),
+            config=OrchestratorConfig(limits=WINDOW),
         )
         self._scope, self._done = trio.CancelScope(), trio.Event()
 

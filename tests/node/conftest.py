@@ -31,7 +31,7 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 class CoreCompute:
-    """`domain.Compute` over one `EngineCore` worker and a real `EmbeddingEngine`."""
+    """`node.orchestrator.compute.Compute` over one `EngineCore` worker and a real `EmbeddingEngine`."""
 
     def __init__(self, core, embeddings, model_name: str, gate: trio.Event | None = None) -> None:
         self.gate = gate  # when given, generation waits for it (to hold a node back)

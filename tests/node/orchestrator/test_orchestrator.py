@@ -13,14 +13,15 @@ import trio
 from consensus.certificate import Certificate, verify_certificate
 from node import wire
 from node.identity import Identity
+from node.orchestrator.config import OrchestratorConfig
 from node.orchestrator.errors import RequestRejected
-from node.orchestrator.orchestrator import DomainConfig, Orchestrator
+from node.orchestrator.orchestrator import Orchestrator
 from node.store import Store
 from tests.node.conftest import Bus, CoreCompute
 
 pytestmark = pytest.mark.timeout(180)
 
-FAST = DomainConfig().quorum.__class__(
+FAST = OrchestratorConfig().quorum.__class__(
     reveal_request_grace_ms=200, commit_grace_ms=500, reveal_window_ms=8000, consensus_window_ms=4000
 )
 
@@ -73,7 +74,7 @@ class Net:
             store=store,
             compute=CoreCompute(self.core, self.emb, "tiny-llama", gate=gate),
             publish=publish,
-            config=DomainConfig(fault=fault, quorum=FAST),
+            config=OrchestratorConfig(fault=fault, quorum=FAST),
         )
         scope = trio.CancelScope()
         exited = trio.Event()

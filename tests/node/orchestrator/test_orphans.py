@@ -19,8 +19,9 @@ from node import metrics, wire
 from node import store as store_mod
 from node.config import ConfigError, load_settings
 from node.identity import Identity
-from node.orchestrator import orchestrator as domain
-from node.orchestrator.orchestrator import DomainConfig, Orchestrator
+from node.orchestrator import orphans as orphans_module
+from node.orchestrator.config import OrchestratorConfig
+from node.orchestrator.orchestrator import Orchestrator
 from node.store import Store
 from tests.node.orchestrator.test_orchestrator import make_request
 
@@ -80,7 +81,7 @@ async def start(nursery: trio.Nursery, data_dir, **config: Any) -> tuple[Orchest
         store=Store(data_dir),
         compute=None,
         publish=publish,
-        config=DomainConfig(**config),
+        config=OrchestratorConfig(**config),
     )
     scope = trio.CancelScope()
 
@@ -98,8 +99,8 @@ def stop(orch: Orchestrator, scope: trio.CancelScope) -> None:
 
 
 def test_orphans_beyond_the_cap_are_dropped_counted_and_logged_once_per_interval(tmp_path, monkeypatch):
-    rec = RecordingLog(domain.log)
-    monkeypatch.setattr(domain, "log", rec)
+    rec = RecordingLog(orphans_module.log)
+    monkeypatch.setattr(orphans_module, "log", rec)
     cap = 5
 
     async def main():
@@ -278,12 +279,12 @@ def test_bad_orphan_settings_are_a_clear_error_naming_the_field(tmp_path, monkey
     with pytest.raises(ConfigError, match=field):
         load_settings(tmp_path)
     with pytest.raises(ValueError, match=field):
-        DomainConfig(**{field: value})
+        OrchestratorConfig(**{field: value})
 
 
 def test_orphan_settings_reach_the_orchestrator_config(tmp_path):
     (tmp_path / "config.toml").write_text("orphan_packet_ttl_s = 42.5\nmax_orphan_packets = 77\n")
-    cfg = DomainConfig.from_settings(load_settings(tmp_path))
+    cfg = OrchestratorConfig.from_settings(load_settings(tmp_path))
     assert (cfg.orphan_packet_ttl_s, cfg.max_orphan_packets) == (42.5, 77)
-    defaults = DomainConfig.from_settings(load_settings(tmp_path / "empty"))
+    defaults = OrchestratorConfig.from_settings(load_settings(tmp_path / "empty"))
     assert (defaults.orphan_packet_ttl_s, defaults.max_orphan_packets) == (600.0, 10_000)
