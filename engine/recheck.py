@@ -135,26 +135,74 @@ class RecheckState:
             if self.failed:
                 return
             chunk = rows[c0 : c0 + _ROWS_PER_CHUNK]
-            probs = None
-            if self.params.temperature > 0:
-                p = self.params
-                probs = adjusted_probs(chunk, p.temperature, p.top_p, p.top_k)
-            logprobs = torch.log_softmax(chunk.to(torch.float64), dim=-1)
-            for i in range(chunk.shape[0]):
-                t = first_t + c0 + i
-                if t != self.next_t:
-                    continue
-                self._row(t, chunk[i], None if probs is None else probs[i], logprobs[i])
+            ts = list(range(first_t + c0, first_t + c0 + chunk.shape[0]))
+            fast = self._scan(chunk, ts)
+            for i, t in enumerate(ts):
+                self._row(t, chunk[i], *fast[i])
                 self.next_t += 1
                 if self.failed:
                     return
 
-    def _row(self, t: int, logits: torch.Tensor, probs: torch.Tensor | None, logprobs: torch.Tensor) -> None:
+    def _scan(self, chunk: torch.Tensor, ts: list[int]) -> list[tuple[_Judgement | None, float]]:
+        """Vectorised first look at a chunk of rows: each output row's judgement
+        (without the cut-off slack retries) and the revealed token's T = 1 log-prob."""
+        n = len(self.output)
+        toks = torch.tensor([self.output[t] if t < n else 0 for t in ts], dtype=torch.long)[:, None]
+        logp = torch.log_softmax(chunk.to(torch.float64), dim=-1).gather(1, toks)[:, 0].tolist()
+        p = self.params
+        out: list[tuple[_Judgement | None, float]] = []
+        if p.temperature <= 0:
+            top2 = torch.topk(chunk, 2, dim=-1)
+            picked = torch.argmax(chunk, dim=-1).tolist()
+            gap = (top2.values[:, 0] - top2.values[:, 1]).tolist()
+            behind = (chunk.gather(1, torch.tensor(picked)[:, None]) - chunk.gather(1, toks))[:, 0].tolist()
+            for i, t in enumerate(ts):
+                tok = int(toks[i, 0])
+                if t >= n:
+                    out.append((None, 0.0))
+                    continue
+                ok = tok == picked[i]
+                status = "ok" if ok else ("suspect" if behind[i] <= self.tol.eps_logit else "bad")
+                out.append((_Judgement(status, picked[i], gap[i], 0.0, 0.0), logp[i]))
+            return out
+        probs = adjusted_probs(chunk, p.temperature, p.top_p, p.top_k)
+        cdf = probs.cumsum(dim=-1)
+        total = cdf[:, -1]
+        u = torch.tensor([uniform(self.seed, t) for t in ts], dtype=torch.float64)
+        pick = torch.searchsorted(cdf, (u * total)[:, None], right=True)
+        ids = torch.arange(probs.shape[1])
+        last_kept = torch.where(probs > 0, ids, -1).amax(dim=-1, keepdim=True)
+        pick = torch.minimum(pick, last_kept)
+        p_hi = cdf.gather(1, pick)[:, 0] / total
+        p_lo = p_hi - probs.gather(1, pick)[:, 0] / total
+        t_hi = cdf.gather(1, toks)[:, 0] / total
+        t_p = probs.gather(1, toks)[:, 0] / total
+        rows = zip(pick[:, 0].tolist(), p_lo.tolist(), p_hi.tolist(), t_hi.tolist(), t_p.tolist(), u.tolist())
+        for i, (pk, plo, phi, thi, tp, ui) in enumerate(rows):
+            t = ts[i]
+            if t >= n:
+                out.append((None, 0.0))
+                continue
+            tok = int(toks[i, 0])
+            margin = min(ui - plo, phi - ui)
+            lo, hi = (thi - tp, thi) if tp > 0 else (0.0, 0.0)
+            if tok == pk:
+                status = "ok"
+            else:
+                dist = math.inf if tp <= 0 else (lo - ui if ui < lo else ui - hi)
+                status = "suspect" if dist <= self.tol.eps_cdf else "bad"
+            out.append((_Judgement(status, pk, margin, lo, hi), logp[i]))
+        return out
+
+    def _row(self, t: int, logits: torch.Tensor, fast: _Judgement | None, logp: float) -> None:
         n = len(self.output)
         if t < n:
             tok = self.output[t]
-            self.log_likelihood += float(logprobs[tok])
-            j = self._judge(t, logits, probs, tok)
+            self.log_likelihood += logp
+            j = fast
+            assert j is not None
+            if j.status == "bad":  # maybe a top-p / top-k cut-off moved by rounding
+                j = self._judge(t, logits, tok)
             if self.details is not None:
                 self.details.append(
                     PositionDetail(t, tok, j.picked, j.margin, j.lo, j.hi, j.status == "suspect")
@@ -169,14 +217,11 @@ class RecheckState:
         if self.stop_known:
             return
         # The row after the output: the sampler must stop here.
-        if self.params.ignore_eos:
-            candidates: list[int] = []
-        else:
-            candidates = sorted(self.eos)
-        verdicts = [self._judge(t, logits, probs, e).status for e in candidates]
+        candidates = [] if self.params.ignore_eos else sorted(self.eos)
+        verdicts = [self._judge(t, logits, e).status for e in candidates]
         if "ok" in verdicts:
             return
-        picked = self._judge(t, logits, probs, -1).picked
+        picked = self._judge(t, logits, -1).picked
         if self.would_stop is not None and self.would_stop(self.output + [picked]):
             return
         if "suspect" in verdicts:
@@ -195,11 +240,11 @@ class RecheckState:
             self.first_bad = t
 
     # ------------------------------------------------------------------ one position
-    def _judge(self, t: int, logits: torch.Tensor, probs: torch.Tensor | None, tok: int) -> _Judgement:
+    def _judge(self, t: int, logits: torch.Tensor, tok: int) -> _Judgement:
         """Is `tok` what the sampler picks at t (ok), within noise (suspect), or not (bad)?
-        tok = -1 only asks for the pick."""
+        tok = -1 only asks for the pick. One row, every retry: the slow path."""
         p = self.params
-        if probs is None:  # greedy
+        if p.temperature <= 0:
             top2 = torch.topk(logits, 2)
             picked = int(torch.argmax(logits))
             gap = float(top2.values[0] - top2.values[1])
@@ -209,6 +254,7 @@ class RecheckState:
             status = "suspect" if behind <= self.tol.eps_logit else "bad"
             return _Judgement(status, picked, gap, 0.0, 0.0)
         u = uniform(self.seed, t)
+        probs = adjusted_probs(logits[None, :], p.temperature, p.top_p, p.top_k)[0]
         picked, lo, hi, margin, dist = _locate(probs, u, tok)
         if tok == picked or tok < 0:
             return _Judgement("ok", picked, margin, lo, hi)
