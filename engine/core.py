@@ -338,7 +338,9 @@ class EngineCore:
         if total > capacity:
             raise ValueError(f"prompt + output of {total} tokens does not fit the KV cache ({capacity})")
         seed = p.seed if p.seed is not None else default_seed(req.request_id)
-        would_stop = None
+        would_stop = realign = None
+        if req.output_text is not None:
+            realign = self._make_realign(req.output_text)
         if p.stop and req.output_text is not None:
             # Text cut before a stop string: the token that completes it is not in the
             # text; accept the output when the sampler's next token completes one.
@@ -352,8 +354,9 @@ class EngineCore:
             out,
             eos_token_ids=self.eos_token_ids,
             ended_by_stop=stop_index is not None,
-            at_context_limit=total >= self.max_model_len,
+            context_left=self.max_model_len - len(prompt),
             would_stop=would_stop,
+            realign=realign,
             tolerance=tolerance or self.recheck_tolerance,
             details=req.details,
         )
@@ -371,6 +374,50 @@ class EngineCore:
         )
         self._enqueue(seq)
         return stream
+
+    def _make_realign(self, text: str):
+        """Text mode (worker thread): follow the sampler's pick at t when its text
+        continues the revealed text; re-tokenize only what follows it."""
+        tok = self._detok_tokenizer
+
+        def decode(ids: list[int]) -> str:
+            return tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+        def realign(out: list[int], t: int, picked: int) -> list[int] | None:
+            if picked in self._special_ids:
+                return None
+            head = decode(out[:t] + [picked])
+            if not head or head.endswith("\ufffd") or not text.startswith(head) or head == decode(out[:t]):
+                return None
+            rest = text[len(head) :]
+            return out[:t] + [picked] + (tok(rest, add_special_tokens=False).input_ids if rest else [])
+
+        return realign
+
+    def _restart_recheck(self, seq: Sequence) -> None:
+        """Worker thread: the output was re-tokenized from recheck.next_t on; score a
+        new sequence from there (the prefix cache serves the blocks before it)."""
+        st = seq.recheck
+        st.realigned = False
+        seq.finished = True
+        self.scheduler.remove(seq)
+        new = Sequence(
+            seq_id=next(self._ids),
+            request=seq.request,
+            stream=seq.stream,
+            params=seq.params,
+            token_ids=seq.token_ids[: seq.num_prompt] + st.output,
+            num_prompt=seq.num_prompt,
+            t_submit=seq.t_submit,
+            seed=seq.seed,
+            priority=0,
+            recheck=st,
+            score_t0=st.next_t,
+        )
+        with self._lock:
+            if self._active.get(seq.request_id) is seq:
+                self._active[seq.request_id] = new
+        self.scheduler.add(new)
 
     def _stop_index(self, ids: list[int], stop: list[str], tokenizer=None) -> int | None:
         """First index whose token completes a stop string, decoded as generation does."""
@@ -521,7 +568,7 @@ class EngineCore:
             if sf is not None:
                 first = max(start, sf)
                 if first < end:
-                    score_spans.append((seq, len(score_rows), end - first, first - sf))
+                    score_spans.append((seq, len(score_rows), end - first, first - (seq.num_prompt - 1)))
                     score_rows.extend(range(row0 + first - start, row0 + chunk))
             elif end == len(seq.token_ids):
                 sample_rows.append(row0 + chunk - 1)
@@ -577,7 +624,9 @@ class EngineCore:
         for seq, tok in zip(sample_seqs, toks, strict=True):
             self._append_token(seq, tok, now)
         for seq, _, _, _ in score_spans:
-            if seq.recheck.done:
+            if seq.recheck.realigned and not seq.recheck.failed:
+                self._restart_recheck(seq)
+            elif seq.recheck.done:
                 self._finish(seq, "done")
         if toks:
             with self._lock:

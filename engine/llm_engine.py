@@ -392,6 +392,8 @@ class LLMEngine:
     def _build_core(self, w: _Worker, path: Any, opts: dict[str, Any]) -> Any:
         from engine.core import EngineCore
 
+        self.registry.weights_hash(w.model, ModelKind.LLM)  # once per model, cached on disk
+
         core = EngineCore(
             str(path),
             device=self.device,
@@ -516,6 +518,11 @@ class LLMEngine:
             st["model"], st["worker_id"] = model, worker_id
             out[worker_id] = st
         return out
+
+    def model_hashes(self) -> dict[str, str]:
+        """{model name: "sha256:<hex>"} of the weights of every model with a ready
+        worker (computed at load, see ModelRegistry.weights_hash)."""
+        return {m: self.registry.weights_hash(m, ModelKind.LLM) for m in self.available_models()}
 
     def available_models(self) -> list[str]:
         """Models with at least one loaded worker (what this node can run now)."""

@@ -45,11 +45,12 @@ class Sequence:
     finished: bool = False
     priority: int = 1  # 0: consensus work (re-checks), admitted before everything else
     recheck: Any = None  # engine.recheck.RecheckState: a scoring pass, never samples
+    score_t0: int = 0  # a re-check restarted after re-tokenizing scores from this output index
 
     @property
     def score_from(self) -> int | None:
         """First position whose logits a re-check needs (None: a generation)."""
-        return None if self.recheck is None else self.num_prompt - 1
+        return None if self.recheck is None else self.num_prompt - 1 + self.score_t0
 
     @property
     def match_limit(self) -> int:

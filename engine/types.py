@@ -116,6 +116,8 @@ class PositionDetail:
     margin: T > 0, distance of u_t to the nearest edge of the picked token's CDF
     interval (normalised to total mass 1); T = 0, top-1 minus top-2 logit.
     lo/hi: the revealed token's interval (T > 0; 0, 0 when it was not kept).
+    dist: T > 0, distance of u_t to the revealed token's interval; T = 0, how far
+    its logit is below the maximum.
     """
 
     index: int
@@ -125,6 +127,7 @@ class PositionDetail:
     lo: float
     hi: float
     suspect: bool
+    dist: float = 0.0  # how far the revealed token is from being picked (0 when it is)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from engine.core import EngineCore  # noqa: E402
 from engine.model_files import default_llm_dir  # noqa: E402
-from engine.recheck import RecheckTolerance  # noqa: E402
+from engine.recheck import MIXED_DTYPE_TOLERANCE, RecheckTolerance  # noqa: E402
 from engine.types import GenerationRequest, RecheckRequest, SamplingParams  # noqa: E402
 
 PROMPTS = [
@@ -65,9 +65,9 @@ PROMPTS = [
     "What is machine learning?",
 ]
 SETTINGS = [(0.0, 1.0), (0.7, 1.0), (1.0, 1.0), (0.0, 0.9), (0.7, 0.9), (1.0, 0.9)]
-# Measuring, not judging: verifiers run with a zero budget and zero eps so every
-# honest disagreement shows up as a failure to count (then re-run with defaults).
-STRICT = RecheckTolerance(eps_cdf=0.0, eps_logit=0.0, max_suspect=0)
+# Measuring, not judging: every mismatch counts as suspect (none fails), so each
+# honest disagreement between configurations is seen with its distance.
+MEASURE = RecheckTolerance(eps_cdf=1.0, eps_logit=1e9, max_suspect=10**9)
 
 
 def pairs(n: int, max_tokens: int) -> list[tuple[str, list[dict], SamplingParams]]:
@@ -125,6 +125,27 @@ def summary(results: dict, items) -> dict:
         "rejected_by_T": {
             str(t): sum(1 for rid in rejected if sp[rid].temperature == t) for t in (0.0, 0.7, 1.0)
         },
+    }
+
+
+def disagreements(results: dict, items) -> dict:
+    """Positions where an honest producer's token is not the verifier's pick (under
+    MEASURE): how many per output, and how far (CDF distance / logit gap)."""
+    sp = {rid: s for rid, _, s in items}
+    per_out, cdf, logit = [], [], []
+    for rid, r in results.items():
+        bad = [d for d in r.details or [] if d.token_id != d.picked]
+        per_out.append(len(bad))
+        for d in bad:
+            (logit if sp[rid].temperature <= 0 else cdf).append(d.dist)
+    return {
+        "outputs_with_any": sum(1 for n in per_out if n),
+        "max_per_output": max(per_out, default=0),
+        "total": sum(per_out),
+        "max_cdf_dist": max(cdf, default=0.0),
+        "max_logit_behind": max(logit, default=0.0),
+        "cdf_dists": sorted(cdf),
+        "logit_behind": sorted(logit),
     }
 
 
@@ -193,22 +214,41 @@ def main() -> None:
     )
     out["text_roundtrip"] = {"outputs": len(gen_a), "same_ids": roundtrip}
 
-    strict_a = timed("recheck_V_strict_A", recheck, ver, items, gen_a, STRICT, tag="s")
+    meas_a = timed("recheck_V_measure_A", recheck, ver, items, gen_a, MEASURE, tag="s")
     default_a = timed("recheck_V_default_A", recheck, ver, items, gen_a, tag="d")
     text_a = timed("recheck_V_default_A_text", recheck, ver, items, gen_a, text=texts, tag="t")
     default_b = recheck(ver, sub, gen_b, tag="b")
     default_c = recheck(ver, sub, gen_c, tag="c") if gen_c else None
+    meas_b = recheck(ver, sub, gen_b, MEASURE, tag="mb")
+    meas_c = recheck(ver, sub, gen_c, MEASURE, tag="mc") if gen_c else None
+    meas_d = recheck(ver, t07_all, gen_d, MEASURE, tag="md")
+    mixed_c = recheck(ver, sub, gen_c, MIXED_DTYPE_TOLERANCE, tag="xc") if gen_c else None
+    # Negative control: honest outputs claimed under another seed (T > 0) must fail.
+    hot = [(rid, m, SamplingParams(**{**sp.__dict__, "seed": sp.seed + 7})) for rid, m, sp in items if sp.temperature > 0]
+    neg_default = recheck(ver, hot, gen_a, tag="n")
+    neg_mixed = recheck(ver, hot, gen_a, MIXED_DTYPE_TOLERANCE, tag="nm")
+    default_d = recheck(ver, t07_all, gen_d, tag="dd")
     ver.stop()
-    out["verifier_V_strict_on_A"] = summary(strict_a, items)
+    out["verifier_V_measure_on_A"] = summary(meas_a, items)
     out["verifier_V_on_A"] = summary(default_a, items)
     out["verifier_V_on_A_text"] = summary(text_a, items)
     out["verifier_V_on_B"] = summary(default_b, sub)
+    out["verifier_V_on_D"] = summary(default_d, t07_all)
+    if mixed_c:
+        out["verifier_V_mixed_tolerance_on_C_bf16"] = summary(mixed_c, sub)
+    out["wrong_seed_passed_default"] = {"outputs": len(hot), "passed": sum(r.passed for r in neg_default.values())}
+    out["wrong_seed_passed_mixed"] = {"outputs": len(hot), "passed": sum(r.passed for r in neg_mixed.values())}
+    out["disagree_V_vs_A"] = disagreements(meas_a, items)
+    out["disagree_V_vs_B"] = disagreements(meas_b, sub)
+    out["disagree_V_vs_D"] = disagreements(meas_d, t07_all)
+    if meas_c:
+        out["disagree_V_vs_C_bf16"] = disagreements(meas_c, sub)
     if default_c:
         out["verifier_V_on_C_bf16"] = summary(default_c, sub)
 
     margins = {"T0_logit_gap": [], "T>0_cdf": []}
     for rid, _, sp in items:
-        for det in strict_a[rid].details or []:
+        for det in meas_a[rid].details or []:
             if det.picked == det.token_id:
                 margins["T0_logit_gap" if sp.temperature <= 0 else "T>0_cdf"].append(det.margin)
     out["margins_all_positions"] = {k: quantiles(v) for k, v in margins.items()}
@@ -217,13 +257,15 @@ def main() -> None:
     w_res = timed("recheck_W_batch1", recheck, w, sub, gen_a, tag="w")
     w.stop()
     out["verifier_W_on_A"] = summary(w_res, sub)
-    out["drift_fp32_V_vs_W"] = drift({k: strict_a[k] for k in w_res}, w_res, sub)
+    out["drift_fp32_V_vs_W"] = drift({k: meas_a[k] for k in w_res}, w_res, sub)
     if not args.no_bf16:
         x = make_core(d, 2, max_batch_size=32, dtype=torch.bfloat16)
         x_res = recheck(x, sub, gen_a, tag="x")
+        x_meas = recheck(x, sub, gen_a, MEASURE, tag="mx")
         x.stop()
         out["verifier_X_bf16_on_A"] = summary(x_res, sub)
-        out["drift_fp32_vs_bf16"] = drift({k: strict_a[k] for k in x_res}, x_res, sub)
+        out["disagree_X_bf16_vs_A"] = disagreements(x_meas, sub)
+        out["drift_fp32_vs_bf16"] = drift({k: meas_a[k] for k in x_res}, x_res, sub)
 
     t07 = [rid for rid, _, sp in sub if sp.temperature == 0.7]
     out["identical_T0.7_A_vs_B"] = {"requests": len(t07), "identical": sum(gen_a[r] == gen_b[r] for r in t07)}
