@@ -60,36 +60,64 @@ def adjusted_probs(
 ) -> torch.Tensor:
     """The adjusted distribution of each row of `logits` [N, V] as float64 [N, V].
 
-    Removed tokens get probability 0; each row sums to ~1 (not renormalised after
-    top-p: the draw scales u by the row's total instead, which is exact). The
-    slacks move the top-k / top-p cut-offs (a verifier's "what if the producer's
-    rounding put the boundary elsewhere"); generation always uses 0.
+    Removed tokens get probability 0; rows are not renormalised after top-p (the
+    draw scales u by the row's total instead, which is exact). The slacks move the
+    top-k / top-p cut-offs (a verifier's "what if the producer's rounding put the
+    boundary elsewhere"); generation always uses 0. Exact tie rules without a full
+    sort of the vocabulary: top-k via the k-th value, top-p via the top candidates
+    (falling back to a full sort for a row whose cut-off lies beyond them).
     """
     if temperature <= 0:
         raise ValueError("adjusted_probs is for temperature > 0; greedy is argmax")
     x = logits.to(torch.float64) / float(temperature)
-    n, vocab = x.shape
+    vocab = x.shape[1]
     if 0 < top_k < vocab:
-        vals, idx = torch.sort(x, dim=-1, descending=True, stable=True)
+        kth = torch.topk(x, top_k, dim=-1).values[:, -1:]
         if slack_logit == 0.0:
-            keep = torch.zeros_like(x, dtype=torch.bool)
-            keep.scatter_(1, idx[:, :top_k], True)
+            above = x > kth
+            tied = x == kth
+            need = top_k - above.sum(dim=-1, keepdim=True)
+            keep = above | (tied & (tied.cumsum(dim=-1) <= need))  # ties: lower ids first
         else:
-            # The k-th logit moved by the slack (in logit units, before temperature).
-            kth = vals[:, top_k - 1 : top_k] - slack_logit / float(temperature)
-            keep = x >= kth
-            keep.scatter_(1, idx[:, :1], True)  # never empty
+            keep = x >= kth - slack_logit / float(temperature)
+            keep |= x == x.amax(dim=-1, keepdim=True)  # never empty
         x = x.masked_fill(~keep, float("-inf"))
     probs = torch.softmax(x, dim=-1)
     if top_p < 1.0:
-        sp, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-        before = sp.cumsum(dim=-1) - sp  # mass strictly before each rank
-        keep_sorted = before < (top_p + slack_p)
-        keep_sorted[:, 0] = True
-        keep = torch.zeros_like(keep_sorted)
-        keep.scatter_(1, order, keep_sorted)
-        probs = probs.masked_fill(~keep, 0.0)
+        probs = probs.masked_fill(~_top_p_keep(probs, top_p + slack_p), 0.0)
     return probs
+
+
+_TOP_P_CANDIDATES = 1024
+
+
+def _top_p_keep(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Mask of tokens whose preceding mass (order: probability desc, id asc) < threshold."""
+    n, vocab = probs.shape
+    c = min(vocab, _TOP_P_CANDIDATES)
+    cand_p, cand_i = torch.topk(probs, c, dim=-1)
+    ids, perm = cand_i.sort(dim=-1)  # canonical tie order: ascending id, then stable by prob
+    sp, order = torch.sort(cand_p.gather(1, perm), dim=-1, descending=True, stable=True)
+    order = ids.gather(1, order)
+    before = sp.cumsum(dim=-1) - sp
+    keep_sorted = before < threshold
+    keep_sorted[:, 0] = True
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    keep.scatter_(1, order, keep_sorted)
+    if c == vocab:
+        return keep
+    # Exact only when the cut-off falls inside the candidates and every token left
+    # out is strictly less likely than the first excluded candidate.
+    n_kept = keep_sorted.sum(dim=-1, keepdim=True)
+    first_out = sp.gather(1, n_kept.clamp(max=c - 1))[:, 0]
+    exact = (n_kept[:, 0] < c) & (sp[:, -1] < first_out)
+    for r in torch.nonzero(~exact).flatten().tolist():
+        row_p, row_order = torch.sort(probs[r], descending=True, stable=True)
+        row_keep = (row_p.cumsum(0) - row_p) < threshold
+        row_keep[0] = True
+        keep[r] = False
+        keep[r, row_order[row_keep]] = True
+    return keep
 
 
 def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -100,9 +128,10 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     # A zero-probability token never owns an interval: searchsorted(right=True) skips
     # them (their C_j equals C_{j-1}). Only a product u * C_last that rounds up to
     # C_last lands past the end; it belongs to the last kept token.
-    ids = torch.arange(probs.shape[1])
-    last_kept = torch.where(probs > 0, ids, -1).amax(dim=-1)
-    return torch.minimum(j, last_kept)
+    vocab = probs.shape[1]
+    for r in torch.nonzero(j >= vocab).flatten().tolist():
+        j[r] = int(torch.nonzero(probs[r] > 0)[-1, 0])
+    return j
 
 
 def sample_row(logits: torch.Tensor, params: SamplingParams, seed: int, t: int) -> int:
@@ -120,10 +149,18 @@ def sample_tokens(
     steps: Sequence[int],
 ) -> list[int]:
     """One token id per logits row: row i is token `steps[i]` of a request with `seeds[i]`."""
+    greedy = logits.argmax(dim=-1).tolist()
     if all(p.temperature <= 0 for p in params):
-        return logits.argmax(dim=-1).tolist()
+        return greedy
     rows = logits.detach().to("cpu")
-    out: list[int] = []
+    groups: dict[tuple[float, float, int], list[int]] = {}
     for i, p in enumerate(params):
-        out.append(sample_row(rows[i], p, seeds[i], steps[i]))
+        if p.temperature > 0:
+            groups.setdefault((float(p.temperature), float(p.top_p), int(p.top_k)), []).append(i)
+    out = list(greedy)
+    for (temp, top_p, top_k), idx in groups.items():  # rows with the same params: one pass
+        probs = adjusted_probs(rows[idx], temp, top_p, top_k)
+        u = torch.tensor([uniform(seeds[i], steps[i]) for i in idx], dtype=torch.float64)
+        for i, tok in zip(idx, draw(probs, u).tolist(), strict=True):
+            out[i] = tok
     return out

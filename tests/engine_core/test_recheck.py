@@ -36,9 +36,9 @@ def _rc(rid: str, sp: SamplingParams, ids: list[int], msgs=MSG, **kw) -> Recheck
 
 @pytest.fixture
 def produced(make_engine):
-    """Outputs of a producer batching 10 requests with 512-token prefill chunks."""
+    """Outputs of a producer batching 20 requests with 512-token prefill chunks."""
     prod = make_engine(max_batch_size=16, max_num_batched_tokens=512)
-    reqs = [GenerationRequest(f"g{i}", SETTINGS[i % len(SETTINGS)], messages=_msgs(i)) for i in range(10)]
+    reqs = [GenerationRequest(f"g{i}", SETTINGS[i % len(SETTINGS)], messages=_msgs(i)) for i in range(20)]
     res = prod.generate(reqs)
     prod.stop()
     return reqs, res
