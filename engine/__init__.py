@@ -7,7 +7,10 @@ stay cheap and free of import cycles with the engine core):
 - `EmbeddingEngine`, `EmbeddingResult`, `Priority` — embedding worker pools.
 - `ModelRegistry`, `ModelKind`, `UnknownModelError`, `DEFAULT_LLM`, `DEFAULT_EMBEDDING`.
 - The core's dataclasses: `SamplingParams`, `GenerationRequest`, `TokenEvent`,
-  `GenerationResult`.
+  `GenerationResult`, and for proof of inference `RecheckRequest`, `RecheckResult`,
+  `PositionDetail`, `RecheckTolerance` (engine.recheck; `LLMEngine.recheck`).
+- `uniform(seed, t)`, `default_seed(request_id)`: the verifiable sampler's draws
+  (engine.sampling).
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ _EXPORTS = {
     "GenerationRequest": "engine.types",
     "TokenEvent": "engine.types",
     "GenerationResult": "engine.types",
+    "RecheckRequest": "engine.types",
+    "RecheckResult": "engine.types",
+    "PositionDetail": "engine.types",
+    "RecheckTolerance": "engine.recheck",
+    "DEFAULT_TOLERANCE": "engine.recheck",
+    "uniform": "engine.sampling",
+    "default_seed": "engine.sampling",
 }
 
 __all__ = sorted(_EXPORTS)
