@@ -6,7 +6,7 @@ a smoothed ratio so a new peer starts at 0.5; one rejected reveal weighs as much
 three accepted ones (cheating is worse than being slow), and a failed re-check, which
 proves the output did not come from the claimed model, as much as five.
 
-``PeerStanding`` is this module's per-peer record (``node.peers.PeerRecord`` is a
+``PeerStanding`` is this module's per-peer record (``node.p2p.peers.PeerRecord`` is a
 different thing: the network view of a peer). ``RecheckPolicy`` and
 ``RecheckFailures`` are the pure policy the node applies with its own rate-limit and
 ban machinery: failures are counted per peer over a sliding window, the first ones
@@ -72,11 +72,6 @@ class PeerStanding:
             "failed_rechecks": self.failed_rechecks,
             "score": self.score,
         }
-
-
-# Transitional: node/domain.py still imports the old name; remove this line once it
-# imports PeerStanding (node.peers.PeerRecord is a different class).
-PeerRecord = PeerStanding
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ Modules shared by all of them:
 - ``version``: the installed package version.
 - ``client``: the signing client (the user's key, signed requests, an HTTP client).
 - ``testnet``: a local testnet of N daemons in their own data directories.
+- ``netns``: network namespaces on a bridge, so a testnet's nodes are separate hosts.
 
 Data flows one way: gossip or the API hands a verified packet to the orchestrator,
 which feeds the quorum machine and carries out its actions through the store (first)

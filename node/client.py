@@ -125,11 +125,16 @@ def build_request(
     max_tokens: int = 64,
     embedding_model: str = DEFAULT_EMBEDDING_MODEL,
     seed: int | None = None,
+    commit_window_s: float | None = None,
     limits: wire.WireLimits | None = None,
 ) -> wire.InferenceRequest:
     """An ``InferenceRequest`` with its security frame, checked against the wire limits.
 
-    Raises ``ClientError`` naming every bad field, so nothing invalid is ever signed.
+    ``commit_window_s``: how long nodes may take to commit (None: the protocol default,
+    a quarter of ``max_time_s`` within 2-60 s). Every request waits this long before
+    reveals open, so a client with fast nodes shortens it; too short shuts out slow
+    honest nodes. Raises ``ClientError`` naming every bad field, so nothing invalid is
+    ever signed.
     """
     if not (max_time_s > 0):
         raise ClientError(f"max_time must be > 0 seconds, got {max_time_s}")
@@ -145,6 +150,7 @@ def build_request(
             "sec_distance": float(sec_distance),
             "sec_percentage": float(sec_percentage),
             "embedding_model": embedding_model,
+            "commit_window_ms": None if commit_window_s is None else round(commit_window_s * 1000),
         },
     }
     try:
@@ -347,17 +353,61 @@ def read_certificate(path: Path) -> dict[str, Any]:
     return data
 
 
+def local_recheck_fn(request_id: str, body: wire.InferenceRequest) -> Callable[..., Any]:
+    """A ``consensus.certificate.RecheckFn`` that re-runs each output's model locally.
+
+    The proof-of-inference check of ``rakis verify --recheck``: the same engine inputs
+    as the daemons (``node.daemon.compute.engine_input``: chat template, sampling, the
+    request's seed), run on this machine's copy of the model, whose weights hash must be
+    the one the output was claimed under; otherwise that output is ``unavailable``."""
+    from consensus.recheck import RecheckVerdict
+    from engine.core import EngineCore
+    from engine.registry import ModelKind, ModelRegistry
+    from engine.types import RecheckRequest
+    from node.daemon.compute import engine_input, verdict_from_result
+
+    registry = ModelRegistry()
+
+    def recheck(_request: Any, items: list[Any]) -> list[Any]:
+        verdicts = []
+        for item in items:
+            try:
+                held = registry.weights_hash(item.model, ModelKind.LLM)
+            except Exception as exc:  # noqa: BLE001 - not a model of this machine
+                verdicts.append(RecheckVerdict.unavailable(f"{item.model!r} is not available here: {exc}"[:400]))
+                continue
+            if held != item.model_hash:
+                verdicts.append(RecheckVerdict.unavailable(f"this machine holds other weights for {item.model!r}"))
+                continue
+            _quiet_model_loading()
+            core = EngineCore(registry.resolve(item.model, ModelKind.LLM), name=item.model)
+            try:
+                messages, sampling = engine_input(request_id, body)
+                (res,) = core.recheck(
+                    [RecheckRequest(request_id="verify", sampling=sampling, messages=messages, output_text=item.output)]
+                )
+            finally:
+                core.stop()
+            verdicts.append(verdict_from_result(res))
+        return verdicts
+
+    return recheck
+
+
 def verify_certificate_data(
     data: dict[str, Any],
     *,
     embed_fn: Callable[[list[str]], Any] | None = None,
     hamming_tolerance: int | None = None,
+    recheck: bool = False,
 ) -> tuple[bool, list[str], dict[str, Any]]:
     """Re-check a certificate end to end: ``(ok, problems, facts)``.
 
     Uses the real embedding model named in the signed request (``embed_fn`` is for
-    callers that already hold one). A certificate of a request that did not succeed
-    is reported as such: it proves no answer.
+    callers that already hold one). With ``recheck`` every distinct output is also
+    re-run on this machine's copy of its model (proof of inference, offline); outputs
+    whose model is not here are reported ``unavailable``, not failed. A certificate of
+    a request that did not succeed is reported as such: it proves no answer.
     """
     from consensus.certificate import Certificate, CertificateError, CertificateParams, verify_certificate
 
@@ -402,9 +452,18 @@ def verify_certificate_data(
                 f"cannot load embedding model {req.body.security_frame.embedding_model!r}: {exc}"
             ) from None
     params = CertificateParams() if hamming_tolerance is None else CertificateParams(hamming_tolerance)
+    recheck_fn = local_recheck_fn(req.packet_id, req.body) if recheck else None
     report = verify_certificate(
-        cert, open_frame=_open_frame, embed_fn=embed_fn, request_id_of=_request_id_of, params=params
+        cert,
+        open_frame=_open_frame,
+        embed_fn=embed_fn,
+        request_id_of=_request_id_of,
+        params=params,
+        recheck_fn=recheck_fn,
     )
     problems.extend(report.problems)
+    facts["recheck"] = cert.result.recheck
+    facts["answer_rule"] = cert.result.answer_rule
+    facts["verdicts"] = {iid: v.to_dict() for iid, v in cert.result.verdicts.items()}
     facts["rejected_reveals"] = dict(report.rejected)
     return not problems, problems, facts

@@ -148,7 +148,8 @@ def _m4_bans_and_rechecks(db: sqlite3.Connection) -> None:
     # Bans outlive a restart (a banned peer must not get a clean slate by waiting for the
     # node to restart). `kind` is "peer" (a libp2p connection that forwarded garbage) or
     # "sender" (a signing key whose outputs failed re-checks). A failed re-check also
-    # counts in the peer's reputation.
+    # counts in the peer's reputation. Our own inference keeps the weights hash it was
+    # made with, so a late reveal after a restart names the same weights as the commit.
     _run_script(
         db,
         """
@@ -161,6 +162,7 @@ def _m4_bans_and_rechecks(db: sqlite3.Connection) -> None:
             PRIMARY KEY (kind, key)
         );
         ALTER TABLE reputation ADD COLUMN failed_recheck INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE inferences ADD COLUMN model_hash TEXT;
         """
     )
 
@@ -201,6 +203,7 @@ class OwnInference:
     request_id: str
     inference_id: str
     model: str | None
+    model_hash: str | None
     state: str
     output: str | None
     embedding: bytes | None
@@ -381,6 +384,7 @@ class Store:
         *,
         state: str,
         model: str | None = None,
+        model_hash: str | None = None,
         output: str | None = None,
         embedding: bytes | None = None,
         b: bytes | None = None,
@@ -389,18 +393,31 @@ class Store:
     ) -> None:
         """Create or update this node's inference; None leaves a stored field as is."""
         self._write(
-            "INSERT INTO inferences(request_id, inference_id, model, state, output, embedding, b,"
-            " commit_hash, reason, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            "INSERT INTO inferences(request_id, inference_id, model, model_hash, state, output, embedding,"
+            " b, commit_hash, reason, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(request_id) DO UPDATE SET"
             " state=excluded.state,"
             " model=COALESCE(excluded.model, model),"
+            " model_hash=COALESCE(excluded.model_hash, model_hash),"
             " output=COALESCE(excluded.output, output),"
             " embedding=COALESCE(excluded.embedding, embedding),"
             " b=COALESCE(excluded.b, b),"
             " commit_hash=COALESCE(excluded.commit_hash, commit_hash),"
             " reason=COALESCE(excluded.reason, reason),"
             " updated_at=excluded.updated_at",
-            (request_id, inference_id, model, state, output, embedding, b, commit, reason, clock.now_ms()),
+            (
+                request_id,
+                inference_id,
+                model,
+                model_hash,
+                state,
+                output,
+                embedding,
+                b,
+                commit,
+                reason,
+                clock.now_ms(),
+            ),
         )
 
     def get_inference(self, request_id: str) -> OwnInference | None:
@@ -617,6 +634,7 @@ def _inference_row(r: sqlite3.Row) -> OwnInference:
         request_id=r["request_id"],
         inference_id=r["inference_id"],
         model=r["model"],
+        model_hash=r["model_hash"],
         state=r["state"],
         output=r["output"],
         embedding=bytes(r["embedding"]) if r["embedding"] is not None else None,

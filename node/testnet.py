@@ -17,6 +17,10 @@ bootstrap peer; the gossip layer redials bootstrap peers that are not up yet.
 
 Nodes on one machine share its cores: each gets ``max(1, cores // N)`` torch threads
 so N nodes do not oversubscribe the CPU.
+
+Why this module is long: one testnet's whole life (plan, spawn, wait until meshed,
+status, stop, and the namespace faults) works on one record file and one set of pid
+files; the namespace plumbing itself lives in ``node.netns``.
 """
 
 from __future__ import annotations

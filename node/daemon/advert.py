@@ -36,6 +36,7 @@ class NodeAdvert:
             models=self.llm.available_models() if self.llm is not None else [],
             embedding_models=self.embeddings.available_models() if self.embeddings is not None else [],
             workers=workers,
+            model_hashes=self.llm.model_hashes() if self.llm is not None else {},
             device=getattr(self.llm, "device", "cpu") if self.llm is not None else "cpu",
             version=package_version(),
             api_url=self.api_url,

@@ -90,6 +90,7 @@ async def serve(
         compute=EngineCompute(llm, embeddings, settings.embedding_model),
         publish=gossip.publish,
         config=OrchestratorConfig.from_settings(settings),
+        penalize=gossip.penalize_sender,
     )
     facade = DaemonFacade(
         settings=settings,

@@ -12,7 +12,8 @@ How a packet flows (one way: wire -> orchestrator -> quorum machine -> store and
                         ├─ Outbox.stage   (sign, store as unsent)      (outbox.py)
                         ├─ store the machine's snapshot
                         ├─ Outbox.flush   (publish, mark sent)
-                        ├─ RequestEmbedding ──► verification task (Compute.embed)
+                        ├─ RequestEmbedding ──► verification task (Compute.embed)    (checks.py)
+                        ├─ RequestRecheck ──► re-check task (Compute.recheck)       (checks.py)
                         └─ Finished ──► ResultRecorder.finish          (results.py)
 
 Our own inference runs beside it (``OwnInference``, through ``Compute``) and its
@@ -28,6 +29,8 @@ and hands each what it needs):
 - ``compute``: the ``Compute`` seam to the engines, and ``FaultyCompute``, fault
   injection (garbage / off-topic outputs) as a wrapper around it.
 - ``inference``: ``OwnInference``: generate, embed, and keep our inference in the store.
+- ``checks``: ``RevealChecks``: each revealed output's embedding (clustering) and its
+  proof-of-inference re-check, run as tasks; a failed re-check charges the revealer.
 - ``outbox``: persist, then publish: stage, flush, re-send unsent frames on resume.
 - ``reveals``: rate-limited repeats of reveal requests and reveals (lost packets).
 - ``orphans``: packets for requests not seen yet: kept under a cap and a TTL.

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from consensus.recheck import RecheckVerdict
 from node import wire
 from node.config import FaultMode
 from node.logs import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["OFF_TOPIC_ANSWER", "Compute", "FaultyCompute", "with_fault"]
+__all__ = ["OFF_TOPIC_ANSWER", "Compute", "FaultyCompute", "RecheckJob", "with_fault"]
 
 OFF_TOPIC_ANSWER = (
     "Photosynthesis is the process by which green plants use sunlight, water and carbon "
@@ -33,6 +35,17 @@ _GARBAGE_WORDS = (
     "zebra quantum lattice velvet orbit cobalt nimbus fjord pixel marrow tundra glyph "
     "saffron vortex basalt ember quill prism walrus sonnet gravel tango nectar obsidian"
 ).split()
+
+
+@dataclass(frozen=True, slots=True)
+class RecheckJob:
+    """One revealed output to re-check against the request's model (proof of inference)."""
+
+    request_id: str
+    body: wire.InferenceRequest
+    model: str  # the alias the revealer named
+    model_hash: str  # the weights it claimed ("sha256:<hex>")
+    output: str
 
 
 class Compute(Protocol):
@@ -58,6 +71,16 @@ class Compute(Protocol):
         self, texts: list[str], *, model: str, consensus: bool, deadline_s: float | None
     ) -> np.ndarray:
         """Float embeddings by ``model``, one row per text; ``consensus`` = verification priority."""
+        ...
+
+    def model_hash(self, model: str) -> str | None:
+        """``sha256:<hex>`` of the weights this node runs under ``model``; None if not held."""
+        ...
+
+    async def recheck(self, jobs: list[RecheckJob], *, deadline_s: float) -> list[RecheckVerdict]:
+        """One verdict per job, in order: did the named weights, sampling under the
+        request's seed, produce this output? ``unavailable`` where this node cannot tell
+        (it does not hold those weights, or the check could not finish in time)."""
         ...
 
 
@@ -96,6 +119,12 @@ class FaultyCompute:
         self, texts: list[str], *, model: str, consensus: bool, deadline_s: float | None
     ) -> np.ndarray:
         return await self.inner.embed(texts, model=model, consensus=consensus, deadline_s=deadline_s)
+
+    def model_hash(self, model: str) -> str | None:
+        return self.inner.model_hash(model)
+
+    async def recheck(self, jobs: list[RecheckJob], *, deadline_s: float) -> list[RecheckVerdict]:
+        return await self.inner.recheck(jobs, deadline_s=deadline_s)  # a faulty node still checks honestly
 
 
 def with_fault(compute: Compute | None, fault: FaultMode) -> Compute | None:

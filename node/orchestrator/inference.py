@@ -32,6 +32,7 @@ class OwnOutput:
     """Our output for a request, the model that wrote it, and its float embedding."""
 
     model: str
+    model_hash: str
     output: str
     vector: np.ndarray
 
@@ -77,7 +78,13 @@ class OwnInference:
             log.exception("inference_error", request_id=rid)
             self.store.upsert_inference(rid, iid, state="failed", reason=f"error: {e}"[:500])
             return None
-        return OwnOutput(model=model, output=output, vector=np.asarray(emb[0], dtype=np.float32))
+        model_hash = self.compute.model_hash(model)
+        if model_hash is None:  # the worker went away between generation and now
+            self.store.upsert_inference(rid, iid, state="failed", reason=f"model {model!r} no longer held")
+            return None
+        return OwnOutput(
+            model=model, model_hash=model_hash, output=output, vector=np.asarray(emb[0], dtype=np.float32)
+        )
 
     def record(self, rid: str, out: OwnOutput) -> None:
         """Keep the embedding and its sign bits (what we commit to) with the output."""
@@ -86,6 +93,7 @@ class OwnInference:
             self.inference_id(rid),
             state="inferred",
             model=out.model,
+            model_hash=out.model_hash,
             embedding=out.vector.tobytes(),
             b=binary_embedding(out.vector),
         )

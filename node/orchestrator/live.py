@@ -2,7 +2,7 @@
 
 The machine (``consensus.quorum.QuorumMachine``) holds the protocol state and is
 snapshotted to the store; this record holds what only this process needs: the decoded
-request, whether our inference or a verification is running, and when we last re-sent
+request, whether our inference, a verification or a re-check is running, and when we last re-sent
 a reveal request or our reveal (re-sends are rate-limited, not persisted). The
 orchestrator owns these records; views and the reveal re-sender read and update them.
 A record is made for a new request (``start``) or from a stored snapshot (``restore``).
@@ -30,7 +30,8 @@ class LiveRequest:
     inferring: bool = False
     last_rr_sent_ms: int = 0
     last_reveal_sent_ms: int = 0
-    verifying: set[str] = field(default_factory=set)
+    verifying: set[str] = field(default_factory=set)  # inference ids being embedded
+    rechecking: set[str] = field(default_factory=set)  # re-check keys being checked
 
     @classmethod
     def start(
@@ -45,6 +46,8 @@ class LiveRequest:
             max_time_ms=sf.max_time_ms,
             sec_distance=min(float(sf.sec_distance), 2.0),
             sec_percentage=float(sf.sec_percentage),
+            accepted_models=tuple(body.accepted_models),
+            commit_window_ms=sf.commit_window_ms,
         )
         machine, actions = q.QuorumMachine.start(
             request_id=pkt.packet_id,

@@ -21,18 +21,18 @@ it needs, so none of them imports this module back.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import numpy as np
 import trio
 
 from consensus import quorum as q
+from consensus.models import AcceptedModels
 from node import metrics, wire
 from node.clock import now_ms
 from node.identity import Identity
 from node.logs import get_logger
+from node.orchestrator.checks import RevealChecks
 from node.orchestrator.compute import Compute, with_fault
 from node.orchestrator.config import OrchestratorConfig
 from node.orchestrator.errors import RequestRejected
@@ -67,7 +67,11 @@ class Orchestrator:
         compute: Compute | None,
         publish: Callable[[bytes], Awaitable[None]],
         config: OrchestratorConfig | None = None,
+        penalize: Callable[[str, str], object] | None = None,
     ) -> None:
+        """``penalize(node_id, reason)`` is called when a peer's revealed output fails
+        its re-check: the daemon throttles, then bans, that key
+        (``GossipNode.penalize_sender``)."""
         self.identity = identity
         self.store = store
         self.config = cfg = config or OrchestratorConfig()
@@ -100,6 +104,14 @@ class Orchestrator:
         )
         self.results = ResultRecorder(store, node_id=self.node_id, limits=cfg.limits)
         self.views = RequestViews(store, cfg.limits)
+        self.checks = RevealChecks(
+            node_id=self.node_id,
+            compute=self.compute,
+            events=self.events,
+            live_of=self._live.get,
+            apply=self._apply,
+            penalize=penalize,
+        )
         self.inference = (
             None
             if self.compute is None
@@ -118,7 +130,7 @@ class Orchestrator:
     ) -> None:
         """Resume from the store, then handle packets and timers until cancelled."""
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._nursery = self.checks.nursery = nursery
             self.orphans.prune()
             await self._resume()
             self._accepting = True
@@ -242,7 +254,9 @@ class Orchestrator:
         emit = self.events.emit
         actions: list[q.Action] = []
         if isinstance(body, wire.InferenceCommit):
-            actions = m.commit_seen(pkt.sender, body.inference_id, body.commit, now)
+            actions = m.commit_seen(
+                pkt.sender, body.inference_id, body.commit, now, model=body.model, model_hash=body.model_hash
+            )
             emit("commit", rid, node_id=pkt.sender_id, inference_id=body.inference_id, model=body.model)
         elif isinstance(body, wire.InferenceRevealRequest):
             refs = [q.CommitRef(c.node_id, c.inference_id, c.commit) for c in body.commits]
@@ -251,7 +265,15 @@ class Orchestrator:
                 await self.reveals.maybe_reveal_again(rid, live, body, now)
             emit("reveal_request", rid, node_id=pkt.sender_id, commits=len(refs))
         elif isinstance(body, wire.InferenceReveal):
-            actions = m.reveal_seen(pkt.sender, body.inference_id, body.output, body.b, now)
+            actions = m.reveal_seen(
+                pkt.sender,
+                body.inference_id,
+                body.output,
+                body.b,
+                now,
+                model=body.model,
+                model_hash=body.model_hash,
+            )
             emit("reveal", rid, node_id=pkt.sender_id, inference_id=body.inference_id)
         elif isinstance(body, wire.InferenceRevealRejected):
             emit("reveal_rejected", rid, by=pkt.sender_id, inference_id=body.inference_id, reason=body.reason)
@@ -300,7 +322,8 @@ class Orchestrator:
             except wire.WireError:
                 continue
             if rid in self._live:
-                await self._feed(rid, live, early, now)
+                # At the time it arrived: a commit that came in time stays in time.
+                await self._feed(rid, live, early, min(now, int(stored["received_at"])))
         if rid in self._live:
             self._start_inference(rid, live)
 
@@ -311,8 +334,12 @@ class Orchestrator:
             return
         if self.config.silent or self.compute is None or self._nursery is None:
             return
-        held = set(self.compute.llm_models())
-        models = [m for m in live.body.accepted_models if m in held]
+        accepted = AcceptedModels.parse(live.body.accepted_models)
+        models = [
+            name
+            for name in self.compute.llm_models()
+            if (h := self.compute.model_hash(name)) is not None and accepted.accepts(name, h)
+        ]
         if not models or live.body.security_frame.embedding_model not in self.compute.embedding_models():
             return  # we could not commit to an embedding others can check
         live.inferring = True
@@ -321,58 +348,23 @@ class Orchestrator:
     async def _infer(self, rid: str, live: LiveRequest, models: list[str]) -> None:
         """Run our inference, then hand the output and its embedding to the machine."""
         assert self.inference is not None
-        out = await self.inference.run(rid, live.body, models, live.machine.ending_at_ms / 1000)
+        # Our output counts only if committed before the commit window closes.
+        out = await self.inference.run(rid, live.body, models, live.machine.commit_close_ms / 1000)
         live.inferring = False
         if out is None or rid not in self._live:
             return
         live.own_model = out.model
         self.inference.record(rid, out)
-        actions = live.machine.own_inference_done(out.output, out.vector, now_ms())
+        try:
+            actions = live.machine.own_inference_done(
+                out.output, out.vector, now_ms(), model=out.model, model_hash=out.model_hash
+            )
+        except ValueError as e:  # a model the request does not accept: nothing to commit
+            log.warning("own_inference_refused", request_id=rid, error=str(e))
+            self.inference.failed(rid, str(e)[:500])
+            return
         if live.machine.own is None:
             self.inference.failed(rid, "too late to commit")
-        await self._apply(rid, actions)
-
-    # ================================================================ verification
-
-    def _start_verification(self, rid: str, live: LiveRequest, a: q.RequestEmbedding) -> None:
-        if a.inference_id in live.verifying or self._nursery is None:
-            return
-        live.verifying.add(a.inference_id)
-        self._nursery.start_soon(self._verify, rid, live, a)
-
-    async def _verify(self, rid: str, live: LiveRequest, a: q.RequestEmbedding) -> None:
-        """Embed a revealed output (consensus priority) and hand it to the machine."""
-        try:
-            own = live.machine.own
-            if own is not None and own.inference_id == a.inference_id and own.output == a.output:
-                vec = np.asarray(own.embedding, dtype=np.float32)
-            elif self.compute is None:
-                return
-            else:
-                t0 = time.monotonic()
-                emb = await self.compute.embed(
-                    [a.output],
-                    model=live.body.security_frame.embedding_model,
-                    consensus=True,
-                    deadline_s=a.deadline_ms / 1000,
-                )
-                metrics.CONSENSUS_PHASE_SECONDS.labels(phase="verify").observe(time.monotonic() - t0)
-                vec = np.asarray(emb[0], dtype=np.float32)
-        except Exception as e:
-            log.warning("verification_embedding_failed", request_id=rid, error=str(e))
-            return
-        finally:
-            live.verifying.discard(a.inference_id)
-        if rid not in self._live:
-            return
-        before = {n: r.status for n, r in live.machine.reveals.items()}
-        actions = live.machine.embedding_ready(a.inference_id, vec, now_ms())
-        for n, r in live.machine.reveals.items():
-            if r.inference_id == a.inference_id and before.get(n) == "pending" and r.status == "accepted":
-                metrics.REVEALS_VERIFIED.labels(verdict="accepted").inc()
-                self.events.emit(
-                    "reveal_verified", rid, inference_id=a.inference_id, node_id=n, accepted=True, reason=None
-                )
         await self._apply(rid, actions)
 
     # ================================================================ actions
@@ -407,10 +399,15 @@ class Orchestrator:
                     reason=a.reason,
                 )
             elif isinstance(a, q.RequestEmbedding):
-                self._start_verification(rid, live, a)
+                self.checks.start_verification(rid, live, a)
+            elif isinstance(a, q.RequestRecheck):
+                self.checks.start_recheck(rid, live, a)
+            elif isinstance(a, q.CommitRefused):
+                log.info("commit_refused", request_id=rid, node_id=a.node_id, reason=a.reason, detail=a.detail)
+                self.events.emit("commit_refused", rid, node_id=a.node_id, reason=a.reason)
             elif isinstance(a, q.Finished):
                 finished = a
-            body = body_for(rid, a, own_model=live.own_model, node_id=self.node_id)
+            body = body_for(rid, a, node_id=self.node_id)
             staged = self.outbox.stage(rid, body) if body is not None else None
             if staged is not None:
                 outgoing.append(staged)
@@ -457,13 +454,12 @@ class Orchestrator:
             machine = live.machine
             self._live[row.request_id] = live
             await self.outbox.resend_unsent(row.request_id)  # persisted, not sent before the stop
-            # Verifications that were in flight.
-            rd = machine.reveal_deadline_ms or machine.ending_at_ms
-            for rv in machine.reveals.values():
-                if rv.status == "pending":
-                    deadline = rd + machine.config.consensus_window_ms
-                    embedding = q.RequestEmbedding(row.request_id, rv.inference_id, rv.output, deadline)
-                    self._start_verification(row.request_id, live, embedding)
+            # Verifications and re-checks that were in flight.
+            for work in machine.pending_work():
+                if isinstance(work, q.RequestEmbedding):
+                    self.checks.start_verification(row.request_id, live, work)
+                elif isinstance(work, q.RequestRecheck):
+                    self.checks.start_recheck(row.request_id, live, work)
             if now < machine.ending_at_ms:
                 self._start_inference(row.request_id, live)
             await self._apply(row.request_id, machine.tick(now))

@@ -38,13 +38,14 @@ class Staged:
     type: wire.PacketType
 
 
-def body_for(rid: str, action: q.Action, *, own_model: str | None, node_id: str) -> wire.Body | None:
+def body_for(rid: str, action: q.Action, *, node_id: str) -> wire.Body | None:
     """The wire body a quorum-machine action publishes; None for actions that publish nothing."""
     if isinstance(action, q.PublishCommit):
         return wire.InferenceCommit(
             request_id=rid,
             inference_id=action.inference_id,
-            model=own_model or "unknown",
+            model=action.model,
+            model_hash=action.model_hash,
             commit=action.commit,
         )
     if isinstance(action, q.PublishRevealRequest):
@@ -57,7 +58,12 @@ def body_for(rid: str, action: q.Action, *, own_model: str | None, node_id: str)
         )
     if isinstance(action, q.PublishReveal):
         return wire.InferenceReveal(
-            request_id=rid, inference_id=action.inference_id, output=action.output, b=action.b
+            request_id=rid,
+            inference_id=action.inference_id,
+            output=action.output,
+            b=action.b,
+            model=action.model,
+            model_hash=action.model_hash,
         )
     if isinstance(action, q.PublishRejection):
         return wire.InferenceRevealRejected(
@@ -73,6 +79,9 @@ def body_for(rid: str, action: q.Action, *, own_model: str | None, node_id: str)
             joint_hash=action.joint_hash,
             output=action.output,
             from_node=node_id,
+            representative=action.representative,
+            answer_rule=action.answer_rule,
+            recheck=action.recheck,
         )
     return None
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from consensus import quorum as q
-from consensus.certificate import Certificate, CertificateResult
+from consensus.certificate import CERT_VERSION, Certificate, CertificateResult
 from consensus.clustering import joint_hash
-from consensus.reputation import PeerRecord
+from consensus.reputation import FAILED_RECHECK, PeerStanding
 from node import metrics, wire
 from node.clock import now_ms
 from node.logs import get_logger
@@ -78,6 +78,9 @@ class ResultRecorder:
             "embedding_plot": plot,
             "representative": m.representative,
             "joint_hash": (certificate.get("result") or {}).get("joint_hash"),
+            "recheck": m.recheck_status,
+            "answer_rule": m.answer_rule,
+            "commit_close_ms": m.commit_close_ms,
             "verifier": self.node_id,
         }
         first = self.store.finish_request(
@@ -109,6 +112,8 @@ class ResultRecorder:
                 deltas["in_cluster" if iid in members else "outlier"] = 1
             elif status.startswith("rejected"):
                 deltas["rejected"] = 1
+                if status == f"rejected:{FAILED_RECHECK}":
+                    deltas["failed_recheck"] = 1
             elif status == "missing":
                 deltas["missing"] = 1
             if deltas:
@@ -128,7 +133,7 @@ class ResultRecorder:
         On success this is ``consensus.certificate.Certificate`` (re-checkable offline
         with ``verify_certificate``: signatures, commit openings, our sign bits, the
         clustering); on failure the same frames with the state and reason, for audit."""
-        named = m.named()
+        named = m.commit_set()
         commit_frames: list[bytes] = []
         reveal_frames: list[bytes] = []
         seen_commit: set[str] = set()
@@ -152,6 +157,9 @@ class ResultRecorder:
                 if rv is not None and rv.status in ("accepted", "rejected"):
                     reveal_frames.append(p["frame"])
                     seen_reveal.add(sender)
+        included = {
+            m.reveals[n].inference_id for n in seen_reveal if n in m.reveals
+        }
         member_commits = {
             c.inference_id: c.commit for c in m.commits.values() if c.inference_id in set(fin.members)
         }
@@ -166,12 +174,17 @@ class ResultRecorder:
                     representative=m.representative,
                     output=fin.output,
                     joint_hash=jh,
+                    answer_rule=m.answer_rule or "",
+                    recheck=m.recheck_status or "unavailable",
+                    verdicts={
+                        iid: v for iid, v in m.reveal_verdicts().items() if iid in included
+                    },
                 ),
             )
             out: dict[str, Any] = json.loads(cert.to_json())
         else:
             out = {
-                "version": 1,
+                "version": CERT_VERSION,
                 "request_frame": _b64(request_frame),
                 "commit_frames": [_b64(f) for f in commit_frames],
                 "reveal_frames": [_b64(f) for f in reveal_frames],
@@ -218,7 +231,12 @@ def reputation_view(store: Store) -> dict[str, dict[str, Any]]:
     ``consensus.reputation`` (rejections weigh more than missing reveals)."""
     out: dict[str, dict[str, Any]] = {}
     for node_id, counts in store.reputation().items():
-        rec = PeerRecord(counts["accepted"], counts["rejected"], counts["missing"])
+        rec = PeerStanding(
+            counts["accepted"],
+            counts["rejected"],
+            counts["missing"],
+            {FAILED_RECHECK: counts.get("failed_recheck", 0)},
+        )
         out[node_id] = {**counts, "score": round(rec.score, 4), "explain": rec.explain()}
     return out
 

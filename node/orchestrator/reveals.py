@@ -43,14 +43,13 @@ class RevealResender:
         (``maybe_reveal_again``), and our repeated commit lets a node that missed it
         count it. The machine ignores a repeated commit that matches the counted one."""
         m = live.machine
-        if m.final or self.silent or m.first_valid_rr_ms is None:
+        if m.final or self.silent or not m.revealing or m.reveal_started_ms is None:
             return
-        if now - m.first_valid_rr_ms < self.resend_ms or now - live.last_rr_sent_ms < self.resend_ms:
+        if now - m.reveal_started_ms < self.resend_ms or now - live.last_rr_sent_ms < self.resend_ms:
             return
-        rd = m.reveal_deadline_ms
-        if rd is None or now >= rd:
+        if now >= m.reveal_deadline_ms:
             return
-        named = m.named()
+        named = m.commit_set()
         if all(n in m.reveals for n in named):
             return
         body = wire.InferenceRevealRequest(
@@ -68,7 +67,8 @@ class RevealResender:
             commit = wire.InferenceCommit(
                 request_id=rid,
                 inference_id=m.own.inference_id,
-                model=live.own_model or "unknown",
+                model=m.own.model,
+                model_hash=m.own.model_hash,
                 commit=m.own.commit,
             )
             await self.outbox.send_unstored(commit, wire.PacketType.INFERENCE_COMMIT)
@@ -90,7 +90,12 @@ class RevealResender:
             return
         live.last_reveal_sent_ms = now
         reveal = wire.InferenceReveal(
-            request_id=rid, inference_id=own.inference_id, output=own.output, b=own.b
+            request_id=rid,
+            inference_id=own.inference_id,
+            output=own.output,
+            b=own.b,
+            model=own.model,
+            model_hash=own.model_hash,
         )
         await self.outbox.send_unstored(reveal, wire.PacketType.INFERENCE_REVEAL)
 
@@ -103,6 +108,8 @@ class RevealResender:
             or own.output is None
             or own.b is None
             or own.commit is None
+            or own.model is None
+            or own.model_hash is None
         ):
             return
         if self.silent:
@@ -115,7 +122,12 @@ class RevealResender:
         if len(self._late_reveals) > _MAX_LATE_REVEALS:
             self._late_reveals.pop(next(iter(self._late_reveals)))
         reveal = wire.InferenceReveal(
-            request_id=rid, inference_id=own.inference_id, output=own.output, b=own.b
+            request_id=rid,
+            inference_id=own.inference_id,
+            output=own.output,
+            b=own.b,
+            model=own.model,
+            model_hash=own.model_hash,
         )
         await self.outbox.send_unstored(reveal, wire.PacketType.INFERENCE_REVEAL)
 

@@ -28,7 +28,7 @@ def stage_of(live: LiveRequest) -> str:
         return "done"
     if any(r.status == "pending" for r in m.reveals.values()):
         return "verifying"
-    if m.first_valid_rr_ms is not None:
+    if m.revealing:
         return "revealing"
     if m.own is not None:
         return "committed"
@@ -40,23 +40,37 @@ def stage_of(live: LiveRequest) -> str:
 def commits_view(m: q.QuorumMachine) -> list[dict[str, Any]]:
     """The commits the machine counted, one per node."""
     return [
-        {"node_id": n, "inference_id": c.inference_id, "commit": c.commit.hex()} for n, c in m.commits.items()
+        {
+            "node_id": n,
+            "inference_id": c.inference_id,
+            "commit": c.commit.hex(),
+            "model": c.model,
+            "model_hash": c.model_hash,
+        }
+        for n, c in m.commits.items()
     ]
 
 
 def reveals_view(m: q.QuorumMachine) -> list[dict[str, Any]]:
-    """The reveals the machine counted, with their verification status."""
-    return [
-        {
-            "node_id": n,
-            "inference_id": r.inference_id,
-            "accepted": True if r.status == "accepted" else (False if r.status == "rejected" else None),
-            "status": r.status,
-            "reason": r.reason,
-            "output": r.output,
-        }
-        for n, r in m.reveals.items()
-    ]
+    """The reveals the machine counted, with their verification status and the
+    proof-of-inference verdict on each output (None until the re-check is done)."""
+    out = []
+    for n, r in m.reveals.items():
+        verdict = m.verdict_of(n)
+        out.append(
+            {
+                "node_id": n,
+                "inference_id": r.inference_id,
+                "accepted": True if r.status == "accepted" else (False if r.status == "rejected" else None),
+                "status": r.status,
+                "reason": r.reason,
+                "output": r.output,
+                "model": r.model,
+                "model_hash": r.model_hash,
+                "recheck": verdict.to_dict() if verdict is not None else None,
+            }
+        )
+    return out
 
 
 class RequestViews:
@@ -101,7 +115,7 @@ class RequestViews:
             finished_at=row.finished_at,
         )
         res = row.result or {}
-        for key in ("commits", "reveals", "embedding_plot"):
+        for key in ("commits", "reveals", "embedding_plot", "recheck", "answer_rule", "commit_close_ms"):
             if key in res:
                 view[key] = res[key]
         view["representative"] = res.get("representative")
@@ -114,6 +128,9 @@ class RequestViews:
         view["stage"] = stage_of(live)
         view["commits"] = commits_view(m)
         view["reveals"] = reveals_view(m)
+        view["recheck"] = m.recheck_status
+        view["answer_rule"] = m.answer_rule
+        view["commit_close_ms"] = m.commit_close_ms
         return view
 
     def base_view(
@@ -138,6 +155,9 @@ class RequestViews:
             "ending_at": ending_at,
             "finished_at": None,
             "embedding_plot": [],
+            "recheck": None,  # checked | partial | unavailable, once verdicts are in
+            "answer_rule": None,  # max_log_likelihood | medoid (consensus.answer)
+            "commit_close_ms": None,
             "certificate": None,
             "own_inference": None
             if own is None

@@ -54,6 +54,7 @@ class Sybil:
 
     count: int = 3
     model: str = "tiny-llama"
+    model_hash: str = ""  # the accepted weights' hash: public, so the attacker claims it
     identities: list[Identity] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -75,7 +76,11 @@ class Sybil:
         return [
             wire.encode(
                 wire.InferenceCommit(
-                    request_id=request_id, inference_id=c.inference_id, model=self.model, commit=c.commit
+                    request_id=request_id,
+                    inference_id=c.inference_id,
+                    model=self.model,
+                    model_hash=self.model_hash,
+                    commit=c.commit,
                 ),
                 c.identity.signing_key,
             )
@@ -95,7 +100,14 @@ class Sybil:
         frames = []
         for c in claims:
             output = c.output + " (changed after commit)" if mismatched else c.output
-            body = wire.InferenceReveal(request_id=request_id, inference_id=c.inference_id, output=output, b=c.b)
+            body = wire.InferenceReveal(
+                request_id=request_id,
+                inference_id=c.inference_id,
+                output=output,
+                b=c.b,
+                model=self.model,
+                model_hash=self.model_hash,
+            )
             frames.append(wire.encode(body, c.identity.signing_key))
         return frames
 
@@ -121,3 +133,73 @@ async def race(
         await trio.sleep(linger_s)  # let the mesh carry the last frames before hanging up
         nursery.cancel_scope.cancel()
     return request_id
+
+
+async def copy_after_reveal(
+    *, connect_to: str, submit: Callable[[], str], copier: Identity, model: str, model_hash: str
+) -> tuple[str, bool]:
+    """Submit, wait for the first honest reveal on gossip, then claim its output under
+    ``copier``'s key (commit and reveal at once). Returns (request id, whether a reveal
+    was seen to copy)."""
+    async with trio.open_nursery() as nursery:
+        host = new_node(Identity.generate())
+        await nursery.start(host.run)
+        await host.connect(connect_to)
+        with trio.move_on_after(15):
+            await host.wait_for_topic_peers(1)
+        request_id = await trio.to_thread.run_sync(submit)
+        copied = False
+        with trio.move_on_after(90):
+            async for pkt in host.packets():
+                body = pkt.body
+                if isinstance(body, wire.InferenceReveal) and body.request_id == request_id:
+                    iid = wire.inference_id(request_id, copier.public_key)
+                    commit = make_commit(body.b, copier.public_key, iid)
+                    frames = [
+                        wire.encode(
+                            wire.InferenceCommit(
+                                request_id=request_id,
+                                inference_id=iid,
+                                model=model,
+                                model_hash=model_hash,
+                                commit=commit,
+                            ),
+                            copier.signing_key,
+                        ),
+                        wire.encode(
+                            wire.InferenceReveal(
+                                request_id=request_id,
+                                inference_id=iid,
+                                output=body.output,
+                                b=body.b,
+                                model=model,
+                                model_hash=model_hash,
+                            ),
+                            copier.signing_key,
+                        ),
+                    ]
+                    for frame in frames:
+                        await host.publish(frame)
+                    copied = True
+                    break
+        await trio.sleep(2.0)
+        nursery.cancel_scope.cancel()
+    return request_id, copied
+
+
+def model_output(model_dir: Any, request_id: str, body: wire.InferenceRequest, *, seed: int | None = None) -> str:
+    """What ``model_dir`` answers to the request through the daemons' own engine inputs
+    (``seed`` replaces the request's: a different-seed attacker)."""
+    from engine.core import EngineCore
+    from engine.types import GenerationRequest
+    from node.daemon.compute import engine_input
+
+    messages, sampling = engine_input(request_id, body)
+    if seed is not None:
+        sampling.seed = seed
+    core = EngineCore(model_dir, kv_cache_bytes=16 * 1024 * 1024)
+    try:
+        (res,) = core.generate([GenerationRequest(request_id="attacker", messages=messages, sampling=sampling)])
+    finally:
+        core.stop()
+    return res.text

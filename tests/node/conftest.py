@@ -45,14 +45,21 @@ class CoreCompute:
     def embedding_models(self) -> list[str]:
         return self.embeddings.available_models()
 
+    def model_hash(self, model: str) -> str | None:
+        from engine.model_files import weights_hash
+
+        return weights_hash(self.core.model_dir) if model == self.model_name else None
+
     async def generate(self, request_id, body, models, deadline_s):
-        from engine.types import GenerationRequest, SamplingParams
+        from engine.types import GenerationRequest
+        from node.daemon.compute import engine_input
         from node.orchestrator.errors import InferenceFailed
 
+        messages, sampling = engine_input(request_id, body)
         req = GenerationRequest(
             request_id=f"{request_id}-{id(self)}",
-            messages=[{"role": "user", "content": body.prompt}],
-            sampling=SamplingParams(temperature=body.temperature, max_tokens=body.max_tokens, seed=body.seed),
+            messages=messages,
+            sampling=sampling,
             deadline=deadline_s,
         )
         if self.gate is not None:
@@ -62,6 +69,29 @@ class CoreCompute:
         if res.finish_reason not in ("stop", "length"):
             raise InferenceFailed(res.finish_reason)
         return self.model_name, res.text
+
+    async def recheck(self, jobs, *, deadline_s):
+        """The daemon's re-check (same engine inputs, same verdict mapping) on this core."""
+        from consensus.recheck import RecheckVerdict
+        from engine.types import RecheckRequest
+        from node.daemon.compute import engine_input, verdict_from_result
+
+        out = []
+        for job in jobs:
+            if self.model_hash(job.model) != job.model_hash:
+                out.append(RecheckVerdict.unavailable("not held"))
+                continue
+            messages, sampling = engine_input(job.request_id, job.body)
+            req = RecheckRequest(
+                request_id=f"recheck-{job.request_id[:16]}-{id(job)}",
+                sampling=sampling,
+                messages=messages,
+                output_text=job.output,
+                deadline=deadline_s,
+            )
+            (res,) = await trio.to_thread.run_sync(self.core.recheck, [req])
+            out.append(verdict_from_result(res))
+        return out
 
     async def embed(self, texts, *, model, consensus, deadline_s):
         from engine.embedding import Priority

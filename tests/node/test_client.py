@@ -182,11 +182,19 @@ def test_verify_forged_request_frame_fails_before_loading_models():
     import base64
 
     cert = {
-        "version": 1,
+        "version": 2,
         "request_frame": base64.b64encode(bytes(frame)).decode(),
         "commit_frames": [],
         "reveal_frames": [],
-        "result": {"members": [], "representative": "x", "output": "y", "joint_hash": "z"},
+        "result": {
+            "members": [],
+            "representative": "x",
+            "output": "y",
+            "joint_hash": "z",
+            "answer_rule": "max_log_likelihood",
+            "recheck": "checked",
+            "verdicts": {},
+        },
     }
     ok, problems, _ = verify_certificate_data(cert, embed_fn=lambda texts: pytest.fail("no embedding"))
     assert not ok and "bad_signature" in problems[0]

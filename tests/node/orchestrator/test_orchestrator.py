@@ -185,17 +185,22 @@ def test_faulty_node_is_left_out(tmp_path, engines, fault):
             net = Net(tmp_path, engines, nursery)
             honest = [await net.start(n) for n in ("a", "b", "c")]
             bad = await net.start("bad", fault=fault)
+            # Quorum 3 of the 4 committers: a failed re-check does not count toward the
+            # quorum (proof of inference), so the three honest outputs must carry it.
             rid = await honest[0].submit_request(
-                make_request(Identity.generate(), quorum=4, prompt="Say hello.")
+                make_request(Identity.generate(), quorum=3, prompt="Say hello.")
             )
             v = await wait_final(honest[1], rid)
             assert v["state"] == "succeeded", explain(v, net)
             members = {m["node_id"] for m in v["members"]}
             assert members == {n.node_id for n in honest}
             assert bad.node_id not in members
-            plot = {p["node_id"]: p["in_cluster"] for p in v["embedding_plot"]}
-            assert plot[bad.node_id] is False
-            assert honest[1].store.reputation()[bad.node_id]["outlier"] == 1
+            assert v["recheck"] == "checked" and v["answer_rule"] == "max_log_likelihood"
+            verdicts = {r["node_id"]: r["recheck"]["status"] for r in v["reveals"]}
+            assert verdicts[bad.node_id] == "failed"
+            assert {verdicts[n.node_id] for n in honest} == {"passed"}
+            rep = honest[1].store.reputation()[bad.node_id]
+            assert rep["rejected"] == 1 and rep["failed_recheck"] == 1
             for n in list(net.nodes):
                 await net.stop(n)
 
@@ -212,7 +217,9 @@ def test_missing_commits_fail_with_reason_and_bad_frames_are_refused(tmp_path, e
             with pytest.raises(wire.WireError):
                 await a.submit_request(frame[:-3] + b"xyz")
             commit = wire.encode(
-                wire.InferenceCommit(request_id="a" * 64, inference_id="b" * 32, model="m", commit=b"c" * 32),
+                wire.InferenceCommit(
+                    request_id="a" * 64, inference_id="b" * 32, model="m", model_hash="sha256:" + "ab" * 32, commit=b"c" * 32
+                ),
                 Identity.generate().signing_key,
             )
             with pytest.raises(RequestRejected) as e:

@@ -35,6 +35,7 @@ def commit_packet(request_id: str, node: Identity | None = None) -> wire.SignedP
         request_id=request_id,
         inference_id=wire.inference_id(request_id, node.public_key),
         model="tiny-llama",
+        model_hash="sha256:" + "ab" * 32,
         commit=secrets.token_bytes(32),
     )
     return wire.decode(wire.encode(body, node.signing_key))

@@ -19,6 +19,7 @@ def commit_body(rid: str, me: Identity) -> wire.InferenceCommit:
         request_id=rid,
         inference_id=wire.inference_id(rid, me.public_key),
         model="tiny-llama",
+        model_hash="sha256:" + "ab" * 32,
         commit=secrets.token_bytes(32),
     )
 
