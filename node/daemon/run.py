@@ -127,11 +127,12 @@ async def serve(
                     await hypercorn.trio.serve(
                         app, hcfg, shutdown_trigger=shutdown.wait, task_status=task_status
                     )
-                except OSError as exc:  # the bind: taken since preflight looked, or not ours
-                    if exc.errno is None:
+                except (OSError, BaseExceptionGroup) as exc:  # the bind: taken since preflight looked
+                    bind_error = _lone_error(exc)  # hypercorn's own nursery wraps it in a group
+                    if not isinstance(bind_error, OSError) or bind_error.errno is None:
                         raise
                     where = f"{settings.api_host}:{settings.api_port}"
-                    raise port_error("HTTP API", where, exc, "--api HOST:PORT") from None
+                    raise port_error("HTTP API", where, bind_error, "--api HOST:PORT") from None
                 finally:
                     http_stopped.set()
 

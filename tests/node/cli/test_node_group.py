@@ -219,3 +219,19 @@ def test_explain_maps_late_failures_to_one_line():
     assert explain(KeyError("a bug")) is None  # not a start-up failure: the CLI says so
     line = str(port_error("HTTP API", "10.9.9.9:80", OSError(errno.EADDRNOTAVAIL, "x"), "--api HOST:PORT"))
     assert "not an address of this machine" in line
+
+
+@pytest.mark.parametrize("which", ["http", "libp2p"])
+def test_port_taken_after_the_preflight_is_still_one_line(tmp_path, taken_port, monkeypatch, which):
+    """The bind itself (a port taken between the check and the bind): hypercorn's OSError,
+    and libp2p's silent start without a listener, both end as one line too."""
+    import node.daemon.run as run
+
+    monkeypatch.setattr(run, "preflight", lambda settings: None)
+    api = f"127.0.0.1:{taken_port}" if which == "http" else "127.0.0.1:0"
+    listen = f"/ip4/127.0.0.1/tcp/{taken_port if which == 'libp2p' else 0}"
+    line = _error_line(_run(["--data-dir", str(tmp_path), "--api", api, "--listen", listen, "--no-mdns"]))
+    if which == "http":
+        assert f"HTTP API address {api} is already in use" in line
+    else:
+        assert f"libp2p could not listen on {listen} (port in use?)" in line and "--listen" in line
