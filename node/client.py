@@ -12,6 +12,10 @@ first use.
         rid = node.submit(frame)
         final = node.wait(rid)            # polls; the CLI uses node.cli.progress.watch_request
         print(result_summary(final))
+
+Before signing, ``node.quorum_reach(models, embedding_model, quorum)`` says how many known
+nodes (the node itself and its peers) serve the request's models: a quorum larger than
+that cannot be met, and the request would only fail at its deadline.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,7 @@ __all__ = [
     "FINAL_STATES",
     "ClientError",
     "NodeClient",
+    "QuorumReach",
     "build_request",
     "default_client_key_path",
     "default_node_url",
@@ -201,6 +207,99 @@ def result_summary(view: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# ---- can the quorum be reached? --------------------------------------------------------------
+
+# Worker states that will answer a request: loading ones will be ready before most deadlines.
+_LLM_SERVING_STATES = frozenset({"ready", "loading"})
+_EMBEDDING_SERVING_STATES = frozenset({"ready", "busy"})
+
+
+@dataclass(frozen=True)
+class QuorumReach:
+    """Which known nodes can commit to a request, as the node it goes to sees the network.
+
+    A node commits only when it serves one of the accepted models *and* the request's
+    embedding model (``Orchestrator._start_inference``). Peers that have announced no
+    models yet (just connected, or still loading their engines) may serve them: they are
+    counted apart, so a network still coming up is not mistaken for a lone node.
+    """
+
+    quorum: int
+    serving: tuple[str, ...]  # node ids, this node first when it serves
+    self_serves: bool
+    peers: int  # peers the node knows (not counting itself)
+    unannounced: int  # of those, how many have not announced any model yet
+
+    @property
+    def reachable(self) -> bool:
+        """Enough nodes are known to serve the request."""
+        return len(self.serving) >= self.quorum
+
+    @property
+    def possible(self) -> bool:
+        """Enough, if the peers that have not announced their models yet serve them too."""
+        return len(self.serving) + self.unannounced >= self.quorum
+
+    def summary(self, models: Sequence[str], embedding_model: str) -> str:
+        """E.g. ``1 known node serves smollm2-135m-instruct (with all-minilm-l6-v2): this node; 0 peers``."""
+        n = len(self.serving)
+        names = " or ".join(models)
+        here = "this node" if self.self_serves else "not this node"
+        peers = n - int(self.self_serves)
+        return (
+            f"{n} known node{'' if n == 1 else 's'} serve{'s' if n == 1 else ''} {names} "
+            f"(with {embedding_model}): {here}, {peers} of its {self.peers} peer{'' if self.peers == 1 else 's'}"
+        )
+
+
+def _serves(models: Sequence[str], embedding_model: str, llm: Sequence[str], emb: Sequence[str]) -> bool:
+    return any(m in llm for m in models) and embedding_model in emb
+
+
+def quorum_reach(
+    *,
+    node: dict[str, Any],
+    workers: list[dict[str, Any]],
+    peers: list[dict[str, Any]],
+    models: Sequence[str],
+    embedding_model: str,
+    quorum: int,
+) -> QuorumReach:
+    """``QuorumReach`` from a node's ``/v1/node``, ``/v1/workers`` and ``/v1/peers`` answers."""
+    self_id = node.get("node_id")
+    llm = [
+        w.get("model") for w in workers if w.get("kind") == "llm" and w.get("state") in _LLM_SERVING_STATES
+    ]
+    emb = [
+        w.get("model")
+        for w in workers
+        if w.get("kind") == "embedding" and w.get("state") in _EMBEDDING_SERVING_STATES
+    ]
+    # A silent node (fault injection) never commits.
+    self_serves = _serves(models, embedding_model, llm, emb) and node.get("fault") != "silent"
+    serving: list[str] = [str(self_id)] if self_serves else []
+    seen = {self_id}
+    unannounced = 0
+    for p in peers:
+        nid = p.get("node_id")
+        if nid in seen:
+            continue
+        seen.add(nid)
+        if not p.get("models"):
+            # No peer_info yet, or one sent while its engines were still loading (the
+            # next comes within GossipConfig.info_interval_s): it may well serve them.
+            unannounced += 1
+        elif _serves(models, embedding_model, p.get("models") or [], p.get("embedding_models") or []):
+            serving.append(str(nid))
+    return QuorumReach(
+        quorum=quorum,
+        serving=tuple(serving),
+        self_serves=self_serves,
+        peers=len(seen) - 1,
+        unannounced=unannounced,
+    )
+
+
 # ---- HTTP ------------------------------------------------------------------------------------
 
 
@@ -286,6 +385,28 @@ class NodeClient:
 
     def workers(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/workers").json()["workers"]
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/peers").json()["peers"]
+
+    def node_info(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/node").json()
+
+    def quorum_reach(self, models: Sequence[str], embedding_model: str, quorum: int) -> QuorumReach:
+        """How many known nodes serve ``models`` with ``embedding_model`` (see ``QuorumReach``)."""
+        try:
+            return quorum_reach(
+                node=self.node_info(),
+                workers=self.workers(),
+                peers=self.peers(),
+                models=models,
+                embedding_model=embedding_model,
+                quorum=quorum,
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ClientError(
+                f"node {self.url} answered its peer list in an unexpected shape: {exc}"
+            ) from None
 
     def scale_workers(self, model: str, n: int) -> list[dict[str, Any]]:
         return self._call("POST", "/v1/workers", json={"model": model, "n": n}).json()["workers"]

@@ -39,6 +39,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"rakis {package_version()}")

@@ -112,15 +112,23 @@ def submit(
         float | None, typer.Option("--timeout", help="Give up following after S seconds.")
     ] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Print the request id and return.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Submit even when fewer known nodes serve the models than the quorum."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Sign a request with your client key, submit it, follow it live, print the agreed answer."""
+    """Sign a request with your client key, submit it, follow it live, print the agreed answer.
+
+    Before signing, it asks the node how many known nodes serve the accepted models; a
+    quorum larger than that is refused with the fix (``--force`` submits anyway), since
+    the request could only fail at its deadline.
+    """
     quiet_library_logs()
     from consensus.clustering import DEFAULT_SEC_DISTANCE
 
     url = node or default_node_url()
     try:
-        ident = load_or_create_client_key(key)
         body = build_request(
             prompt,
             models=model or [DEFAULT_LLM_MODEL],
@@ -132,8 +140,10 @@ def submit(
             max_tokens=max_tokens,
             seed=seed,
         )
-        frame = sign_request(body, ident)
         with NodeClient(url) as client:
+            _check_quorum_reach(client, body, force=force)
+            ident = load_or_create_client_key(key)
+            frame = sign_request(body, ident)
             request_id = client.submit(frame)
     except ClientError as exc:
         raise fail(str(exc)) from None
@@ -144,6 +154,49 @@ def submit(
         typer.secho(f"submitted {request_id} to {url}", err=True, dim=True)
     view = _follow(url, request_id, timeout if timeout is not None else max_time + 120.0, quiet=as_json)
     _finish(view, cert_out, as_json)
+
+
+def _check_quorum_reach(client: NodeClient, body: Any, *, force: bool) -> None:
+    """Refuse (or, with ``force``, warn about) a quorum the known network cannot meet."""
+    models = list(body.accepted_models)
+    embedding = body.security_frame.embedding_model
+    quorum = body.security_frame.quorum
+    try:
+        reach = client.quorum_reach(models, embedding, quorum)
+    except ClientError as exc:
+        if exc.status is None:
+            raise  # the node is unreachable: submitting would fail the same way
+        typer.secho(
+            f"warning: cannot tell whether quorum {quorum} is reachable ({exc})", err=True, fg="yellow"
+        )
+        return
+    if reach.reachable:
+        return
+    summary = reach.summary(models, embedding)
+    if reach.possible:
+        typer.secho(
+            f"note: {summary}; {reach.unannounced} peer(s) have not announced their models yet, "
+            f"so quorum {quorum} may still be met",
+            err=True,
+            fg="yellow",
+        )
+        return
+    n = len(reach.serving)
+    fix = (
+        f"use --quorum {n} (fewer nodes to agree), or join a network with more nodes serving "
+        "them (rakis node start --bootstrap /ip4/HOST/tcp/PORT/p2p/PEER_ID, or try a local "
+        "one: rakis testnet up)"
+        if n
+        else "send it to a node that serves them, or start one that does (rakis node start --model NAME)"
+    )
+    if force:
+        typer.secho(
+            f"warning: quorum {quorum} cannot be reached: {summary}; submitting anyway (--force)",
+            err=True,
+            fg="yellow",
+        )
+        return
+    raise fail(f"quorum {quorum} cannot be reached: {summary}. Fix: {fix}; --force submits anyway")
 
 
 def _finish(view: dict[str, Any], cert_out: Path | None, as_json: bool) -> None:

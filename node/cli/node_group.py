@@ -9,6 +9,7 @@ import typer
 
 from node.cli.common import DataDirOption, fail, resolve_data_dir
 from node.config import ConfigError, FaultMode, load_settings
+from node.daemon.startup_errors import one_line
 
 node_app = typer.Typer(name="node", help="Run a rakis node.", no_args_is_help=True)
 
@@ -32,6 +33,7 @@ def _parse_models(models: list[str]) -> dict[str, int]:
 
 @node_app.command("start")
 def start(
+    ctx: typer.Context,
     data_dir: DataDirOption = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Config file (default: <data-dir>/config.toml).")
@@ -73,7 +75,12 @@ def start(
         typer.Option("--admin-token", envvar="RAKIS_ADMIN_TOKEN", help="Token for admin endpoints."),
     ] = None,
 ) -> None:
-    """Start the node: libp2p host, HTTP API and orchestrator in one process."""
+    """Start the node: libp2p host, HTTP API and orchestrator in one process.
+
+    Every start-up failure (an unknown model, a model the engine cannot run, a port in
+    use, a bad bootstrap address, an unusable data directory) ends in one line on stderr
+    that names the fix, and exit code 1 (see ``node.daemon.startup_errors``).
+    """
     overrides: dict[str, object] = {}
     if listen:
         overrides["listen_addrs"] = list(listen)
@@ -102,15 +109,22 @@ def start(
     try:
         settings = load_settings(resolve_data_dir(data_dir), config_file=config, **overrides)
     except ConfigError as e:
-        raise fail(str(e)) from None
+        raise fail(one_line(str(e))) from None
     if port0:
         settings = settings.model_copy(update={"api_port": 0})
 
     from node.daemon.run import run_daemon
-    from node.identity import IdentityError
-    from node.store import StoreError
+    from node.daemon.startup_errors import explain
 
     try:
         run_daemon(settings)
-    except (IdentityError, StoreError, OSError) as e:
-        raise fail(str(e)) from None
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line (see below)
+        line = explain(exc)
+        if line is not None:
+            raise fail(line) from None
+        if settings.log_level == "debug" or (ctx.obj or {}).get("log_level") == "debug":
+            raise  # the traceback, for whoever debugs it
+        raise fail(
+            f"the node stopped on an unexpected {type(exc).__name__}: {one_line(str(exc))} "
+            "(run `rakis --log-level debug node start ...` for the traceback, and report it)"
+        ) from None

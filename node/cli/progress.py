@@ -100,6 +100,30 @@ class NodesProgress:
         self._live.__exit__(*exc)
 
 
+# The dashboard's rule (``secs`` in dashboard.js): unix seconds reach 1e12 only in the
+# year 33658, unix milliseconds passed it in 2001.
+_MS_THRESHOLD = 1e12
+
+
+def as_unix_seconds(ts: object) -> float | None:
+    """A unix timestamp in seconds, from a view that may carry seconds or milliseconds.
+
+    Request views carry ``ending_at`` in ms (the wire's unit) while other views carry
+    seconds; like the dashboard, tell them apart by size rather than trusting the key.
+    """
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return None
+    return ts / 1000.0 if ts > _MS_THRESHOLD else float(ts)
+
+
+def seconds_left(ending_at: object, now: float | None = None) -> float | None:
+    """Seconds from ``now`` (default: the clock) to ``ending_at`` (s or ms), never negative."""
+    end = as_unix_seconds(ending_at)
+    if end is None:
+        return None
+    return max(0.0, end - (time.time() if now is None else now))
+
+
 class PhaseTracker:
     """Shows a network request's phases from its snapshots (`GET /v1/requests/{id}`):
     stage, commits and valid reveals against the quorum, time left to the deadline."""
@@ -139,8 +163,9 @@ class PhaseTracker:
             self.reveal_task, total=quorum, completed=valid, note=f"{rejected} rejected" if rejected else ""
         )
         left = ""
-        if isinstance(req.get("ending_at"), int | float) and req.get("state") == "pending":
-            left = f" · {max(0.0, req['ending_at'] - time.time()):.0f} s left"
+        remaining = seconds_left(req.get("ending_at"))
+        if remaining is not None and req.get("state") == "pending":
+            left = f" · {remaining:.0f} s left"
         self.header.plain = f"request {self.request_id[:16]}… · {req.get('state', 'pending')}{left}"
 
     def __enter__(self) -> PhaseTracker:

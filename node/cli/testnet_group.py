@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from node.cli.common import fail
 from node.client import quiet_library_logs
-from node.testnet import Testnet, TestnetError, default_testnet_dir
+
+if TYPE_CHECKING:  # node.testnet pulls in libp2p (seconds): imported only by testnet commands
+    from node.testnet import Testnet
 
 testnet_app = typer.Typer(name="testnet", help="A local testnet of rakis daemons.", no_args_is_help=True)
 
@@ -36,6 +38,8 @@ DEMO_PROMPT = "What is the capital of France? Answer in one sentence."
 
 
 def _testnet(d: Path | None) -> Testnet:
+    from node.testnet import Testnet, default_testnet_dir
+
     return Testnet(d or default_testnet_dir())
 
 
@@ -97,6 +101,8 @@ def up(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for all nodes.")] = 600.0,
 ) -> None:
     """Start N daemons on 127.0.0.1, bootstrapped to each other; wait until all are ready."""
+    from node.testnet import TestnetError
+
     quiet_library_logs()
     faults = parse_faults(fault, n)
     tn = _testnet(dir)
@@ -122,6 +128,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of nodes.")] = False,
 ) -> None:
     """Show the testnet's nodes: pid, API URL, peer id, readiness."""
+    from node.testnet import TestnetError
+
     quiet_library_logs()
     tn = _testnet(dir)
     try:
@@ -157,6 +165,8 @@ def down(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds before SIGKILL.")] = 20.0,
 ) -> None:
     """Stop exactly the daemons `up` started (pid files): SIGTERM, then SIGKILL after --timeout."""
+    from node.testnet import TestnetError
+
     quiet_library_logs()
     tn = _testnet(dir)
     try:
@@ -205,6 +215,7 @@ def demo(
         sign_request,
         write_certificate,
     )
+    from node.testnet import TestnetError
 
     t0 = time.monotonic()
     tn = _testnet(dir)

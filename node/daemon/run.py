@@ -28,6 +28,7 @@ from node.daemon.advert import NodeAdvert
 from node.daemon.compute import EngineCompute
 from node.daemon.datadir import lock_data_dir, remove_node_json, write_node_json
 from node.daemon.facade import DaemonFacade
+from node.daemon.startup_errors import StartupError, port_error, preflight
 from node.logs import get_logger
 from node.orchestrator.config import OrchestratorConfig
 from node.orchestrator.orchestrator import Orchestrator
@@ -65,6 +66,12 @@ async def serve(
     data_dir = Path(settings.data_dir)
     identity = identity_mod.load_or_create(data_dir)
     lock = lock_data_dir(data_dir)
+    try:
+        # Before anything slow: a wrong model name or a taken port must not cost an engine load.
+        preflight(settings)
+    except BaseException:
+        lock.close()
+        raise
     try:
         store = Store(data_dir)
     except BaseException:
@@ -111,12 +118,25 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(gossip.run)
+            if not gossip.listen_multiaddrs():
+                # libp2p starts without a listener when its bind fails; a node nobody can reach
+                # must not look healthy (preflight catches the usual case: a port in use).
+                raise StartupError(
+                    f"libp2p could not listen on {', '.join(settings.listen_addrs)} (port in use?); "
+                    "choose another with --listen /ip4/0.0.0.0/tcp/PORT (0 picks a free one)"
+                )
 
             async def run_http(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
                 try:
                     await hypercorn.trio.serve(
                         app, hcfg, shutdown_trigger=shutdown.wait, task_status=task_status
                     )
+                except (OSError, BaseExceptionGroup) as exc:  # the bind: taken since preflight looked
+                    bind_error = _lone_error(exc)  # hypercorn's own nursery wraps it in a group
+                    if not isinstance(bind_error, OSError) or bind_error.errno is None:
+                        raise
+                    where = f"{settings.api_host}:{settings.api_port}"
+                    raise port_error("HTTP API", where, bind_error, "--api HOST:PORT") from None
                 finally:
                     http_stopped.set()
 

@@ -252,3 +252,85 @@ def test_testnet_fault_specs():
     for bad in ("3", "x=garbage", "1=evil", "4=silent"):
         with pytest.raises(BadParameter):
             parse_faults([bad], 4)
+
+
+# ---- can the quorum be reached? (shapes as the node serves them) ------------------------------
+
+
+def _peer(node_id: str, models=None, embedding_models=None) -> dict:
+    from node.p2p.peers import PeerRecord
+
+    rec = PeerRecord(
+        node_id=node_id,
+        peer_id=f"12D3KooW{node_id[:8]}",
+        models=None if models is None else tuple(models),
+        embedding_models=None if embedding_models is None else tuple(embedding_models),
+    )
+    return json.loads(json.dumps(rec.as_dict()))  # what GET /v1/peers carries
+
+
+SELF = "aa" * 32
+EMB = "all-minilm-l6-v2"
+ME = {"node_id": SELF, "fault": "honest"}
+MY_WORKERS = [
+    {"kind": "llm", "model": "m1", "state": "ready"},
+    {"kind": "llm", "model": "m2", "state": "failed"},
+    {"kind": "embedding", "model": EMB, "state": "busy"},
+]
+
+
+def test_quorum_reach_counts_nodes_serving_an_accepted_model_and_the_embedding_model():
+    from node.client import quorum_reach
+
+    peers = [
+        _peer("bb" * 32, ["m1"], [EMB]),
+        _peer("bb" * 32, ["m1"], [EMB]),  # listed twice: one node
+        _peer("cc" * 32, ["m2"], [EMB]),  # serves m2: counts only when m2 is accepted
+        _peer("dd" * 32, ["m1"], ["other-embedder"]),  # cannot commit an embedding others check
+        _peer(SELF, ["m1"], [EMB]),  # itself, if a node ever lists itself
+    ]
+    reach = quorum_reach(
+        node=ME, workers=MY_WORKERS, peers=peers, models=["m1"], embedding_model=EMB, quorum=3
+    )
+    assert reach.serving == (SELF, "bb" * 32) and reach.self_serves and reach.peers == 3
+    assert not reach.reachable and not reach.possible
+    assert reach.summary(["m1"], EMB) == f"2 known nodes serve m1 (with {EMB}): this node, 1 of its 3 peers"
+    both = quorum_reach(
+        node=ME, workers=MY_WORKERS, peers=peers, models=["m1", "m2"], embedding_model=EMB, quorum=3
+    )
+    assert both.reachable and len(both.serving) == 3
+
+    # m2's only local worker failed: the node itself does not serve m2.
+    only_m2 = quorum_reach(
+        node=ME, workers=MY_WORKERS, peers=[], models=["m2"], embedding_model=EMB, quorum=1
+    )
+    assert not only_m2.self_serves and not only_m2.reachable
+
+
+def test_quorum_reach_counts_peers_that_have_not_announced_models_as_possible():
+    """Just connected (no peer_info) or still loading (empty models): maybe, never no."""
+    from node.client import quorum_reach
+
+    peers = [_peer("bb" * 32), _peer("cc" * 32, [], [])]
+    reach = quorum_reach(
+        node=ME, workers=MY_WORKERS, peers=peers, models=["m1"], embedding_model=EMB, quorum=3
+    )
+    assert reach.unannounced == 2 and not reach.reachable and reach.possible
+
+
+def test_quorum_reach_a_silent_node_does_not_count_itself():
+    from node.client import quorum_reach
+
+    silent = {**ME, "fault": "silent"}
+    reach = quorum_reach(
+        node=silent, workers=MY_WORKERS, peers=[], models=["m1"], embedding_model=EMB, quorum=1
+    )
+    assert reach.serving == () and not reach.reachable
+
+
+def test_cli_submit_quorum_check_needs_a_reachable_node(tmp_path):
+    """An unreachable node fails as before (the check is the first call), nothing signed."""
+    key = tmp_path / "k"
+    r = runner.invoke(app, ["submit", "hi", "--node", DEAD_NODE, "--key", str(key), "--force"])
+    assert r.exit_code == 1 and "cannot reach node" in r.output
+    assert not key.exists()

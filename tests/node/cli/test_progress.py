@@ -78,3 +78,35 @@ def test_loading_and_nodes_progress() -> None:
     out = buf.getvalue()
     assert "✓ tiny-llama loaded in" in out and "✗ broken-model: RuntimeError: no such file" in out
     assert "node-0" in out and "ready" in out and "http://127.0.0.1:1" in out and "failed" in out
+
+
+@pytest.mark.parametrize("scale", [1000, 1], ids=["ending_at_in_ms", "ending_at_in_s"])
+def test_live_header_counts_down_the_seconds_left(scale: int) -> None:
+    """Request views carry `ending_at` in ms (the node's) or s: either reads as ~90 s left,
+    never as `1794490401324 s left` (seconds subtracted from milliseconds)."""
+    import time
+
+    console, _ = recording_console()
+    tracker = PhaseTracker("ab" * 32, console=console)
+    ending_at = round((time.time() + 90.4) * scale)
+    tracker.update({"state": "pending", "stage": "inferring", "ending_at": ending_at})
+    header = tracker.header.plain
+    assert header.startswith(f"request {'ab' * 8}… · pending · ")
+    left = int(header.split(" · ")[-1].removesuffix(" s left"))
+    assert 85 <= left <= 91, header
+
+    tracker.update({"state": "pending", "ending_at": round((time.time() - 5) * scale)})
+    assert tracker.header.plain.endswith(" · 0 s left")  # past the deadline: 0, not negative
+    tracker.update({"state": "succeeded", "ending_at": ending_at})
+    assert "s left" not in tracker.header.plain  # only pending requests count down
+
+
+def test_seconds_left_reads_seconds_and_milliseconds() -> None:
+    from node.cli.progress import as_unix_seconds, seconds_left
+
+    now = 1_794_490_000.0
+    assert seconds_left(1_794_490_401_324, now=now) == pytest.approx(401.324)
+    assert seconds_left(1_794_490_401.5, now=now) == pytest.approx(401.5)
+    assert seconds_left(1_794_489_000_000, now=now) == 0.0
+    assert seconds_left(None, now=now) is None and seconds_left("soon", now=now) is None
+    assert as_unix_seconds(True) is None
