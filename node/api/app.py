@@ -21,17 +21,19 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from node import metrics, wire
-from node.api.errors import ApiError, error_response, install_error_handlers
+from node.api.errors import ApiError, error_response, error_responses, install_error_handlers
 from node.api.facade import NodeFacade
 from node.api.openai_routes import openai_router
 from node.api.sse import EventStream, JSONSafeResponse
@@ -50,6 +52,14 @@ RequestIdPath = Annotated[
     ),
 ]
 
+# Declared as a bearer scheme so the OpenAPI document says which routes need the token;
+# `require_admin` reads the header itself, to tell a missing token (401) from a wrong one (403).
+ADMIN_SCHEME = HTTPBearer(
+    auto_error=False,
+    scheme_name="adminToken",
+    description="`Authorization: Bearer <admin_token>` (the node's `admin_token` setting)",
+)
+
 # RequestRejected reasons that are about this node's state rather than the request.
 _REJECT_STATUS = {"rate_limited": 429, "not_ready": 503, "overloaded": 503, "queue_full": 503}
 
@@ -61,10 +71,42 @@ class SubmitFrame(BaseModel):
     frame: str = Field(min_length=1, description="base64 of the msgpack frame signed by the client")
 
 
+class Submitted(BaseModel):
+    request_id: str = Field(description="hex SHA-256 of the signed payload: the id to follow the request by")
+
+
 class ScaleWorkers(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1, max_length=256)
     n: int = Field(ge=0, le=64, description="desired number of local workers for the model")
+
+
+class Ready(BaseModel):
+    ready: bool
+
+
+# `POST /v1/requests` reads its body itself (raw bytes or JSON), so its schema is written here.
+SUBMIT_BODY: dict[str, Any] = {
+    "required": True,
+    "description": (
+        "The client-signed `inference_request` frame: msgpack `[payload, ed25519 signature]` "
+        "(see docs/CONTRACTS.md), raw or base64 in JSON. A frame is valid only when its "
+        "signature verifies and its payload passes the wire limits, which no schema can state: "
+        "other bytes get a 400 naming the wire reason."
+    ),
+    "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "application/msgpack": {"schema": {"type": "string", "format": "binary"}},
+        "application/x-msgpack": {"schema": {"type": "string", "format": "binary"}},
+        "application/json": {"schema": SubmitFrame.model_json_schema()},
+    },
+}
+SSE_200: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-sent events, one JSON object per `data:` line",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -86,6 +128,19 @@ def _admin_token(facade: NodeFacade) -> str | None:
     if token is not None and hasattr(token, "get_secret_value"):
         token = token.get_secret_value()
     return token or None
+
+
+def _known_models(facade: NodeFacade) -> set[str] | None:
+    """Every model name the node's engines could load (their registries), or None when
+    the engines do not say (then the facade decides)."""
+    names: set[str] = set()
+    found = False
+    for engine in (getattr(facade, "llm", None), getattr(facade, "embeddings", None)):
+        registry = getattr(engine, "registry", None)
+        if registry is not None and callable(getattr(registry, "names", None)):
+            names.update(registry.names())
+            found = True
+    return names if found else None
 
 
 def _queue_depths() -> dict[str, float]:
@@ -222,7 +277,9 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """The HTTP API + dashboard for `node`. `max_body_bytes` bounds every request body
     (`POST /v1/requests` is bounded by the wire frame limit instead)."""
 
-    app = FastAPI(title="rakis node", version="1", docs_url="/docs", redoc_url=None)
+    app = FastAPI(
+        title="rakis node", version="1", docs_url="/docs", redoc_url=None, swagger_ui_oauth2_redirect_url=None
+    )
     app.state.node = node
     metrics.bind_engines(getattr(node, "llm", None), getattr(node, "embeddings", None))
     install_error_handlers(app)
@@ -231,7 +288,10 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     )
     app.add_middleware(HttpMetricsMiddleware)
 
-    async def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+    async def require_admin(
+        request: Request, _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(ADMIN_SCHEME)]
+    ) -> None:
+        authorization = request.headers.get("authorization")
         token = _admin_token(node)
         if token is None:
             raise ApiError(
@@ -253,7 +313,22 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     v1 = APIRouter(prefix="/v1")
 
     # -- signed network requests --
-    @v1.post("/requests")
+    @v1.post(
+        "/requests",
+        response_model=Submitted,
+        openapi_extra={"requestBody": SUBMIT_BODY},
+        responses=error_responses(
+            400,
+            413,
+            415,
+            422,
+            429,
+            503,
+            s400="The body is empty, not base64, or the frame is refused (code: the wire or rejection reason)",
+            s422='The JSON form is not {"frame": "<base64>"}',
+            s503="The node is not ready, or overloaded",
+        ),
+    )
     async def submit_request(request: Request) -> JSONResponse:
         """Submit a client-signed `inference_request` frame (raw bytes or JSON base64)."""
         frame = await _decode_submit_body(request)
@@ -275,18 +350,25 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         metrics.REQUESTS_SUBMITTED.labels(verdict="accepted").inc()
         return JSONResponse({"request_id": request_id})
 
-    @v1.get("/requests")
+    @v1.get("/requests", responses=error_responses(422))
     async def list_requests(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONSafeResponse:
         return JSONSafeResponse({"requests": node.list_requests(limit)})
 
-    @v1.get("/requests/{request_id}")
+    @v1.get(
+        "/requests/{request_id}", responses=error_responses(404, 422, s404="No such request on this node")
+    )
     async def get_request(request_id: RequestIdPath) -> JSONSafeResponse:
         found = node.get_request(request_id)
         if found is None:
             raise ApiError(404, "unknown_request", f"no request {request_id} on this node")
         return JSONSafeResponse(found)
 
-    @v1.get("/requests/{request_id}/events")
+    @v1.get(
+        "/requests/{request_id}/events",
+        response_class=EventStream,
+        status_code=200,
+        responses={**SSE_200, **error_responses(404, 422, s404="No such request on this node")},
+    )
     async def request_events(request_id: RequestIdPath) -> EventStream:
         """SSE: a `snapshot` of the request, its live events, and a final `snapshot`
         (`"final": true`) once it is succeeded/failed/expired; then the stream ends."""
@@ -307,7 +389,7 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         )
 
     # -- dashboard feeds --
-    @v1.get("/events")
+    @v1.get("/events", response_class=EventStream, status_code=200, responses=SSE_200)
     async def events() -> EventStream:
         """SSE of every node event (dashboard live updates)."""
         return EventStream(
@@ -341,8 +423,29 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     async def workers() -> JSONSafeResponse:
         return JSONSafeResponse({"workers": node.workers()})
 
-    @v1.post("/workers", dependencies=[Depends(require_admin)])
+    @v1.post(
+        "/workers",
+        dependencies=[Depends(require_admin)],
+        responses=error_responses(
+            400,
+            401,
+            403,
+            404,
+            413,
+            422,
+            s400="The body is not valid JSON, or the engine refused the count",
+            s404="The model is not known to this node",
+        ),
+    )
     async def scale_workers(body: ScaleWorkers) -> JSONSafeResponse:
+        known = _known_models(node)
+        if known is not None and body.model not in known:
+            raise ApiError(
+                404,
+                "model_not_found",
+                f"model {body.model!r} is not known to this node; known: {', '.join(sorted(known)) or 'none'}",
+                param="model",
+            )
         try:
             await node.scale_workers(body.model, body.n)
         except (ValueError, KeyError, LookupError) as exc:
@@ -351,19 +454,20 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         log.info("workers_scaled", model=body.model, n=body.n)
         return JSONSafeResponse({"workers": node.workers()})
 
-    @v1.get("/logs")
+    @v1.get("/logs", responses=error_responses(422))
     async def logs(
         search: Annotated[str | None, Query(max_length=256)] = None,
         last_n: Annotated[int, Query(ge=1, le=10_000)] = 200,
     ) -> JSONSafeResponse:
         return JSONSafeResponse({"logs": node.logs(last_n=last_n, search=search or None)})
 
-    @v1.get("/packets")
+    @v1.get("/packets", responses=error_responses(422))
     async def packets(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONSafeResponse:
         return JSONSafeResponse({"packets": node.recent_packets(limit)})
 
+    openai = openai_router(node)
     app.include_router(v1)
-    app.include_router(openai_router(node))
+    app.include_router(openai)
 
     # -- operations --
     @app.get("/metrics", include_in_schema=False)
@@ -375,7 +479,11 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "node_id": _node_id(node), "uptime_s": time.time() - node.started_at}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        response_model=Ready,
+        responses={503: {"model": Ready, "description": "Not ready yet (loading models) or shutting down"}},
+    )
     async def readyz() -> JSONResponse:
         ready = node.is_ready()
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
@@ -390,4 +498,16 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # Every route, flattened (FastAPI keeps included routers as opaque entries in
+    # app.routes): the 405 handler's Allow header and the README's route table use it.
+    app.state.served_routes = [
+        *(r for r in app.routes if isinstance(r, Route | Mount)),
+        *v1.routes,
+        *openai.routes,
+    ]
     return app
+
+
+def served_routes(app: FastAPI) -> list[BaseRoute]:
+    """Every route `app` serves (APIRoutes, plain Routes and the static Mount)."""
+    return list(app.state.served_routes)
