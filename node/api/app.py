@@ -101,12 +101,29 @@ SUBMIT_BODY: dict[str, Any] = {
         "application/json": {"schema": SubmitFrame.model_json_schema()},
     },
 }
+# One server-sent event (OpenAPI 3.1: an event stream's `schema` describes each event).
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"type": "object", "required": ["type"]},
+        },
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
 SSE_200: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Server-sent events, one JSON object per `data:` line",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": 'Server-sent events, each `data:` one JSON object with a "type"; '
+        "`: ping` comments keep the connection open",
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
     }
 }
+ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -281,6 +298,7 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         title="rakis node", version="1", docs_url="/docs", redoc_url=None, swagger_ui_oauth2_redirect_url=None
     )
     app.state.node = node
+    app.openapi = _json_errors_openapi(app)  # type: ignore[method-assign]
     metrics.bind_engines(getattr(node, "llm", None), getattr(node, "embeddings", None))
     install_error_handlers(app)
     app.add_middleware(
@@ -506,6 +524,25 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         *openai.routes,
     ]
     return app
+
+
+def _json_errors_openapi(app: FastAPI) -> Any:
+    """FastAPI gives an operation's error responses its route's media type; errors are
+    always JSON, also on the event-stream routes, so the document says so."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = default()
+            for item in doc.get("paths", {}).values():
+                for operation in item.values():
+                    for status, response in operation.get("responses", {}).items():
+                        content = response.get("content") or {}
+                        if status[:1] in "45" and any(c.get("schema") == ERROR_REF for c in content.values()):
+                            response["content"] = {"application/json": {"schema": ERROR_REF}}
+        return app.openapi_schema
+
+    return openapi
 
 
 def served_routes(app: FastAPI) -> list[BaseRoute]:

@@ -88,7 +88,8 @@ class ChatCompletionRequest(BaseModel):
             ]
         },
     )
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    # 2**53 - 1: the largest integer every JSON client (and a float) holds exactly.
+    seed: int | None = Field(None, ge=0, le=2**53 - 1)
     # Only 1 is served; the schema says so, and n > 1 gets a 400 that names it.
     n: int | None = Field(
         None,
@@ -293,7 +294,15 @@ def openai_router(node: NodeFacade) -> APIRouter:
                 "server-sent events ending with `data: [DONE]`",
                 "content": {
                     "application/json": {"schema": {"type": "object"}},
-                    "text/event-stream": {"schema": {"type": "string"}},
+                    "text/event-stream": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                            "required": ["data"],
+                            "description": "each `data:` a chat.completion.chunk JSON object "
+                            "(or an error object), the last one `[DONE]`",
+                        }
+                    },
                 },
             },
             **error_responses(

@@ -234,7 +234,8 @@ async def test_workers_scaling_needs_the_admin_token(facade: MemoryFacade) -> No
         assert r.status_code == 200 and "workers" in r.json()
         assert facade.scaled == [(TINY_MODEL, 2)]
         r = await c.post("/v1/workers", json={"model": "nope", "n": 1}, headers=auth)
-        assert r.status_code == 400 and "nope" in r.json()["error"]["message"]
+        assert r.status_code == 404 and error_code(r) == "model_not_found"
+        assert "nope" in r.json()["error"]["message"] and facade.scaled == [(TINY_MODEL, 2)]
         r = await c.post("/v1/workers", json={"model": TINY_MODEL, "n": -1}, headers=auth)
         assert r.status_code == 422 and r.json()["error"]["param"] == "n"
 
