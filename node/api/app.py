@@ -1,15 +1,16 @@
 """The node's HTTP API and dashboard: a FastAPI app over a `NodeFacade`.
 
-Everything goes through the facade (see `node/facade.py`), so the same app serves the
+Everything goes through the facade (see `node/api/facade.py`), so the same app serves the
 real daemon and the in-memory facade of the API tests. Endpoints are `async def` on
 purpose: facade methods then run on the event loop thread (the daemon's trio loop),
 never on a worker thread where they would race the orchestrator. Only anyio and
 Starlette primitives are used, so the app runs under Hypercorn's trio worker.
 
-Errors always have one JSON shape (`node/api_errors.py`); bad input gets a 4xx that
+Errors always have one JSON shape (`node/api/errors.py`); bad input gets a 4xx that
 names the problem and changes nothing. Bodies over the limit are refused with 413
 from the Content-Length header before they are read, and while streaming when no
-length is given (`BodyLimitMiddleware`).
+length is given (`node/api/middleware.py`). Every route declares its body and every
+status it answers with, so `/openapi.json` is the API's contract (`node/api/schemas.py`).
 """
 
 from __future__ import annotations
@@ -24,18 +25,25 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from node import metrics, wire
-from node.api.errors import ApiError, error_response, error_responses, install_error_handlers
+from node.api.errors import ApiError, error_responses, install_error_handlers
 from node.api.facade import NodeFacade
+from node.api.middleware import BodyLimitMiddleware, HttpMetricsMiddleware
 from node.api.openai_routes import openai_router
+from node.api.schemas import (
+    ADMIN_SCHEME,
+    SSE_200,
+    SUBMIT_BODY,
+    Ready,
+    ScaleWorkers,
+    SubmitFrame,
+    Submitted,
+    json_errors_openapi,
+)
 from node.api.sse import EventStream, JSONSafeResponse
 from node.logs import get_logger
 from node.orchestrator.errors import RequestRejected
@@ -52,78 +60,8 @@ RequestIdPath = Annotated[
     ),
 ]
 
-# Declared as a bearer scheme so the OpenAPI document says which routes need the token;
-# `require_admin` reads the header itself, to tell a missing token (401) from a wrong one (403).
-ADMIN_SCHEME = HTTPBearer(
-    auto_error=False,
-    scheme_name="adminToken",
-    description="`Authorization: Bearer <admin_token>` (the node's `admin_token` setting)",
-)
-
 # RequestRejected reasons that are about this node's state rather than the request.
 _REJECT_STATUS = {"rate_limited": 429, "not_ready": 503, "overloaded": 503, "queue_full": 503}
-
-
-class SubmitFrame(BaseModel):
-    """JSON form of `POST /v1/requests`: the client-signed frame, base64-encoded."""
-
-    model_config = ConfigDict(extra="forbid")
-    frame: str = Field(min_length=1, description="base64 of the msgpack frame signed by the client")
-
-
-class Submitted(BaseModel):
-    request_id: str = Field(description="hex SHA-256 of the signed payload: the id to follow the request by")
-
-
-class ScaleWorkers(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(min_length=1, max_length=256)
-    n: int = Field(ge=0, le=64, description="desired number of local workers for the model")
-
-
-class Ready(BaseModel):
-    ready: bool
-
-
-# `POST /v1/requests` reads its body itself (raw bytes or JSON), so its schema is written here.
-SUBMIT_BODY: dict[str, Any] = {
-    "required": True,
-    "description": (
-        "The client-signed `inference_request` frame: msgpack `[payload, ed25519 signature]` "
-        "(see docs/CONTRACTS.md), raw or base64 in JSON. A frame is valid only when its "
-        "signature verifies and its payload passes the wire limits, which no schema can state: "
-        "other bytes get a 400 naming the wire reason."
-    ),
-    "content": {
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        "application/msgpack": {"schema": {"type": "string", "format": "binary"}},
-        "application/x-msgpack": {"schema": {"type": "string", "format": "binary"}},
-        "application/json": {"schema": SubmitFrame.model_json_schema()},
-    },
-}
-# One server-sent event (OpenAPI 3.1: an event stream's `schema` describes each event).
-SSE_EVENT: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "event": {"type": "string"},
-        "data": {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "contentSchema": {"type": "object", "required": ["type"]},
-        },
-        "id": {"type": "string"},
-        "retry": {"type": "integer"},
-    },
-    "required": ["data"],
-}
-SSE_200: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": 'Server-sent events, each `data:` one JSON object with a "type"; '
-        "`: ping` comments keep the connection open",
-        "content": {"text/event-stream": {"schema": SSE_EVENT}},
-    }
-}
-ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -207,86 +145,6 @@ async def _decode_submit_body(request: Request) -> bytes:
     )
 
 
-# ---- middleware -------------------------------------------------------------------------
-
-
-class BodyTooLarge(StarletteHTTPException):
-    """Raised from `receive` when a streamed body passes the limit. An HTTPException so
-    FastAPI's body parsing re-raises it and the JSON error handler answers 413."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body is larger than the limit of {limit} bytes")
-
-
-class BodyLimitMiddleware:
-    """Refuse bodies over the limit: at once from Content-Length (nothing is read), or
-    as soon as a streamed (chunked) body passes it. Limits are per exact path, with a
-    default; ours answer with the API's JSON error shape (Starlette's answer plain text)."""
-
-    def __init__(self, app: ASGIApp, default: int, per_path: dict[str, int] | None = None) -> None:
-        self.app = app
-        self.default = default
-        self.per_path = per_path or {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.per_path.get(scope["path"].rstrip("/") or "/", self.default)
-        length = Headers(scope=scope).get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            await self._refuse(scope, receive, send, limit)
-            return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(limit)
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        response = error_response(
-            413, "body_too_large", f"request body is larger than the limit of {limit} bytes"
-        )
-        response.headers["connection"] = "close"
-        await response(scope, receive, send)
-
-
-class HttpMetricsMiddleware:
-    """Counts responses by route template (never raw paths: ids would explode labels)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or getattr(route, "path_format", None) or "unmatched"
-            metrics.HTTP_REQUESTS.labels(
-                route=path, method=scope.get("method", "?"), status=str(status)
-            ).inc()
-
-
 # ---- app --------------------------------------------------------------------------------
 
 
@@ -298,7 +156,7 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         title="rakis node", version="1", docs_url="/docs", redoc_url=None, swagger_ui_oauth2_redirect_url=None
     )
     app.state.node = node
-    app.openapi = _json_errors_openapi(app)  # type: ignore[method-assign]
+    app.openapi = json_errors_openapi(app)  # type: ignore[method-assign]
     metrics.bind_engines(getattr(node, "llm", None), getattr(node, "embeddings", None))
     install_error_handlers(app)
     app.add_middleware(
@@ -524,25 +382,6 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         *openai.routes,
     ]
     return app
-
-
-def _json_errors_openapi(app: FastAPI) -> Any:
-    """FastAPI gives an operation's error responses its route's media type; errors are
-    always JSON, also on the event-stream routes, so the document says so."""
-    default = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            doc = default()
-            for item in doc.get("paths", {}).values():
-                for operation in item.values():
-                    for status, response in operation.get("responses", {}).items():
-                        content = response.get("content") or {}
-                        if status[:1] in "45" and any(c.get("schema") == ERROR_REF for c in content.values()):
-                            response["content"] = {"application/json": {"schema": ERROR_REF}}
-        return app.openapi_schema
-
-    return openapi
 
 
 def served_routes(app: FastAPI) -> list[BaseRoute]:
