@@ -71,7 +71,9 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    # Not just > 0: the engine samples in float32, where a top_p under ~1e-45 is 0 and fails
+    # the whole batch step (every sequence in it, not only this one). 1e-6 is greedy already.
+    top_p: float | None = Field(None, ge=1e-6, le=1.0)
     top_k: int | None = Field(None, ge=0, description="extension: 0 = off")
     max_tokens: int | None = Field(
         None, ge=1, description="at most the node's wire.max_tokens; more is refused with 400"

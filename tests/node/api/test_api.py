@@ -323,6 +323,7 @@ async def test_chat_completions(facade: MemoryFacade) -> None:
         ({"messages": []}, 422, "messages"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, 422, "role"),
         ({"temperature": 5}, 422, "temperature"),
+        ({"top_p": 5e-324}, 422, "top_p"),  # 0 in the engine's float32
         ({"max_tokens": 10**6}, 400, "max_tokens"),
         ({"n": 2}, 400, "n > 1"),
         ({"stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
