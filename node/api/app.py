@@ -1,15 +1,16 @@
 """The node's HTTP API and dashboard: a FastAPI app over a `NodeFacade`.
 
-Everything goes through the facade (see `node/facade.py`), so the same app serves the
+Everything goes through the facade (see `node/api/facade.py`), so the same app serves the
 real daemon and the in-memory facade of the API tests. Endpoints are `async def` on
 purpose: facade methods then run on the event loop thread (the daemon's trio loop),
 never on a worker thread where they would race the orchestrator. Only anyio and
 Starlette primitives are used, so the app runs under Hypercorn's trio worker.
 
-Errors always have one JSON shape (`node/api_errors.py`); bad input gets a 4xx that
+Errors always have one JSON shape (`node/api/errors.py`); bad input gets a 4xx that
 names the problem and changes nothing. Bodies over the limit are refused with 413
 from the Content-Length header before they are read, and while streaming when no
-length is given (`BodyLimitMiddleware`).
+length is given (`node/api/middleware.py`). Every route declares its body and every
+status it answers with, so `/openapi.json` is the API's contract (`node/api/schemas.py`).
 """
 
 from __future__ import annotations
@@ -21,19 +22,28 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.routing import BaseRoute, Mount, Route
 
 from node import metrics, wire
-from node.api.errors import ApiError, error_response, install_error_handlers
+from node.api.errors import ApiError, error_responses, install_error_handlers
 from node.api.facade import NodeFacade
+from node.api.middleware import BodyLimitMiddleware, HttpMetricsMiddleware
 from node.api.openai_routes import openai_router
+from node.api.schemas import (
+    ADMIN_SCHEME,
+    SSE_200,
+    SUBMIT_BODY,
+    Ready,
+    ScaleWorkers,
+    SubmitFrame,
+    Submitted,
+    json_errors_openapi,
+)
 from node.api.sse import EventStream, JSONSafeResponse
 from node.logs import get_logger
 from node.orchestrator.errors import RequestRejected
@@ -52,19 +62,6 @@ RequestIdPath = Annotated[
 
 # RequestRejected reasons that are about this node's state rather than the request.
 _REJECT_STATUS = {"rate_limited": 429, "not_ready": 503, "overloaded": 503, "queue_full": 503}
-
-
-class SubmitFrame(BaseModel):
-    """JSON form of `POST /v1/requests`: the client-signed frame, base64-encoded."""
-
-    model_config = ConfigDict(extra="forbid")
-    frame: str = Field(min_length=1, description="base64 of the msgpack frame signed by the client")
-
-
-class ScaleWorkers(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(min_length=1, max_length=256)
-    n: int = Field(ge=0, le=64, description="desired number of local workers for the model")
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -86,6 +83,19 @@ def _admin_token(facade: NodeFacade) -> str | None:
     if token is not None and hasattr(token, "get_secret_value"):
         token = token.get_secret_value()
     return token or None
+
+
+def _known_models(facade: NodeFacade) -> set[str] | None:
+    """Every model name the node's engines could load (their registries), or None when
+    the engines do not say (then the facade decides)."""
+    names: set[str] = set()
+    found = False
+    for engine in (getattr(facade, "llm", None), getattr(facade, "embeddings", None)):
+        registry = getattr(engine, "registry", None)
+        if registry is not None and callable(getattr(registry, "names", None)):
+            names.update(registry.names())
+            found = True
+    return names if found else None
 
 
 def _queue_depths() -> dict[str, float]:
@@ -135,86 +145,6 @@ async def _decode_submit_body(request: Request) -> bytes:
     )
 
 
-# ---- middleware -------------------------------------------------------------------------
-
-
-class BodyTooLarge(StarletteHTTPException):
-    """Raised from `receive` when a streamed body passes the limit. An HTTPException so
-    FastAPI's body parsing re-raises it and the JSON error handler answers 413."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body is larger than the limit of {limit} bytes")
-
-
-class BodyLimitMiddleware:
-    """Refuse bodies over the limit: at once from Content-Length (nothing is read), or
-    as soon as a streamed (chunked) body passes it. Limits are per exact path, with a
-    default; ours answer with the API's JSON error shape (Starlette's answer plain text)."""
-
-    def __init__(self, app: ASGIApp, default: int, per_path: dict[str, int] | None = None) -> None:
-        self.app = app
-        self.default = default
-        self.per_path = per_path or {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.per_path.get(scope["path"].rstrip("/") or "/", self.default)
-        length = Headers(scope=scope).get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            await self._refuse(scope, receive, send, limit)
-            return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(limit)
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        response = error_response(
-            413, "body_too_large", f"request body is larger than the limit of {limit} bytes"
-        )
-        response.headers["connection"] = "close"
-        await response(scope, receive, send)
-
-
-class HttpMetricsMiddleware:
-    """Counts responses by route template (never raw paths: ids would explode labels)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or getattr(route, "path_format", None) or "unmatched"
-            metrics.HTTP_REQUESTS.labels(
-                route=path, method=scope.get("method", "?"), status=str(status)
-            ).inc()
-
-
 # ---- app --------------------------------------------------------------------------------
 
 
@@ -222,8 +152,11 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """The HTTP API + dashboard for `node`. `max_body_bytes` bounds every request body
     (`POST /v1/requests` is bounded by the wire frame limit instead)."""
 
-    app = FastAPI(title="rakis node", version="1", docs_url="/docs", redoc_url=None)
+    app = FastAPI(
+        title="rakis node", version="1", docs_url="/docs", redoc_url=None, swagger_ui_oauth2_redirect_url=None
+    )
     app.state.node = node
+    app.openapi = json_errors_openapi(app)  # type: ignore[method-assign]
     metrics.bind_engines(getattr(node, "llm", None), getattr(node, "embeddings", None))
     install_error_handlers(app)
     app.add_middleware(
@@ -231,7 +164,10 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     )
     app.add_middleware(HttpMetricsMiddleware)
 
-    async def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+    async def require_admin(
+        request: Request, _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(ADMIN_SCHEME)]
+    ) -> None:
+        authorization = request.headers.get("authorization")
         token = _admin_token(node)
         if token is None:
             raise ApiError(
@@ -253,7 +189,22 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     v1 = APIRouter(prefix="/v1")
 
     # -- signed network requests --
-    @v1.post("/requests")
+    @v1.post(
+        "/requests",
+        response_model=Submitted,
+        openapi_extra={"requestBody": SUBMIT_BODY},
+        responses=error_responses(
+            400,
+            413,
+            415,
+            422,
+            429,
+            503,
+            s400="The body is empty, not base64, or the frame is refused (code: the wire or rejection reason)",
+            s422='The JSON form is not {"frame": "<base64>"}',
+            s503="The node is not ready, or overloaded",
+        ),
+    )
     async def submit_request(request: Request) -> JSONResponse:
         """Submit a client-signed `inference_request` frame (raw bytes or JSON base64)."""
         frame = await _decode_submit_body(request)
@@ -275,18 +226,25 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         metrics.REQUESTS_SUBMITTED.labels(verdict="accepted").inc()
         return JSONResponse({"request_id": request_id})
 
-    @v1.get("/requests")
+    @v1.get("/requests", responses=error_responses(422))
     async def list_requests(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONSafeResponse:
         return JSONSafeResponse({"requests": node.list_requests(limit)})
 
-    @v1.get("/requests/{request_id}")
+    @v1.get(
+        "/requests/{request_id}", responses=error_responses(404, 422, s404="No such request on this node")
+    )
     async def get_request(request_id: RequestIdPath) -> JSONSafeResponse:
         found = node.get_request(request_id)
         if found is None:
             raise ApiError(404, "unknown_request", f"no request {request_id} on this node")
         return JSONSafeResponse(found)
 
-    @v1.get("/requests/{request_id}/events")
+    @v1.get(
+        "/requests/{request_id}/events",
+        response_class=EventStream,
+        status_code=200,
+        responses={**SSE_200, **error_responses(404, 422, s404="No such request on this node")},
+    )
     async def request_events(request_id: RequestIdPath) -> EventStream:
         """SSE: a `snapshot` of the request, its live events, and a final `snapshot`
         (`"final": true`) once it is succeeded/failed/expired; then the stream ends."""
@@ -307,7 +265,7 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         )
 
     # -- dashboard feeds --
-    @v1.get("/events")
+    @v1.get("/events", response_class=EventStream, status_code=200, responses=SSE_200)
     async def events() -> EventStream:
         """SSE of every node event (dashboard live updates)."""
         return EventStream(
@@ -341,8 +299,29 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     async def workers() -> JSONSafeResponse:
         return JSONSafeResponse({"workers": node.workers()})
 
-    @v1.post("/workers", dependencies=[Depends(require_admin)])
+    @v1.post(
+        "/workers",
+        dependencies=[Depends(require_admin)],
+        responses=error_responses(
+            400,
+            401,
+            403,
+            404,
+            413,
+            422,
+            s400="The body is not valid JSON, or the engine refused the count",
+            s404="The model is not known to this node",
+        ),
+    )
     async def scale_workers(body: ScaleWorkers) -> JSONSafeResponse:
+        known = _known_models(node)
+        if known is not None and body.model not in known:
+            raise ApiError(
+                404,
+                "model_not_found",
+                f"model {body.model!r} is not known to this node; known: {', '.join(sorted(known)) or 'none'}",
+                param="model",
+            )
         try:
             await node.scale_workers(body.model, body.n)
         except (ValueError, KeyError, LookupError) as exc:
@@ -351,19 +330,20 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         log.info("workers_scaled", model=body.model, n=body.n)
         return JSONSafeResponse({"workers": node.workers()})
 
-    @v1.get("/logs")
+    @v1.get("/logs", responses=error_responses(422))
     async def logs(
         search: Annotated[str | None, Query(max_length=256)] = None,
         last_n: Annotated[int, Query(ge=1, le=10_000)] = 200,
     ) -> JSONSafeResponse:
         return JSONSafeResponse({"logs": node.logs(last_n=last_n, search=search or None)})
 
-    @v1.get("/packets")
+    @v1.get("/packets", responses=error_responses(422))
     async def packets(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONSafeResponse:
         return JSONSafeResponse({"packets": node.recent_packets(limit)})
 
+    openai = openai_router(node)
     app.include_router(v1)
-    app.include_router(openai_router(node))
+    app.include_router(openai)
 
     # -- operations --
     @app.get("/metrics", include_in_schema=False)
@@ -375,7 +355,11 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "node_id": _node_id(node), "uptime_s": time.time() - node.started_at}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        response_model=Ready,
+        responses={503: {"model": Ready, "description": "Not ready yet (loading models) or shutting down"}},
+    )
     async def readyz() -> JSONResponse:
         ready = node.is_ready()
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
@@ -390,4 +374,16 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # Every route, flattened (FastAPI keeps included routers as opaque entries in
+    # app.routes): the 405 handler's Allow header and the README's route table use it.
+    app.state.served_routes = [
+        *(r for r in app.routes if isinstance(r, Route | Mount)),
+        *v1.routes,
+        *openai.routes,
+    ]
     return app
+
+
+def served_routes(app: FastAPI) -> list[BaseRoute]:
+    """Every route `app` serves (APIRoutes, plain Routes and the static Mount)."""
+    return list(app.state.served_routes)

@@ -14,7 +14,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from node.logs import get_logger
 
@@ -33,6 +35,50 @@ _HTTP_CODES = {
     429: "rate_limited",
     503: "unavailable",
 }
+
+
+class ErrorDetail(BaseModel):
+    """The inside of every error answer (OpenAI's field names)."""
+
+    code: str = Field(description="stable machine string: a wire reason, a rejection reason or an HTTP code")
+    message: str = Field(description="what went wrong and, where it helps, how to fix it")
+    type: str = Field(description="OpenAI error class, e.g. invalid_request_error, authentication_error")
+    param: str | None = Field(description="the request field at fault, when there is one")
+    details: list[dict[str, Any]] | None = Field(
+        None, description="per-field validation problems [{loc, msg, type}] (validation errors only)"
+    )
+
+
+class ErrorResponse(BaseModel):
+    """`{"error": {...}}`: the one JSON shape of every error the API reports."""
+
+    error: ErrorDetail
+
+
+_DESCRIPTIONS = {
+    400: "Bad request: the body is not valid JSON, or its content is refused (the code says why)",
+    401: "The admin token is missing",
+    403: "The admin token is wrong, or admin endpoints are disabled on this node",
+    404: "Not found",
+    405: "Method not allowed (the Allow header lists the methods this path serves)",
+    413: "The request body is larger than this endpoint accepts",
+    415: "The content type is not accepted",
+    422: "The request does not match its schema (details lists each problem)",
+    429: "Rate limited",
+    503: "The node cannot serve this now (loading, overloaded, or its engine failed)",
+}
+
+
+def error_responses(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for `statuses`, all with the error shape.
+    `descriptions` overrides the default text per status, keyed `s404=...`."""
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": descriptions.get(f"s{status}", _DESCRIPTIONS.get(status, "Error")),
+        }
+        for status in statuses
+    }
 
 
 class ApiError(Exception):
@@ -129,16 +175,36 @@ async def _validation_handler(_request: Request, exc: RequestValidationError) ->
     return error_response(status, code, message, param=param, details=details)
 
 
-async def _http_handler(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = _HTTP_CODES.get(exc.status_code, "error" if exc.status_code >= 500 else "bad_request")
     message = str(exc.detail)
     if exc.status_code == 413:
         message = "request body is larger than this endpoint accepts"
     elif exc.status_code == 404 and message == "Not Found":
         message = "no such endpoint"
-    elif exc.status_code == 405:
-        message = "method not allowed on this endpoint"
-    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        message = f"method {request.method} is not allowed on this endpoint"
+        allowed = allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+            message += f"; allowed: {headers['Allow']}"
+    return error_response(exc.status_code, code, message, headers=headers or None)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's own 405 names only the
+    first route that matched the path, but a path often has one route per method
+    (`GET` and `POST /v1/requests`). `app.state.served_routes` is the flattened list
+    `create_app` keeps."""
+    methods: set[str] = set()
+    state = getattr(request.app, "state", None)
+    routes = getattr(state, "served_routes", None) or getattr(request.app, "routes", [])
+    for route in routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _api_error_handler(_request: Request, exc: ApiError) -> JSONResponse:

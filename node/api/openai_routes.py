@@ -27,7 +27,7 @@ from engine.llm_engine import InferenceResult, LLMRequest, NoWorkerError
 from engine.registry import UnknownModelError
 from engine.types import SamplingParams, TokenEvent
 from node import metrics
-from node.api.errors import ApiError, error_body
+from node.api.errors import ApiError, error_body, error_responses
 from node.api.facade import NodeFacade
 from node.api.sse import to_json
 from node.logs import get_logger
@@ -71,13 +71,34 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    # Not just > 0: the engine samples in float32, where a top_p under ~1e-45 is 0 and fails
+    # the whole batch step (every sequence in it, not only this one). 1e-6 is greedy already.
+    top_p: float | None = Field(None, ge=1e-6, le=1.0)
     top_k: int | None = Field(None, ge=0, description="extension: 0 = off")
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    n: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(
+        None, ge=1, description="at most the node's wire.max_tokens; more is refused with 400"
+    )
+    max_completion_tokens: int | None = Field(None, ge=1, description="as max_tokens (wins over it)")
+    stop: str | list[str] | None = Field(
+        None,
+        description="up to 4 non-empty stop sequences",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4},
+                {"type": "null"},
+            ]
+        },
+    )
+    # 2**53 - 1: the largest integer every JSON client (and a float) holds exactly.
+    seed: int | None = Field(None, ge=0, le=2**53 - 1)
+    # Only 1 is served; the schema says so, and n > 1 gets a 400 that names it.
+    n: int | None = Field(
+        None,
+        ge=1,
+        description="only 1 is supported",
+        json_schema_extra={"anyOf": [{"const": 1}, {"type": "null"}]},
+    )
 
     @field_validator("stop")
     @classmethod
@@ -94,9 +115,24 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=256)
-    input: str | list[str] = Field(description="a text or a list of texts (token arrays are not supported)")
+    input: str | list[str] = Field(
+        description="a text or a list of 1 to 2048 texts (token arrays are not supported)",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "minItems": 1,
+                    "maxItems": MAX_EMBEDDING_INPUTS,
+                },
+            ]
+        },
+    )
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(
+        None, ge=1, description="must equal the model's own dimension (no truncation); others get a 400"
+    )
 
     @field_validator("input", mode="before")
     @classmethod
@@ -251,7 +287,39 @@ def openai_router(node: NodeFacade) -> APIRouter:
         ]
         return {"object": "list", "data": data}
 
-    @router.post("/chat/completions", response_model=None)
+    @router.post(
+        "/chat/completions",
+        response_model=None,
+        responses={
+            200: {
+                "description": "A `chat.completion`, or with `stream: true` `chat.completion.chunk` "
+                "server-sent events ending with `data: [DONE]`",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/event-stream": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                            "required": ["data"],
+                            "description": "each `data:` a chat.completion.chunk JSON object "
+                            "(or an error object), the last one `[DONE]`",
+                        }
+                    },
+                },
+            },
+            **error_responses(
+                400,
+                404,
+                413,
+                422,
+                503,
+                s400="Not valid JSON, or an option this node refuses (n > 1, max_tokens over its limit, "
+                "a prompt longer than the model's context)",
+                s404="The model is not served by this node",
+                s503="No local LLM engine or worker, or the engine failed",
+            ),
+        },
+    )
     async def chat_completions(body: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
         llm = require_llm(body.model)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -307,7 +375,19 @@ def openai_router(node: NodeFacade) -> APIRouter:
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
-    @router.post("/embeddings")
+    @router.post(
+        "/embeddings",
+        responses=error_responses(
+            400,
+            404,
+            413,
+            422,
+            503,
+            s400="Not valid JSON, an empty input list, or dimensions other than the model's",
+            s404="The embedding model is not served by this node",
+            s503="No local embedding engine, or the engine failed",
+        ),
+    )
     async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
         emb = getattr(node, "embeddings", None)
         if emb is None:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +35,7 @@ from node.api.app import create_app
 from node.config import load_settings
 from node.identity import Identity
 from node.orchestrator.errors import RequestRejected
+from tests.inprocess import InProcessServer
 
 torch.set_num_threads(1)
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -219,7 +219,7 @@ class MemoryFacade:
             self.subscribers.remove(entry)
 
     def publish(self, event: dict[str, Any]) -> None:
-        """Must run on the loop thread (LiveServer.call does that for threaded tests)."""
+        """Must run on the loop thread (InProcessServer.call does that for threaded tests)."""
         for rid, tx in list(self.subscribers):
             if rid is None or rid == event.get("request_id"):
                 try:
@@ -316,80 +316,13 @@ async def asgi_client(facade: MemoryFacade, **app_kwargs: Any) -> AsyncIterator[
 
 # ---- a real Hypercorn (trio worker) on 127.0.0.1 in a thread --------------------------
 
-
-class LiveServer:
-    """Hypercorn's trio worker serving the app in its own thread and trio loop, the way
-    the daemon serves it. `call(fn, *args)` runs fn on that loop (facade is not thread-safe)."""
-
-    def __init__(self, facade: MemoryFacade) -> None:
-        self.facade = facade
-        self.url = ""
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._stop: trio.Event | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="api-live-server", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            trio.run(self._main)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
-            self._error = exc
-            self._started.set()
-
-    async def _main(self) -> None:
-        from hypercorn.config import Config
-        from hypercorn.trio import serve
-
-        config = Config()
-        config.bind = ["127.0.0.1:0"]
-        config.accesslog = None
-        config.graceful_timeout = 1.0
-        self._token = trio.lowlevel.current_trio_token()
-        self._stop = trio.Event()
-        app = create_app(self.facade)
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                lambda task_status: serve(
-                    app, config, shutdown_trigger=self._stop.wait, task_status=task_status
-                )
-            )
-            self.url = binds[0]
-            self._started.set()
-
-    def start(self) -> LiveServer:
-        self._thread.start()
-        self._started.wait(30)
-        if self._error is not None:
-            raise RuntimeError("live server failed to start") from self._error
-        if not self.url:
-            raise RuntimeError("live server did not start within 30 s")
-        return self
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run fn(*args) (sync or async) on the server's trio loop and return its result."""
-        assert self._token is not None
-
-        async def runner() -> Any:
-            value = fn(*args)
-            if hasattr(value, "__await__"):
-                value = await value
-            return value
-
-        return trio.from_thread.run(runner, trio_token=self._token)
-
-    def stop(self) -> None:
-        if self._token is not None and self._stop is not None:
-            try:
-                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
-        self._thread.join(10)
+# The API app over the facade, served the way the daemon serves it (tests/inprocess.py).
+LiveServer = InProcessServer
 
 
 @pytest.fixture
 def live_server(facade: MemoryFacade) -> Iterator[LiveServer]:
-    server = LiveServer(facade).start()
+    server = InProcessServer.over_facade(facade).start(timeout=30)
     try:
         yield server
     finally:

@@ -234,7 +234,8 @@ async def test_workers_scaling_needs_the_admin_token(facade: MemoryFacade) -> No
         assert r.status_code == 200 and "workers" in r.json()
         assert facade.scaled == [(TINY_MODEL, 2)]
         r = await c.post("/v1/workers", json={"model": "nope", "n": 1}, headers=auth)
-        assert r.status_code == 400 and "nope" in r.json()["error"]["message"]
+        assert r.status_code == 404 and error_code(r) == "model_not_found"
+        assert "nope" in r.json()["error"]["message"] and facade.scaled == [(TINY_MODEL, 2)]
         r = await c.post("/v1/workers", json={"model": TINY_MODEL, "n": -1}, headers=auth)
         assert r.status_code == 422 and r.json()["error"]["param"] == "n"
 
@@ -322,6 +323,7 @@ async def test_chat_completions(facade: MemoryFacade) -> None:
         ({"messages": []}, 422, "messages"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, 422, "role"),
         ({"temperature": 5}, 422, "temperature"),
+        ({"top_p": 5e-324}, 422, "top_p"),  # 0 in the engine's float32
         ({"max_tokens": 10**6}, 400, "max_tokens"),
         ({"n": 2}, 400, "n > 1"),
         ({"stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
