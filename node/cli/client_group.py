@@ -254,16 +254,28 @@ def verify(
     hamming_tolerance: Annotated[
         int | None, typer.Option("--hamming-tolerance", min=0, help="Sign-bit mismatch allowed (bits).")
     ] = None,
+    recheck: Annotated[
+        bool,
+        typer.Option(
+            "--recheck",
+            help="Also re-run each output's model on this machine (proof of inference, offline); "
+            "outputs whose model is not here are reported unavailable.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Check a certificate offline: signatures, commit openings, embeddings (real model), cluster."""
+    """Check a certificate offline: signatures, commit openings, model identity, re-check
+    verdicts and the answer rule, embeddings (real model), cluster."""
     quiet_library_logs()
     try:
         data = read_certificate(cert_file)
         from node.cli.progress import loading
 
-        with loading("certificate check (embedding model)", console=_stderr(as_json)):
-            ok, problems, facts = verify_certificate_data(data, hamming_tolerance=hamming_tolerance)
+        what = "certificate check (embedding model" + (", re-check on the LLM)" if recheck else ")")
+        with loading(what, console=_stderr(as_json)):
+            ok, problems, facts = verify_certificate_data(
+                data, hamming_tolerance=hamming_tolerance, recheck=recheck
+            )
     except ClientError as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -273,6 +285,7 @@ def verify(
         typer.echo(f"request id: {facts.get('computed_request_id')}")
         typer.echo(f"client:     {facts.get('client')}")
         typer.echo(f"members:    {len(facts.get('members') or [])}")
+        typer.echo(f"re-check:   {facts.get('recheck')} (answer rule: {facts.get('answer_rule')})")
         typer.echo(f"answer:     {facts.get('answer')}")
     if not ok:
         typer.secho(f"certificate FAILED ({len(problems)} problem(s)):", err=True, fg=typer.colors.RED)

@@ -1,4 +1,8 @@
-"""``rakis testnet up|status|down|demo``: a local network of daemons for trying rakis out.
+"""``rakis testnet up|status|down|demo|partition|heal``: a local network of daemons.
+
+``up --netns`` makes each node a host of its own (a network namespace with its own
+address on a bridge, as root); ``partition`` and ``heal`` cut one such node off and
+bring it back, for fault tests.
 
 The default directory is ``./.rakis-testnet`` (or ``$RAKIS_TESTNET_DIR``); every
 command takes the same ``--dir``. ``demo`` brings up 3 nodes, asks the network one
@@ -66,6 +70,7 @@ def _bring_up(
     threads: int | None,
     timeout: float,
     faults: dict[int, str] | None = None,
+    netns: bool = False,
 ) -> None:
     from node.cli.progress import NodesProgress
 
@@ -79,6 +84,7 @@ def _bring_up(
                 faults=faults,
                 timeout=timeout,
                 progress=lambda name, status, pid, url: table.update(name, status, pid=pid, url=url),
+                netns=netns,
             )
     finally:
         table.console.line()  # a non-terminal Live leaves the cursor after the table
@@ -99,15 +105,28 @@ def up(
         typer.Option("--fault", help="Make node INDEX faulty: INDEX=garbage|off-topic|silent (repeatable)."),
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for all nodes.")] = 600.0,
+    netns: Annotated[
+        bool,
+        typer.Option(
+            "--netns", help="Each node in its own network namespace and address (separate hosts; needs root)."
+        ),
+    ] = False,
 ) -> None:
-    """Start N daemons on 127.0.0.1, bootstrapped to each other; wait until all are ready."""
+    """Start N daemons (on 127.0.0.1, or each on its own host with --netns), bootstrapped
+    to each other; wait until all are ready."""
+    from node.netns import NetnsError, check_netns_support
     from node.testnet import TestnetError
 
     quiet_library_logs()
     faults = parse_faults(fault, n)
+    if netns:
+        try:
+            check_netns_support()
+        except NetnsError as exc:
+            raise fail(str(exc)) from None
     tn = _testnet(dir)
     try:
-        _bring_up(tn, n, model, torch_threads, timeout, faults)
+        _bring_up(tn, n, model, torch_threads, timeout, faults, netns=netns)
     except TestnetError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
@@ -261,3 +280,35 @@ def demo(
     typer.echo(f"wall time:   {time.monotonic() - t0:.1f} s (nodes ready after {t_up:.1f} s)")
     if view.get("state") != "succeeded":
         raise typer.Exit(1)
+
+
+@testnet_app.command("partition")
+def partition(
+    node: Annotated[str, typer.Argument(help="Node name, e.g. node-1.")],
+    dir: DirOption = None,
+) -> None:
+    """Cut one node of a --netns testnet off the network (it keeps running)."""
+    from node.netns import NetnsError
+    from node.testnet import TestnetError
+
+    try:
+        entry = _testnet(dir).partition(node)
+    except (TestnetError, NetnsError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{entry.name} ({entry.host}) is cut off; undo with: rakis testnet heal {entry.name}")
+
+
+@testnet_app.command("heal")
+def heal(
+    node: Annotated[str, typer.Argument(help="Node name, e.g. node-1.")],
+    dir: DirOption = None,
+) -> None:
+    """Reconnect a node that partition cut off."""
+    from node.netns import NetnsError
+    from node.testnet import TestnetError
+
+    try:
+        entry = _testnet(dir).heal(node)
+    except (TestnetError, NetnsError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{entry.name} ({entry.host}) is reconnected")
