@@ -101,6 +101,14 @@ def submit(
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
     max_tokens: Annotated[int, typer.Option("--max-tokens")] = 64,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed (temperature > 0).")] = None,
+    commit_window: Annotated[
+        float | None,
+        typer.Option(
+            "--commit-window",
+            help="Seconds nodes have to commit before reveals open (default: max-time/4, 2-60 s); "
+            "shorter is faster, too short shuts out slow honest nodes.",
+        ),
+    ] = None,
     key: Annotated[
         Path | None,
         typer.Option("--key", help="Client key file (default: $RAKIS_CLIENT_KEY, else user config dir)."),
@@ -139,6 +147,7 @@ def submit(
             temperature=temperature,
             max_tokens=max_tokens,
             seed=seed,
+            commit_window_s=commit_window,
         )
         with NodeClient(url) as client:
             _check_quorum_reach(client, body, force=force)
