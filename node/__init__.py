@@ -22,6 +22,7 @@ Modules shared by all of them:
 - ``clock``: wall-clock milliseconds, the one time unit of packets and views.
 - ``version``: the installed package version.
 - ``client``: the signing client (the user's key, signed requests, an HTTP client).
+- ``certificates``: reading a certificate and checking it offline (``rakis verify``).
 - ``testnet``: a local testnet of N daemons in their own data directories.
 - ``netns``: network namespaces on a bridge, so a testnet's nodes are separate hosts.
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from node.certificates import read_certificate, verify_certificate_data
 from node.cli.common import fail
 from node.client import (
     FINAL_STATES,
@@ -23,10 +24,8 @@ from node.client import (
     default_node_url,
     load_or_create_client_key,
     quiet_library_logs,
-    read_certificate,
     result_summary,
     sign_request,
-    verify_certificate_data,
     write_certificate,
 )
 from node.config import DEFAULT_LLM_MODEL

@@ -9,6 +9,8 @@
 - ``advert``: ``NodeAdvert``, what the node tells peers about itself (``peer_info``,
   ``peer_status``), built from the engines so gossip can be wired without late binding.
 - ``datadir``: the exclusive data-dir lock and ``node.json`` (where a running node listens).
+- ``startup_errors``: every start-up failure as one line with its fix; ``preflight``
+  checks models, addresses and ports before anything slow starts.
 
 Nothing else in node/ builds engines, gossip or the orchestrator for a real node.
 """

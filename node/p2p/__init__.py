@@ -8,6 +8,10 @@
 - ``config``: ``GossipConfig`` and ``config_from_settings``, the one way the daemon
   turns ``Settings`` into gossip settings (``local_config`` for tests and testnets).
 - ``peers``: the table of known rakis peers, fed by their signed heartbeats.
+- ``addresses``: the addresses peers should dial (wildcards expanded into interface
+  addresses; ``announce_addrs`` for public or NAT-mapped ones).
+- ``bans``: bans that survive a restart (kept in the store), and ``SenderPolicy``: keys
+  whose outputs fail re-checks are throttled, then banned.
 - ``ratelimit``: per-sender and per-forwarder token buckets and the penalty box that
   turns invalid frames into bans.
 - ``libp2p_compat``: every reach into py-libp2p 0.8.1 beyond its documented API (host,

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from node import wire
+from node.certificates import read_certificate, verify_certificate_data
 from node.cli.app import app
 from node.client import (
     ClientError,
@@ -19,10 +20,8 @@ from node.client import (
     build_request,
     frame_request_id,
     load_or_create_client_key,
-    read_certificate,
     result_summary,
     sign_request,
-    verify_certificate_data,
 )
 from node.identity import Identity
 from node.testnet import NodeEntry, Testnet, _start_ticks, threads_per_node

@@ -169,7 +169,7 @@ def test_verify_certificate_and_tampered_ones(testnet):
 
     # More forgeries checked in-process with one embedder (the CLI path is the same).
     from engine.embedding import load_embed_fn
-    from node.client import verify_certificate_data
+    from node.certificates import verify_certificate_data
 
     embed = load_embed_fn()
     assert verify_certificate_data(cert, embed_fn=embed)[0] is True
