@@ -302,13 +302,13 @@ class EngineCore:
         if not isinstance(req.sampling, SamplingParams):
             raise ValueError("sampling must be a SamplingParams")
         req.sampling.validate()
-        if (req.output_token_ids is None) == (req.output_text is None):
-            raise ValueError("give exactly one of output_token_ids or output_text")
+        if req.output_token_ids is None and req.output_text is None:
+            raise ValueError("give output_token_ids, output_text, or both")
         p = req.sampling
         stream = RequestStream(req.request_id)
         with self._encode_lock:
             prompt = self._prompt_ids(req)
-            if req.output_text is not None:
+            if req.output_text is not None and req.output_token_ids is None:
                 if not isinstance(req.output_text, str):
                     raise ValueError("output_text must be a string")
                 out = self.tokenizer(req.output_text, add_special_tokens=False).input_ids if req.output_text else []
@@ -321,6 +321,10 @@ class EngineCore:
                 vocab = self.runner.vocab_size
                 if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in out):
                     raise ValueError(f"output_token_ids must be ints in [0, {vocab})")
+                if req.output_text is not None and self._decoded_output(out, p.stop) != req.output_text:
+                    # Both given: the ids are checked, so the text must be what they decode to.
+                    stream._emit(immediate_result(req.request_id, "text_mismatch"))
+                    return stream
             stop_index = self._stop_index(out, p.stop) if p.stop else None
         bad = structural_check(
             out,
@@ -339,9 +343,10 @@ class EngineCore:
             raise ValueError(f"prompt + output of {total} tokens does not fit the KV cache ({capacity})")
         seed = p.seed if p.seed is not None else default_seed(req.request_id)
         would_stop = realign = None
-        if req.output_text is not None:
+        text_only = req.output_text is not None and req.output_token_ids is None
+        if text_only:
             realign = self._make_realign(req.output_text)
-        if p.stop and req.output_text is not None:
+        if p.stop and text_only:
             # Text cut before a stop string: the token that completes it is not in the
             # text; accept the output when the sampler's next token completes one.
             def would_stop(ids: list[int], _stop=list(p.stop)) -> bool:
@@ -418,6 +423,19 @@ class EngineCore:
             if self._active.get(seq.request_id) is seq:
                 self._active[seq.request_id] = new
         self.scheduler.add(new)
+
+    def _decoded_output(self, ids: list[int], stop: list[str]) -> str:
+        """The text generation emits for these output ids: the same incremental
+        detokenizer, cut at a stop string, flushed otherwise (callers' threads only)."""
+        detok = IncrementalDetokenizer(self.tokenizer, stop, self._special_ids)
+        hit = False
+        for tok in ids:
+            hit = detok.add(tok)[1]
+            if hit:
+                break
+        if not hit:
+            detok.flush()
+        return detok.text
 
     def _stop_index(self, ids: list[int], stop: list[str], tokenizer=None) -> int | None:
         """First index whose token completes a stop string, decoded as generation does."""
