@@ -81,6 +81,50 @@ def test_tiny_gemma3_without_window_crossing_or_softcap(tmp_path):
         eng.stop()
 
 
+def _runner_logits(runner, ops, ids: list[int], block_size: int = 8) -> torch.Tensor:
+    """Logits of every position of `ids` from the runner over a paged cache: positions
+    [0, n-1) in one prefill, then the last token as a decode step."""
+    from engine.kv_cache import KVCache
+    from engine.model import AttnBatch
+
+    n = len(ids)
+    nb = -(-n // block_size)
+    kv = KVCache(runner.num_layers, nb + 3, block_size, runner.num_kv_heads, runner.head_dim, torch.float32, "cpu")
+    blocks = list(range(3, 3 + nb))[::-1]  # non-trivial block order
+    table = torch.tensor([blocks], dtype=torch.int32)
+    slots = torch.tensor([blocks[p // block_size] * block_size + p % block_size for p in range(n)])
+    m = n - 1
+    pre = AttnBatch(0, None, None, table, torch.tensor([m], dtype=torch.int32), torch.tensor([0, m], dtype=torch.int32), m)
+    first = runner.forward(
+        ops, torch.tensor(ids[:m]), torch.arange(m), slots[:m], pre, torch.arange(m), kv.k, kv.v
+    )
+    dec = AttnBatch(1, table, torch.tensor([n], dtype=torch.int32), None, None, None, 0)
+    last = runner.forward(
+        ops, torch.tensor(ids[m:]), torch.tensor([m]), slots[m:], dec, torch.tensor([0]), kv.k, kv.v
+    )
+    return torch.cat([first, last], 0)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-decode", "torch-decode"])
+def test_tiny_gemma3_logits_match_hf_past_the_window(tiny_gemma, native):
+    """Every position's logits, prefill and decode, equal HF's; and they would not if the
+    local layers ignored their window (so the greedy test above is not passing by luck)."""
+    from engine.attention import cpu_ops
+    from engine.gemma3 import Gemma3Runner
+
+    d, hf = tiny_gemma
+    runner = Gemma3Runner(d)
+    ops = cpu_ops(native=native)
+    ids = list(torch.randint(0, 49152, (45,), generator=torch.Generator().manual_seed(5)).tolist())
+    with torch.inference_mode():
+        want = hf(torch.tensor([ids])).logits[0]
+    got = _runner_logits(runner, ops, ids)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    runner.sliding_window = 10**9  # what a runner without windows would compute
+    wrong = _runner_logits(runner, ops, ids)
+    assert (wrong[20:] - want[20:]).abs().max() > 1e-2
+
+
 def test_unsupported_gemma_variants_are_clear_errors(tmp_path):
     import json
 
