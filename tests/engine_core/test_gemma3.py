@@ -148,12 +148,10 @@ PROMPTS = [
     "The three primary colors are",
     "Photosynthesis is the process by which",
     "Water boils at a temperature of",
-    "A haiku about autumn:\n",
     "The largest planet in the solar system is",
     "import numpy as np\n\nx = np.",
-    "Machine learning is",
 ]
-MAX_TOKENS = 24
+MAX_TOKENS = 20
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +169,7 @@ def gemma270m():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_gemma3_270m_matches_hf(gemma270m):
     eng, hf = gemma270m
     reqs = [
@@ -182,12 +181,12 @@ def test_gemma3_270m_matches_hf(gemma270m):
             SamplingParams(max_tokens=MAX_TOKENS),
             messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
         )
-        for i, q in enumerate(QUESTIONS[:4])
+        for i, q in enumerate(QUESTIONS[:3])
     ]
     eng.start()
-    first = [eng.submit(r) for r in reqs[:5]]
+    first = [eng.submit(r) for r in reqs[:4]]
     assert isinstance(first[0].get(timeout=120), TokenEvent)  # running: the rest join the batch
-    late = [eng.submit(r) for r in reqs[5:] + chats]
+    late = [eng.submit(r) for r in reqs[4:] + chats]
     results = [s.result(timeout=240) for s in first + late]
     mismatches = []
     for req, res in zip(reqs + chats, results, strict=True):
@@ -204,6 +203,7 @@ def test_gemma3_270m_matches_hf(gemma270m):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_gemma3_270m_past_its_sliding_window(gemma270m):
     """A ~600-token prompt: the local layers (window 512) must drop the oldest keys in
     prefill and in every decode step, as HF does."""
