@@ -199,7 +199,7 @@ def test_gemma3_270m_matches_hf(gemma270m):
         if res.token_ids != expected:
             mismatches.append((req.request_id, res.token_ids, expected))
     assert not mismatches, mismatches
-    assert "Paris" in results[0].text
+    assert all(r.text.strip() for r in results)
 
 
 @pytest.mark.slow
