@@ -279,9 +279,7 @@ class Gemma3Runner:
 def _check_config(config) -> None:
     """Reject Gemma variants whose numerics this runner does not reproduce."""
     if config.model_type == "gemma3":
-        raise ValueError(
-            "multimodal gemma3 checkpoints are not supported; use a text-only gemma3_text model"
-        )
+        raise ValueError("multimodal gemma3 checkpoints are not supported; use a text-only gemma3_text model")
     if config.model_type not in GEMMA3_MODEL_TYPES:
         raise ValueError(f"not a Gemma 3 text model: model_type {config.model_type!r}")
     if getattr(config, "attn_logit_softcapping", None) is not None:

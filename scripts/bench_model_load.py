@@ -32,7 +32,9 @@ def batch1_decode(eng, n: int) -> float:
 
     s = eng.submit(
         GenerationRequest(
-            f"b1-{time.time_ns()}", SamplingParams(max_tokens=n, ignore_eos=True), prompt="Once upon a time, in a"
+            f"b1-{time.time_ns()}",
+            SamplingParams(max_tokens=n, ignore_eos=True),
+            prompt="Once upon a time, in a",
         )
     )
     times = [time.perf_counter() for _ in s]

