@@ -1,9 +1,24 @@
-"""rakis consensus: commit/reveal, verification, clustering, quorum, certificates.
+"""rakis consensus: commit/reveal, verification, re-check verdicts, clustering, quorum,
+the answer rule, certificates and reputation.
 
-Pure logic, no I/O: embeddings arrive as numpy arrays, signatures and embeddings for
-certificates are injected functions. Never imports ``node`` or ``engine``.
+Pure logic, no I/O, no clock reads: time, embeddings and re-check verdicts arrive as
+arguments; signatures, embeddings and re-checks for certificates are injected
+functions. Never imports ``node`` or ``engine``.
+
+Map (lower modules first; each imports only those above it):
+- ``windows``: the commit window of a security frame (``commit_window_ms``).
+- ``models``: model identity, ``alias@sha256:<hex>`` references, ``AcceptedModels``.
+- ``commitments``: binary embeddings, commit hashes, derived inference ids.
+- ``verification``: the reveal opening and sign-bit checks, ``RejectReason`` codes.
+- ``recheck``: ``RecheckVerdict`` (passed / failed / unavailable) keyed by ``recheck_key``.
+- ``clustering``: which outputs agree (``find_consensus``), ``joint_hash``.
+- ``answer``: which member output is returned (``choose_answer``).
+- ``reputation``: ``PeerStanding``, ``Reputation``, ``RecheckPolicy`` / ``RecheckFailures``.
+- ``quorum``: ``QuorumMachine``, the per-request state machine the daemon drives.
+- ``certificate``: everything to re-check a result offline.
 """
 
+from consensus.answer import ANSWER_RULES, MAX_LOG_LIKELIHOOD, MEDOID, AnswerChoice, Candidate, choose_answer
 from consensus.certificate import (
     Certificate,
     CertificateError,
@@ -18,11 +33,12 @@ from consensus.clustering import (
     find_consensus,
     joint_hash,
     needed_members,
-    pick_representative,
 )
 from consensus.commitments import binary_embedding, hamming, inference_id_for, make_commit, opens
+from consensus.models import AcceptedModels, ModelRef, check_model_hash, parse_model_ref
 from consensus.quorum import (
     CommitRef,
+    CommitRefused,
     Finished,
     PublishCommit,
     PublishRejection,
@@ -32,23 +48,34 @@ from consensus.quorum import (
     QuorumConfig,
     QuorumMachine,
     RequestEmbedding,
+    RequestRecheck,
     SecurityParams,
 )
-from consensus.reputation import PeerRecord, Reputation
+from consensus.recheck import RecheckVerdict, output_hash, recheck_key, recheck_summary
+from consensus.reputation import PeerStanding, RecheckFailures, RecheckPolicy, Reputation
 from consensus.verification import DEFAULT_HAMMING_TOLERANCE, Rejection, RejectReason, verify_reveal
+from consensus.windows import commit_window_ms
 
 __all__ = [
+    "ANSWER_RULES",
     "DEFAULT_HAMMING_TOLERANCE",
     "DEFAULT_SEC_DISTANCE",
+    "MAX_LOG_LIKELIHOOD",
+    "MEDOID",
+    "AcceptedModels",
+    "AnswerChoice",
+    "Candidate",
     "Certificate",
     "CertificateError",
     "CertificateParams",
     "CertificateReport",
     "CertificateResult",
     "CommitRef",
+    "CommitRefused",
     "ConsensusOutcome",
     "Finished",
-    "PeerRecord",
+    "ModelRef",
+    "PeerStanding",
     "PublishCommit",
     "PublishRejection",
     "PublishResult",
@@ -56,12 +83,19 @@ __all__ = [
     "PublishRevealRequest",
     "QuorumConfig",
     "QuorumMachine",
+    "RecheckFailures",
+    "RecheckPolicy",
+    "RecheckVerdict",
     "RejectReason",
     "Rejection",
     "RequestEmbedding",
+    "RequestRecheck",
     "Reputation",
     "SecurityParams",
     "binary_embedding",
+    "check_model_hash",
+    "choose_answer",
+    "commit_window_ms",
     "find_consensus",
     "hamming",
     "inference_id_for",
@@ -69,7 +103,10 @@ __all__ = [
     "make_commit",
     "needed_members",
     "opens",
-    "pick_representative",
+    "output_hash",
+    "parse_model_ref",
+    "recheck_key",
+    "recheck_summary",
     "verify_certificate",
     "verify_reveal",
 ]

@@ -11,6 +11,8 @@ same members from the same outputs whatever order the reveals arrived in, so inp
 are sorted by inference id first and ties between equally large clusters are broken
 by (smaller total distance to the centre, then the sorted member ids, then the centre
 id). The pairwise distances are one matrix product, so 1,000 reveals take milliseconds.
+
+Which member's output is returned is not decided here but in ``consensus.answer``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ __all__ = [
     "find_consensus",
     "joint_hash",
     "needed_members",
-    "pick_representative",
 ]
 
 # Default distance for new security frames; chosen from measured distances, see
@@ -137,31 +138,3 @@ def joint_hash(request_id: str, member_commits: Mapping[str, bytes]) -> str:
     for commit, _ in _sorted_commits(member_commits):
         h.update(commit)
     return h.hexdigest()
-
-
-def pick_representative(
-    request_id: str,
-    member_commits: Mapping[str, bytes],
-    member_lengths: Mapping[str, int] | None = None,
-) -> str:
-    """The member whose output the network returns, the same on every honest verifier.
-
-    Index = joint hash mod n over the eligible members ordered by commit; no member can
-    steer it without changing its own commit, which changes the hash unpredictably.
-
-    ``member_lengths`` (words per revealed output), when given, makes members shorter
-    than half the members' median length ineligible (they still count for the cluster).
-    Why: a truncated answer keeps the meaning of the full one, so its embedding lies
-    inside the honest spread and no distance threshold can exclude it (measured, see
-    docs/consensus.md); this keeps a lazy node's stub from becoming the network's answer.
-    """
-    ordered = _sorted_commits(member_commits)
-    eligible = ordered
-    if member_lengths is not None:
-        missing = set(member_commits) - set(member_lengths)
-        if missing:
-            raise ValueError(f"member_lengths lacks {sorted(missing)}")
-        median = float(np.median([member_lengths[i] for i in member_commits]))
-        eligible = [(c, i) for c, i in ordered if member_lengths[i] * 2 >= median] or ordered
-    index = int(joint_hash(request_id, member_commits), 16) % len(eligible)
-    return eligible[index][1]

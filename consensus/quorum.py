@@ -1,46 +1,63 @@
-"""Per-request quorum state machine: commits -> reveal request -> reveals -> result.
+"""Per-request quorum state machine: time-boxed commits -> reveals -> re-check -> result.
 
-The daemon owns the network, the clock, the embedding engine and persistence; this
-machine owns the rules. Each event method takes the event's receive time (unix ms)
-and returns the actions the daemon must carry out. It never reads a clock itself, so
-it is deterministic and replayable.
+The daemon owns the network, the clock, the engines and persistence; this machine owns
+the rules. Each event method takes the event's receive time (unix ms) and returns the
+actions the daemon must carry out. It never reads a clock itself, so it is
+deterministic and replayable.
 
-Rules enforced here
-- One counted commit per node: the inference id must be derived from the sender's
-  key (``inference_id_for``) and only the node's first commit counts; a conflicting
-  second one is recorded as equivocation and ignored.
-- Commit deadline: ``min(ending_at, first valid reveal request + commit_grace_ms)``.
-  Commits arriving later are ignored. Closing the commit phase soon after the reveal
-  request stops a lazy node from copying a revealed output and committing it.
-- Reveals only for commits named in a valid reveal request (and counted here), one
-  per node, before the reveal deadline ``min(first valid reveal request, ending_at) +
-  reveal_window_ms``. Missing reveals are counted for reputation.
-- Verification: the hash opening is checked on receipt; then the daemon is asked for
-  the verifier's own embedding of the output (priority work) and the sign bits are
-  compared (``verification``). Only the verifier's own embeddings are clustered.
-- Final states: ``succeeded``, ``failed:not_enough_commits``,
-  ``failed:not_enough_valid_reveals``, ``failed:no_cluster_of_needed_size`` and
-  ``expired`` (the request was already past ``ending_at`` when seen, or no decision
-  could be made by the hard stop ``ending_at + reveal_window + consensus_window``).
-  Events after a final state change nothing.
+Phases, all fixed by the signed request (``created_at`` is its signed timestamp)
+- Commit window: ``[created_at, commit_close)`` with ``commit_close = created_at +
+  commit_window_ms(max_time_ms, frame.commit_window_ms)`` (``consensus.windows``). Our
+  own commit is made only inside it. A peer's commit counts when it *arrives* before
+  ``reveal_open = commit_close + commit_grace_ms`` (the grace covers gossip
+  propagation of a commit made just before the close). Nothing a peer sends closes
+  commits earlier: a reveal request or a reveal that arrives during the window is kept
+  and changes no deadline, and we never reveal early.
+- Reveal phase, from ``reveal_open``: the commit set is frozen (every commit counted),
+  we publish our reveal (we reveal even when we counted fewer than ``quorum`` commits:
+  commits are closed, so there is nothing to copy, and a peer that counted more can
+  still use it) and, after a per-node jitter, a reveal request listing our commit set
+  unless one we received already lists all of it. Reveal requests are only *hints*
+  (they prompt nodes whose reveals we lack to send them again); they never add
+  commits or move deadlines. Then we fail with ``not_enough_commits`` if the commit
+  set is smaller than ``quorum``.
+- Verification of each reveal of the commit set: the reveal's model and weights hash
+  must be its commit's; the hash opening is checked on receipt; then the daemon is
+  asked for our own embedding (``RequestEmbedding``, sign bits compared with the
+  committed ones) and for a re-check verdict (``RequestRecheck``, once per
+  ``recheck_key(model_hash, output)``: identical outputs are checked once). A node
+  without the weights answers ``RecheckVerdict.unavailable()``. An output whose
+  verdict is ``failed`` is rejected (``failed_recheck``) *before* clustering.
+- Decision: as soon as every reveal of the commit set is accepted or rejected, else at
+  ``reveal_deadline = reveal_open + reveal_window_ms`` when nothing is pending, at the
+  latest at ``hard_stop = reveal_deadline + consensus_window_ms``; a reveal whose
+  embedding matched but whose verdict never came counts as ``unavailable`` then.
+  Clustering (``find_consensus``) runs on the accepted outputs; the answer is chosen
+  among the winning cluster by ``consensus.answer.choose_answer`` (highest
+  log-likelihood among re-checked members, else the medoid fallback), a rule that
+  depends on the outputs only, never on the commits.
 
-Who publishes the reveal request, and how nodes converge on one commit set
-Any node may publish one, at most once: when it has counted ``quorum`` commits and
-``reveal_request_grace_ms`` has passed without a valid reveal request naming all the
-commits it counted (or at ``ending_at``). Reveal requests are *triggers and
-references*, never the authority on a commit: an entry only counts when it matches
-the commit this node counted from the committer's own signed commit packet, so a
-malicious publisher cannot name a fake commit for an honest node (its reveal would
-not open it) or invent nodes. A reveal request is *valid* when at least ``quorum`` of
-its entries match counted commits; invalid ones are kept and re-evaluated as commits
-arrive (gossip may deliver the request before the commits). The set of commits that
-take part is the union of the matching entries of all valid reveal requests: so
-duplicate or conflicting reveal requests are harmless (a union is order-independent),
-and every node reveals once (a reveal is one broadcast packet) when any valid request
-names it. Honest nodes that received the same commits before their deadline take
-part with the same set; a commit that reached only some nodes in time can make their
-sets differ, which is why the representative is chosen from the cluster members'
-commits only (``pick_representative``) and the result names its members.
+Why this stops the capture of a request by a fast quorum of fake identities: however
+fast they commit and whatever they publish, commits stay open until ``commit_close``,
+so every honest node that commits inside the window is in every honest node's commit
+set (given propagation within ``commit_grace_ms``); their outputs then fail the
+re-check (no model run) and are excluded before clustering, or, where nobody can
+re-check, have to beat the honest outputs in clustering.
+
+Model identity: every commit and reveal names (model alias, weights hash); one the
+request's ``accepted_models`` does not accept is refused (``CommitRefused``, reason
+``model_not_accepted`` / ``model_hash_not_accepted``), a reveal whose model differs
+from its commit's is rejected (``model_mismatch``).
+
+Other rules: one counted commit per node (the inference id must be derived from the
+sender's key; the node's first commit decides: a different second one is counted as
+equivocation and ignored, and a refused first commit is not replaced), one reveal per
+node, only for counted commits, before ``reveal_deadline``. Final states:
+``succeeded``, ``failed:not_enough_commits``, ``failed:not_enough_valid_reveals``,
+``failed:no_cluster_of_needed_size``, ``failed:failed_recheck`` (consensus failed and
+the re-check removed outputs without which there would have been ``quorum`` valid
+reveals) and ``expired`` (first seen at or after ``reveal_open``: too late to count
+any commit). Events after a final state change nothing.
 
 Restart: ``to_dict()`` / ``QuorumMachine.from_dict()`` give a JSON-safe snapshot,
 including which actions were already emitted, so a restored machine does not publish
@@ -52,29 +69,30 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from consensus.clustering import (
-    ConsensusOutcome,
-    find_consensus,
-    joint_hash,
-    pick_representative,
-)
+from consensus.answer import Candidate, choose_answer
+from consensus.clustering import ConsensusOutcome, find_consensus, joint_hash
 from consensus.commitments import binary_embedding, hamming, inference_id_for, make_commit
+from consensus.models import AcceptedModels
+from consensus.recheck import RecheckVerdict, recheck_key, recheck_summary
+from consensus.reputation import FAILED_RECHECK
 from consensus.verification import (
     DEFAULT_HAMMING_TOLERANCE,
     Rejection,
     RejectReason,
     check_opening,
 )
+from consensus.windows import commit_window_ms
 
 __all__ = [
     "Action",
     "CommitRef",
+    "CommitRefused",
     "Finished",
     "PublishCommit",
     "PublishRejection",
@@ -84,17 +102,26 @@ __all__ = [
     "QuorumConfig",
     "QuorumMachine",
     "RequestEmbedding",
+    "RequestRecheck",
     "SecurityParams",
 ]
 
 SUCCEEDED = "succeeded"
 EXPIRED = "expired"
 FAILED_NOT_ENOUGH_COMMITS = "failed:not_enough_commits"
+FAILED_RECHECK_STATE = f"failed:{FAILED_RECHECK}"
+SNAPSHOT_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
 class QuorumConfig:
-    """Windows and tolerances the daemon fills from its settings (all ms)."""
+    """Windows and tolerances the daemon fills from its settings (all ms).
+
+    ``commit_grace_ms``: how long after the commit window closes a peer's commit still
+    counts on arrival (gossip propagation); reveals start only after it.
+    ``reveal_request_grace_ms``: base of the per-node jitter before we publish our
+    (hint) reveal request once reveals open.
+    """
 
     reveal_request_grace_ms: int = 500
     commit_grace_ms: int = 1_000
@@ -113,18 +140,38 @@ class QuorumConfig:
 
 @dataclass(frozen=True, slots=True)
 class SecurityParams:
-    """The request's security frame, as far as consensus needs it."""
+    """The parts of the signed request consensus enforces.
+
+    ``accepted_models``: the request's list as on the wire (``alias`` or
+    ``alias@sha256:<hex>``, see ``consensus.models``). ``commit_window_ms``: the
+    security frame's value, None when absent (then the default applies).
+    """
 
     quorum: int
     max_time_ms: int
     sec_distance: float
     sec_percentage: float
+    accepted_models: tuple[str, ...]
+    commit_window_ms: int | None = None
 
     def __post_init__(self) -> None:
         if self.quorum < 1 or self.max_time_ms <= 0:
             raise ValueError("quorum must be >= 1 and max_time_ms > 0")
         if not 0.0 <= self.sec_distance <= 2.0 or not 0.0 < self.sec_percentage <= 1.0:
             raise ValueError("sec_distance must be in [0, 2] and sec_percentage in (0, 1]")
+        if isinstance(self.accepted_models, str) or not isinstance(self.accepted_models, tuple | list):
+            raise ValueError("accepted_models must be a sequence of model references")
+        object.__setattr__(self, "accepted_models", tuple(self.accepted_models))
+        AcceptedModels.parse(self.accepted_models)
+        commit_window_ms(self.max_time_ms, self.commit_window_ms)
+
+    @property
+    def commit_window(self) -> int:
+        """The effective commit window in ms (explicit or default)."""
+        return commit_window_ms(self.max_time_ms, self.commit_window_ms)
+
+    def models(self) -> AcceptedModels:
+        return AcceptedModels.parse(self.accepted_models)
 
 
 # ---------------------------------------------------------------- actions
@@ -144,10 +191,14 @@ class PublishCommit:
     request_id: str
     inference_id: str
     commit: bytes
+    model: str
+    model_hash: str
 
 
 @dataclass(frozen=True, slots=True)
 class PublishRevealRequest:
+    """A hint listing our commit set (see module docstring); never an authority."""
+
     request_id: str
     commits: tuple[CommitRef, ...]
 
@@ -158,6 +209,8 @@ class PublishReveal:
     inference_id: str
     output: str
     b: bytes
+    model: str
+    model_hash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +224,33 @@ class RequestEmbedding:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestRecheck:
+    """Re-check ``output`` against the weights ``model_hash`` (teacher-forced, with the
+    request's prompt, seed and sampling parameters) and call ``recheck_ready(key,
+    verdict)``; feed ``RecheckVerdict.unavailable()`` when this node lacks the weights."""
+
+    request_id: str
+    key: str
+    output: str
+    model: str
+    model_hash: str
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRefused:
+    """A commit the machine did not count because of its model; nothing to publish:
+    log it and charge the sender (it counts as ``rejected:<reason>`` in
+    ``reveal_statuses``)."""
+
+    request_id: str
+    node_id: str
+    inference_id: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class PublishRejection:
     request_id: str
     inference_id: str
@@ -181,13 +261,18 @@ class PublishRejection:
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    """The verifier's result (``inference_quorum_computed``)."""
+    """The verifier's result (``inference_quorum_computed``).
+
+    ``answer_rule``: ``max_log_likelihood`` or ``medoid`` (``consensus.answer``);
+    ``recheck``: ``checked``, ``partial`` or ``unavailable`` (``recheck_summary``)."""
 
     request_id: str
     valid_inferences: tuple[str, ...]
     joint_hash: str
     output: str
     representative: str
+    answer_rule: str
+    recheck: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +290,8 @@ Action = (
     | PublishRevealRequest
     | PublishReveal
     | RequestEmbedding
+    | RequestRecheck
+    | CommitRefused
     | PublishRejection
     | PublishResult
     | Finished
@@ -219,6 +306,8 @@ class _Commit:
     inference_id: str
     commit: bytes
     at_ms: int
+    model: str
+    model_hash: str
 
 
 @dataclass(slots=True)
@@ -227,9 +316,15 @@ class _Reveal:
     output: str
     b: bytes
     at_ms: int
-    status: str = "parked"  # parked (not named yet) | pending | accepted | rejected
+    model: str
+    model_hash: str
+    status: str = "parked"  # parked (reveals not open yet) | pending | accepted | rejected
     reason: str | None = None
-    embedding: list[float] | None = None
+    embedding: list[float] | None = None  # our own, once its sign bits matched
+
+    @property
+    def key(self) -> str:
+        return recheck_key(self.model_hash, self.output)
 
 
 @dataclass(slots=True)
@@ -239,6 +334,8 @@ class _Own:
     b: bytes
     commit: bytes
     embedding: list[float]
+    model: str
+    model_hash: str
 
 
 def _b64(x: bytes) -> str:
@@ -265,19 +362,23 @@ class QuorumMachine:
     seen_at_ms: int = 0
     state: str = "collecting"
     commits: dict[str, _Commit] = field(default_factory=dict)
+    refused_commits: dict[str, str] = field(default_factory=dict)
     equivocations: dict[str, int] = field(default_factory=dict)
     reveal_requests: dict[str, list[tuple[str, str, bytes]]] = field(default_factory=dict)
-    first_valid_rr_ms: int | None = None
-    quorum_at_ms: int | None = None
     reveals: dict[str, _Reveal] = field(default_factory=dict)
+    verdicts: dict[str, RecheckVerdict] = field(default_factory=dict)
+    rechecks_requested: set[str] = field(default_factory=set)
     own: _Own | None = None
+    reveal_started_ms: int | None = None
     published_commit: bool = False
     published_rr: bool = False
     published_reveal: bool = False
     outcome_members: tuple[str, ...] = ()
     result_output: str | None = None
     representative: str | None = None
-    _named: frozenset[str] | None = field(default=None, repr=False, compare=False)
+    answer_rule: str | None = None
+    recheck_status: str | None = None
+    _models: AcceptedModels | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------ construction
 
@@ -292,7 +393,8 @@ class QuorumMachine:
         now_ms: int,
         config: QuorumConfig | None = None,
     ) -> tuple[QuorumMachine, list[Action]]:
-        """Event *request seen*: a new machine, already ``expired`` if past its deadline."""
+        """Event *request seen*: a new machine, already ``expired`` when first seen at or
+        after ``reveal_open_ms`` (too late to count any commit)."""
         if len(own_pubkey) != 32:
             raise ValueError("own_pubkey must be 32 raw bytes")
         m = cls(
@@ -303,15 +405,40 @@ class QuorumMachine:
             config=config or QuorumConfig(),
             seen_at_ms=now_ms,
         )
-        if now_ms >= m.ending_at_ms:
+        if now_ms >= m.reveal_open_ms:
             return m, m._finish(EXPIRED)
         return m, []
 
     # ------------------------------------------------------------ derived times
 
     @property
+    def models(self) -> AcceptedModels:
+        if self._models is None:
+            self._models = self.params.models()
+        return self._models
+
+    @property
     def ending_at_ms(self) -> int:
+        """The client's deadline for the whole request (``created_at + max_time_ms``)."""
         return self.created_at_ms + self.params.max_time_ms
+
+    @property
+    def commit_close_ms(self) -> int:
+        """Our own commit must be made before this (also the local inference deadline)."""
+        return self.created_at_ms + self.params.commit_window
+
+    @property
+    def reveal_open_ms(self) -> int:
+        """Peers' commits count when they arrive before this; reveals start at it."""
+        return self.commit_close_ms + self.config.commit_grace_ms
+
+    @property
+    def reveal_deadline_ms(self) -> int:
+        return self.reveal_open_ms + self.config.reveal_window_ms
+
+    @property
+    def hard_stop_ms(self) -> int:
+        return self.reveal_deadline_ms + self.config.consensus_window_ms
 
     @property
     def own_node_id(self) -> str:
@@ -322,118 +449,131 @@ class QuorumMachine:
         return self.state in (SUCCEEDED, EXPIRED) or self.state.startswith("failed:")
 
     @property
-    def commit_deadline_ms(self) -> int:
-        if self.first_valid_rr_ms is None:
-            return self.ending_at_ms
-        return min(self.ending_at_ms, self.first_valid_rr_ms + self.config.commit_grace_ms)
+    def revealing(self) -> bool:
+        """Whether the reveal phase has started (the commit set is frozen)."""
+        return self.reveal_started_ms is not None
 
-    @property
-    def reveal_deadline_ms(self) -> int | None:
-        if self.first_valid_rr_ms is None:
-            return None
-        return min(self.first_valid_rr_ms, self.ending_at_ms) + self.config.reveal_window_ms
-
-    @property
-    def hard_stop_ms(self) -> int:
-        return self.ending_at_ms + self.config.reveal_window_ms + self.config.consensus_window_ms
+    def commit_set(self) -> frozenset[str]:
+        """Node ids whose commits we counted; frozen once the reveal phase starts."""
+        return frozenset(self.commits)
 
     def next_wakeup_ms(self) -> int | None:
         """When the daemon should next call ``tick`` (None once final)."""
         if self.final:
             return None
-        times = [self.hard_stop_ms, self.ending_at_ms]
-        if self.quorum_at_ms is not None and not self.published_rr:
-            times.append(self.quorum_at_ms + self._rr_delay_ms())
-        if self.first_valid_rr_ms is not None:
-            times.append(self.commit_deadline_ms)
-            rd = self.reveal_deadline_ms
-            assert rd is not None
-            times += [rd, rd + self.config.consensus_window_ms]
+        if not self.revealing:
+            return self.reveal_open_ms
+        times = [self.reveal_deadline_ms, self.hard_stop_ms]
+        if not self.published_rr:
+            times.append(self.reveal_open_ms + self._rr_delay_ms())
         return min(times)
 
     # ------------------------------------------------------------ events
 
-    def own_inference_done(self, output: str, embedding: np.ndarray, now_ms: int) -> list[Action]:
-        """Event: our own inference and its embedding are ready; commit if still in time."""
+    def own_inference_done(
+        self, output: str, embedding: np.ndarray, now_ms: int, *, model: str, model_hash: str
+    ) -> list[Action]:
+        """Event: our own inference and its embedding are ready; commit if still in time.
+
+        Raises ValueError when (model, model_hash) is not accepted by the request: the
+        daemon must only run accepted models (``models.accepts``)."""
         if self.final or self.own is not None:
             return []
-        if now_ms >= self.commit_deadline_ms:
+        refusal = self.models.refusal(model, model_hash)
+        if refusal is not None:
+            raise ValueError(f"own model refused: {refusal[0]}: {refusal[1]}")
+        if now_ms >= self.commit_close_ms:
             return self.tick(now_ms)
         b = binary_embedding(embedding)
         iid = inference_id_for(self.request_id, self.own_pubkey)
         commit = make_commit(b, self.own_pubkey, iid)
         emb = [float(x) for x in np.asarray(embedding, dtype=np.float64)]
-        self.own = _Own(iid, output, b, commit, emb)
+        self.own = _Own(iid, output, b, commit, emb, model, model_hash)
         self.published_commit = True
-        actions: list[Action] = [PublishCommit(self.request_id, iid, commit)]
-        actions += self.commit_seen(self.own_pubkey, iid, commit, now_ms)
+        actions: list[Action] = [PublishCommit(self.request_id, iid, commit, model, model_hash)]
+        actions += self.commit_seen(self.own_pubkey, iid, commit, now_ms, model=model, model_hash=model_hash)
         return actions
 
-    def commit_seen(self, node_pubkey: bytes, inference_id: str, commit: bytes, now_ms: int) -> list[Action]:
+    def commit_seen(
+        self,
+        node_pubkey: bytes,
+        inference_id: str,
+        commit: bytes,
+        now_ms: int,
+        *,
+        model: str,
+        model_hash: str,
+    ) -> list[Action]:
         """Event: a signed commit packet from ``node_pubkey`` (signature already checked)."""
         if self.final:
             return []
         actions = self.tick(now_ms)
-        if self.final or now_ms >= self.commit_deadline_ms:
+        if self.final or self.revealing or now_ms >= self.reveal_open_ms:
             return actions
         if len(node_pubkey) != 32 or not isinstance(commit, bytes | bytearray) or len(commit) != 32:
             return actions
         if inference_id != inference_id_for(self.request_id, node_pubkey):
             return actions
         node_id = bytes(node_pubkey).hex()
-        known = self.commits.get(node_id)
-        if known is not None:
-            if known.commit != bytes(commit):
+        if node_id in self.refused_commits:
+            return actions
+        prev = self.commits.get(node_id)
+        if prev is not None:
+            if prev.commit != bytes(commit) or prev.model != model or prev.model_hash != model_hash:
                 self.equivocations[node_id] = self.equivocations.get(node_id, 0) + 1
             return actions
+        refusal = self.models.refusal(str(model), str(model_hash))
+        if refusal is not None:
+            self.refused_commits[node_id] = refusal[0]
+            return [*actions, CommitRefused(self.request_id, node_id, inference_id, refusal[0], refusal[1])]
         if len(self.commits) >= self.config.max_commits:
             return actions
-        self.commits[node_id] = _Commit(inference_id, bytes(commit), now_ms)
-        self._named = None
-        if self.quorum_at_ms is None and len(self.commits) >= self.params.quorum:
-            self.quorum_at_ms = now_ms
-        return actions + self._progress(now_ms)
+        self.commits[node_id] = _Commit(inference_id, bytes(commit), now_ms, str(model), str(model_hash))
+        return actions
 
     def reveal_request_seen(
         self, sender_pubkey: bytes, commits: Sequence[CommitRef], now_ms: int
     ) -> list[Action]:
-        """Event: a reveal request; only the first one per sender is kept."""
+        """Event: a reveal request; a hint only (kept, first one per sender, for views
+        and to skip publishing our own). It never closes commits or makes us reveal."""
         if self.final:
             return []
         actions = self.tick(now_ms)
-        if self.final:
-            return actions
-        rd = self.reveal_deadline_ms
-        if rd is not None and now_ms >= rd:
+        if self.final or now_ms >= self.reveal_deadline_ms:
             return actions
         sender = bytes(sender_pubkey).hex()
-        if sender in self.reveal_requests:
+        if sender in self.reveal_requests or len(self.reveal_requests) >= self.config.max_commits:
             return actions
-        entries = []
-        for ref in commits[: self.config.max_commits]:
-            entries.append((str(ref.node_id).lower(), str(ref.inference_id), bytes(ref.commit)))
-        self.reveal_requests[sender] = entries
-        self._named = None
+        self.reveal_requests[sender] = [
+            (str(r.node_id).lower(), str(r.inference_id), bytes(r.commit))
+            for r in commits[: self.config.max_commits]
+        ]
         return actions + self._progress(now_ms)
 
     def reveal_seen(
-        self, node_pubkey: bytes, inference_id: str, output: str, b: bytes, now_ms: int
+        self,
+        node_pubkey: bytes,
+        inference_id: str,
+        output: str,
+        b: bytes,
+        now_ms: int,
+        *,
+        model: str,
+        model_hash: str,
     ) -> list[Action]:
-        """Event: a signed reveal from ``node_pubkey``; one per node, before the deadline."""
+        """Event: a signed reveal; one per counted committer, before the reveal deadline.
+        One that arrives before the reveal phase is kept (parked) and checked then."""
         if self.final:
             return []
         actions = self.tick(now_ms)
-        if self.final:
-            return actions
-        rd = self.reveal_deadline_ms
-        if rd is not None and now_ms >= rd:
+        if self.final or now_ms >= self.reveal_deadline_ms:
             return actions
         node_id = bytes(node_pubkey).hex()
         if node_id in self.reveals or node_id not in self.commits:
             return actions
         if not isinstance(output, str) or not isinstance(b, bytes | bytearray):
             return actions
-        self.reveals[node_id] = _Reveal(inference_id, output, bytes(b), now_ms)
+        self.reveals[node_id] = _Reveal(inference_id, output, bytes(b), now_ms, str(model), str(model_hash))
         return actions + self._progress(now_ms)
 
     def embedding_ready(self, inference_id: str, embedding: np.ndarray, now_ms: int) -> list[Action]:
@@ -441,26 +581,43 @@ class QuorumMachine:
         if self.final:
             return []
         actions: list[Action] = []
-        for node_id, rv in self.reveals.items():
-            if rv.inference_id != inference_id or rv.status != "pending":
+        for node_id, rv in sorted(self.reveals.items()):
+            if rv.inference_id != inference_id or rv.status != "pending" or rv.embedding is not None:
                 continue
             own_b = binary_embedding(embedding)
             if len(own_b) != len(rv.b):
-                rej = Rejection(inference_id, RejectReason.bad_binary_embedding, "length differs")
-            elif (d := hamming(own_b, rv.b)) > self.config.hamming_tolerance:
+                actions += self._reject(
+                    node_id, rv, Rejection(inference_id, RejectReason.bad_binary_embedding, "length differs")
+                )
+                continue
+            d = hamming(own_b, rv.b)
+            if d > self.config.hamming_tolerance:
                 rej = Rejection(
                     inference_id,
                     RejectReason.embedding_mismatch,
                     f"{d} bits differ (tolerance {self.config.hamming_tolerance})",
                     d,
                 )
-            else:
-                rej = None
-            if rej is None:
-                rv.status = "accepted"
-                rv.embedding = [float(x) for x in np.asarray(embedding, dtype=np.float64)]
-            else:
                 actions += self._reject(node_id, rv, rej)
+                continue
+            rv.embedding = [float(x) for x in np.asarray(embedding, dtype=np.float64)]
+            actions += self._settle(node_id, rv)
+        return actions + self.tick(now_ms)
+
+    def recheck_ready(self, key: str, verdict: RecheckVerdict, now_ms: int) -> list[Action]:
+        """Event: the re-check verdict for ``key`` (asked by ``RequestRecheck``). The first
+        verdict per key counts; one for a key never asked for is ignored."""
+        if self.final:
+            return []
+        if not isinstance(verdict, RecheckVerdict):
+            raise TypeError(f"verdict must be a RecheckVerdict, got {type(verdict).__name__}")
+        if key not in self.rechecks_requested or key in self.verdicts:
+            return self.tick(now_ms)
+        self.verdicts[key] = verdict
+        actions: list[Action] = []
+        for node_id, rv in sorted(self.reveals.items()):
+            if rv.status == "pending" and rv.key == key:
+                actions += self._settle(node_id, rv)
         return actions + self.tick(now_ms)
 
     def tick(self, now_ms: int) -> list[Action]:
@@ -471,86 +628,67 @@ class QuorumMachine:
 
     # ------------------------------------------------------------ internals
 
-    def _matching(self, entries: Iterable[tuple[str, str, bytes]]) -> set[str]:
-        out = set()
-        for node_id, iid, commit in entries:
-            c = self.commits.get(node_id)
-            if c is not None and c.inference_id == iid and c.commit == commit:
-                out.add(node_id)
-        return out
-
-    def named(self) -> frozenset[str]:
-        """Counted commits named by at least one valid reveal request (cached: it is
-        read on every event and only changes when a commit or reveal request is added)."""
-        if self._named is None:
-            names: set[str] = set()
-            for entries in self.reveal_requests.values():
-                match = self._matching(entries)
-                if len(match) >= self.params.quorum:
-                    names |= match
-            self._named = frozenset(names)
-        return self._named
-
     def _rr_delay_ms(self) -> int:
         """Grace plus a per-node deterministic jitter in [0, grace], so that usually one
-        node publishes the reveal request first and the others see it and stay quiet."""
+        node publishes the reveal request and the others see it and stay quiet."""
         grace = self.config.reveal_request_grace_ms
         h = hashlib.sha256(self.request_id.encode("ascii") + self.own_pubkey).digest()
         return grace + int.from_bytes(h[:4], "big") % (grace + 1)
 
-    def _reject(self, node_id: str, rv: _Reveal, rej: Rejection) -> list[Action]:
-        rv.status = "rejected"
-        rv.reason = str(rej.reason)
-        return [PublishRejection(self.request_id, rv.inference_id, node_id, str(rej.reason), rej.detail)]
+    def _covered_by_received_rr(self) -> bool:
+        """Whether a reveal request we received lists every commit we counted."""
+        mine = {(n, c.inference_id, c.commit) for n, c in self.commits.items()}
+        return any(
+            mine <= set(entries) for s, entries in self.reveal_requests.items() if s != self.own_node_id
+        )
 
-    def _progress(self, now_ms: int) -> list[Action]:
+    def _reject(self, node_id: str, rv: _Reveal, rej: Rejection | tuple[str, str]) -> list[Action]:
+        reason, detail = (str(rej.reason), rej.detail) if isinstance(rej, Rejection) else rej
+        rv.status = "rejected"
+        rv.reason = reason
+        return [PublishRejection(self.request_id, rv.inference_id, node_id, reason, detail)]
+
+    def _settle(self, node_id: str, rv: _Reveal) -> list[Action]:
+        """A pending reveal becomes rejected (failed re-check) or accepted (sign bits
+        matched and a verdict that does not exclude it)."""
+        if rv.status != "pending":
+            return []
+        verdict = self.verdicts.get(rv.key)
+        if verdict is not None and verdict.excludes:
+            return self._reject(node_id, rv, (FAILED_RECHECK, str(verdict.reason)))
+        if verdict is not None and rv.embedding is not None:
+            rv.status = "accepted"
+        return []
+
+    def _open_reveals(self, now_ms: int) -> list[Action]:
+        """The reveal phase starts: freeze the commit set, reveal our own output."""
+        self.reveal_started_ms = now_ms
         actions: list[Action] = []
-        if now_ms >= self.hard_stop_ms:
-            return actions + self._decide_or(EXPIRED)
-        named = self.named()
-        if named and self.first_valid_rr_ms is None:
-            self.first_valid_rr_ms = now_ms
-        # Our own reveal request: once, after the grace, unless one already covers us.
-        if (
-            not self.published_rr
-            and len(self.commits) >= self.params.quorum
-            and self.quorum_at_ms is not None
-            and (now_ms >= self.quorum_at_ms + self._rr_delay_ms() or now_ms >= self.ending_at_ms)
-            and not set(self.commits) <= named
-            and (self.reveal_deadline_ms is None or now_ms < self.reveal_deadline_ms)
-        ):
-            self.published_rr = True
-            refs = tuple(CommitRef(n, c.inference_id, c.commit) for n, c in sorted(self.commits.items()))
-            self.reveal_requests[self.own_node_id] = [(r.node_id, r.inference_id, r.commit) for r in refs]
-            self._named = None
-            actions.append(PublishRevealRequest(self.request_id, refs))
-            named = self.named()
-            if self.first_valid_rr_ms is None:
-                self.first_valid_rr_ms = now_ms
-        if self.first_valid_rr_ms is None:
-            if now_ms >= self.ending_at_ms:
-                return actions + self._finish(FAILED_NOT_ENOUGH_COMMITS)
-            return actions
-        # Our own reveal, once, when a valid request names our commit.
-        if self.own is not None and not self.published_reveal and self.own_node_id in named:
+        own = self.own
+        if own is not None and not self.published_reveal and self.own_node_id in self.commits:
             self.published_reveal = True
-            actions.append(PublishReveal(self.request_id, self.own.inference_id, self.own.output, self.own.b))
-            self.reveals[self.own_node_id] = _Reveal(
-                self.own.inference_id,
-                self.own.output,
-                self.own.b,
-                now_ms,
-                "accepted",
-                None,
-                self.own.embedding,
+            actions.append(
+                PublishReveal(self.request_id, own.inference_id, own.output, own.b, own.model, own.model_hash)
             )
-        # Parked reveals whose commit is now named: check the hash, ask for our embedding.
-        rd = self.reveal_deadline_ms
-        assert rd is not None
+            self.reveals[self.own_node_id] = _Reveal(
+                own.inference_id, own.output, own.b, now_ms, own.model, own.model_hash, "parked"
+            )
+        return actions
+
+    def _check_parked(self) -> list[Action]:
+        """Parked reveals of the commit set: model, hash opening; then ask for our
+        embedding and (once per key) the re-check verdict."""
+        actions: list[Action] = []
+        deadline = self.hard_stop_ms
         for node_id, rv in sorted(self.reveals.items()):
-            if rv.status != "parked" or node_id not in named:
+            if rv.status != "parked":
                 continue
             c = self.commits[node_id]
+            if (rv.model, rv.model_hash) != (c.model, c.model_hash):
+                actions += self._reject(
+                    node_id, rv, ("model_mismatch", f"revealed {rv.model!r:.80}, committed {c.model!r:.80}")
+                )
+                continue
             rej = check_opening(
                 request_id=self.request_id,
                 node_pubkey=_pub(node_id),
@@ -560,61 +698,96 @@ class QuorumMachine:
             )
             if rej is not None:
                 actions += self._reject(node_id, rv, rej)
+                continue
+            rv.status = "pending"
+            if node_id == self.own_node_id and self.own is not None and rv.output == self.own.output:
+                rv.embedding = list(self.own.embedding)  # ours: no need to embed it again
             else:
-                rv.status = "pending"
+                actions.append(RequestEmbedding(self.request_id, rv.inference_id, rv.output, deadline))
+            key = rv.key
+            if key not in self.rechecks_requested:
+                self.rechecks_requested.add(key)
                 actions.append(
-                    RequestEmbedding(
-                        self.request_id, rv.inference_id, rv.output, rd + self.config.consensus_window_ms
-                    )
+                    RequestRecheck(self.request_id, key, rv.output, rv.model, rv.model_hash, deadline)
                 )
-        resolved = all(
-            n in self.reveals and self.reveals[n].status in ("accepted", "rejected") for n in named
-        )
-        pending = any(rv.status == "pending" for rv in self.reveals.values())
-        if (
-            (resolved and now_ms >= self.commit_deadline_ms and len(named) >= self.params.quorum)
-            or (now_ms >= rd and not pending)
-            or now_ms >= rd + self.config.consensus_window_ms
-        ):
-            actions += self._decide()
+            actions += self._settle(node_id, rv)
         return actions
 
-    def _decide_or(self, fallback: str) -> list[Action]:
-        if self.first_valid_rr_ms is None:
+    def _progress(self, now_ms: int) -> list[Action]:
+        actions: list[Action] = []
+        if not self.revealing:
+            if now_ms < self.reveal_open_ms:
+                return actions
+            actions += self._open_reveals(now_ms)
             if len(self.commits) < self.params.quorum:
-                return self._finish(FAILED_NOT_ENOUGH_COMMITS)
-            return self._finish(fallback)
-        return self._decide()
+                return actions + self._finish(FAILED_NOT_ENOUGH_COMMITS)
+        if now_ms >= self.hard_stop_ms:
+            return actions + self._decide(now_ms)
+        if (
+            not self.published_rr
+            and now_ms >= self.reveal_open_ms + self._rr_delay_ms()
+            and now_ms < self.reveal_deadline_ms
+        ):
+            self.published_rr = True
+            if not self._covered_by_received_rr():
+                refs = tuple(CommitRef(n, c.inference_id, c.commit) for n, c in sorted(self.commits.items()))
+                self.reveal_requests[self.own_node_id] = [(r.node_id, r.inference_id, r.commit) for r in refs]
+                actions.append(PublishRevealRequest(self.request_id, refs))
+        actions += self._check_parked()
+        resolved = all(
+            n in self.reveals and self.reveals[n].status in ("accepted", "rejected") for n in self.commits
+        )
+        pending = any(rv.status == "pending" for rv in self.reveals.values())
+        if resolved or (now_ms >= self.reveal_deadline_ms and not pending):
+            actions += self._decide(now_ms)
+        return actions
 
-    def _decide(self) -> list[Action]:
-        named = self.named()
-        accepted = {
-            self.reveals[n].inference_id: np.asarray(self.reveals[n].embedding, dtype=np.float64)
-            for n in sorted(named)
-            if n in self.reveals and self.reveals[n].status == "accepted"
-        }
+    def _decide(self, now_ms: int) -> list[Action]:
+        actions: list[Action] = []
+        # At the hard stop: a reveal whose sign bits matched but whose verdict never came
+        # is judged like one nobody can re-check.
+        for node_id, rv in sorted(self.reveals.items()):
+            if rv.status == "pending" and rv.embedding is not None and rv.key not in self.verdicts:
+                self.verdicts[rv.key] = RecheckVerdict.unavailable("no verdict by the deadline")
+                actions += self._settle(node_id, rv)
+        accepted = {n: rv for n, rv in sorted(self.reveals.items()) if rv.status == "accepted"}
+        failed = [rv for rv in self.reveals.values() if rv.reason == FAILED_RECHECK]
+        self.recheck_status = recheck_summary(
+            [self.verdicts[rv.key] for rv in (*accepted.values(), *failed) if rv.key in self.verdicts]
+        )
         outcome: ConsensusOutcome = find_consensus(
-            accepted,
+            {rv.inference_id: np.asarray(rv.embedding, dtype=np.float64) for rv in accepted.values()},
             quorum=self.params.quorum,
             sec_distance=self.params.sec_distance,
             sec_percentage=self.params.sec_percentage,
         )
         if not outcome.success:
-            return self._finish(f"failed:{outcome.reason}", outcome.members)
-        by_iid = {rv.inference_id: (n, rv) for n, rv in self.reveals.items()}
-        member_commits = {iid: self.commits[by_iid[iid][0]].commit for iid in outcome.members}
-        lengths = {iid: len(by_iid[iid][1].output.split()) for iid in outcome.members}
-        rep = pick_representative(self.request_id, member_commits, lengths)
-        self.representative = rep
-        output = by_iid[rep][1].output
+            reason = str(outcome.reason)
+            if failed and len(accepted) + len(failed) >= self.params.quorum:
+                reason = FAILED_RECHECK
+            return actions + self._finish(f"failed:{reason}", outcome.members)
+        by_iid = {rv.inference_id: (n, rv) for n, rv in accepted.items()}
+        members = [by_iid[iid] for iid in outcome.members]
+        choice = choose_answer(
+            [
+                Candidate(rv.inference_id, n, rv.output, self.verdicts[rv.key], np.asarray(rv.embedding))
+                for n, rv in members
+            ]
+        )
+        self.representative = choice.inference_id
+        self.answer_rule = choice.rule
+        output = by_iid[choice.inference_id][1].output
+        member_commits = {rv.inference_id: self.commits[n].commit for n, rv in members}
         result = PublishResult(
             self.request_id,
             outcome.members,
             joint_hash(self.request_id, member_commits),
             output,
-            rep,
+            choice.inference_id,
+            choice.rule,
+            self.recheck_status,
         )
-        return [result, *self._finish(SUCCEEDED, outcome.members, output)]
+        return [*actions, result, *self._finish(SUCCEEDED, outcome.members, output)]
 
     def _finish(self, state: str, members: tuple[str, ...] = (), output: str | None = None) -> list[Action]:
         self.state = state
@@ -625,12 +798,13 @@ class QuorumMachine:
     # ------------------------------------------------------------ reporting
 
     def reveal_statuses(self) -> dict[str, str]:
-        """Per named node: ``accepted``, ``rejected:<reason>``, ``pending`` or ``missing``.
+        """Per committing node: ``accepted``, ``rejected:<reason>`` (``failed_recheck``,
+        ``model_not_accepted`` for a refused commit, ...), ``pending`` or ``missing``.
 
         Feed to ``Reputation.record`` once the machine is final.
         """
-        out = {}
-        for n in sorted(self.named()):
+        out = {n: f"rejected:{reason}" for n, reason in self.refused_commits.items()}
+        for n in sorted(self.commits):
             rv = self.reveals.get(n)
             if rv is None or rv.status == "parked":
                 out[n] = "missing"
@@ -638,43 +812,87 @@ class QuorumMachine:
                 out[n] = f"rejected:{rv.reason}"
             else:
                 out[n] = rv.status
-        return out
+        return dict(sorted(out.items()))
+
+    def verdict_of(self, node_id: str) -> RecheckVerdict | None:
+        """The re-check verdict of ``node_id``'s revealed output, if one was given."""
+        rv = self.reveals.get(node_id)
+        return None if rv is None else self.verdicts.get(rv.key)
+
+    def pending_work(self) -> list[Action]:
+        """The embeddings and re-checks asked for and not answered yet: what a daemon
+        restarted from a snapshot must start again (each ``RequestEmbedding`` once per
+        pending reveal, each ``RequestRecheck`` once per key)."""
+        if self.final:
+            return []
+        work: list[Action] = []
+        asked: set[str] = set()
+        for _node_id, rv in sorted(self.reveals.items()):
+            if rv.status != "pending":
+                continue
+            if rv.embedding is None:
+                work.append(RequestEmbedding(self.request_id, rv.inference_id, rv.output, self.hard_stop_ms))
+            key = rv.key
+            if key in self.rechecks_requested and key not in self.verdicts and key not in asked:
+                asked.add(key)
+                work.append(
+                    RequestRecheck(
+                        self.request_id, key, rv.output, rv.model, rv.model_hash, self.hard_stop_ms
+                    )
+                )
+        return work
+
+    def reveal_verdicts(self) -> dict[str, RecheckVerdict]:
+        """inference id -> verdict, for every revealed output that has one (views and
+        certificates: members and the outputs excluded by a failed re-check)."""
+        return {
+            rv.inference_id: self.verdicts[rv.key] for rv in self.reveals.values() if rv.key in self.verdicts
+        }
 
     # ------------------------------------------------------------ snapshot
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe snapshot (bytes as base64) for persistence across restarts."""
         return {
-            "version": 1,
+            "version": SNAPSHOT_VERSION,
             "request_id": self.request_id,
             "created_at_ms": self.created_at_ms,
-            "params": asdict(self.params),
+            "params": {**asdict(self.params), "accepted_models": list(self.params.accepted_models)},
             "own_pubkey": _b64(self.own_pubkey),
             "config": asdict(self.config),
             "seen_at_ms": self.seen_at_ms,
             "state": self.state,
             "commits": {
-                n: {"inference_id": c.inference_id, "commit": _b64(c.commit), "at_ms": c.at_ms}
+                n: {
+                    "inference_id": c.inference_id,
+                    "commit": _b64(c.commit),
+                    "at_ms": c.at_ms,
+                    "model": c.model,
+                    "model_hash": c.model_hash,
+                }
                 for n, c in self.commits.items()
             },
+            "refused_commits": dict(self.refused_commits),
             "equivocations": dict(self.equivocations),
             "reveal_requests": {
                 s: [[n, i, _b64(c)] for n, i, c in e] for s, e in self.reveal_requests.items()
             },
-            "first_valid_rr_ms": self.first_valid_rr_ms,
-            "quorum_at_ms": self.quorum_at_ms,
             "reveals": {
                 n: {
                     "inference_id": r.inference_id,
                     "output": r.output,
                     "b": _b64(r.b),
                     "at_ms": r.at_ms,
+                    "model": r.model,
+                    "model_hash": r.model_hash,
                     "status": r.status,
                     "reason": r.reason,
                     "embedding": r.embedding,
                 }
                 for n, r in self.reveals.items()
             },
+            "verdicts": {k: v.to_dict() for k, v in self.verdicts.items()},
+            "rechecks_requested": sorted(self.rechecks_requested),
             "own": None
             if self.own is None
             else {
@@ -683,60 +901,81 @@ class QuorumMachine:
                 "b": _b64(self.own.b),
                 "commit": _b64(self.own.commit),
                 "embedding": self.own.embedding,
+                "model": self.own.model,
+                "model_hash": self.own.model_hash,
             },
+            "reveal_started_ms": self.reveal_started_ms,
             "published_commit": self.published_commit,
             "published_rr": self.published_rr,
             "published_reveal": self.published_reveal,
             "outcome_members": list(self.outcome_members),
             "result_output": self.result_output,
             "representative": self.representative,
+            "answer_rule": self.answer_rule,
+            "recheck_status": self.recheck_status,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QuorumMachine:
-        """Inverse of ``to_dict``; raises ValueError on an unknown snapshot version."""
-        if d.get("version") != 1:
+        """Inverse of ``to_dict``; raises ValueError on an unknown snapshot version
+        (version 1 snapshots come from protocol-1 nodes: their requests cannot finish
+        under protocol 2 and are not restored)."""
+        if d.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported quorum snapshot version {d.get('version')!r}")
         own = d["own"]
+        p = dict(d["params"])
+        p["accepted_models"] = tuple(p["accepted_models"])
         return cls(
             request_id=d["request_id"],
             created_at_ms=d["created_at_ms"],
-            params=SecurityParams(**d["params"]),
+            params=SecurityParams(**p),
             own_pubkey=_unb64(d["own_pubkey"]),
             config=QuorumConfig(**d["config"]),
             seen_at_ms=d["seen_at_ms"],
             state=d["state"],
             commits={
-                n: _Commit(c["inference_id"], _unb64(c["commit"]), c["at_ms"])
+                n: _Commit(c["inference_id"], _unb64(c["commit"]), c["at_ms"], c["model"], c["model_hash"])
                 for n, c in d["commits"].items()
             },
+            refused_commits=dict(d["refused_commits"]),
             equivocations=dict(d["equivocations"]),
             reveal_requests={
                 s: [(n, i, _unb64(c)) for n, i, c in e] for s, e in d["reveal_requests"].items()
             },
-            first_valid_rr_ms=d["first_valid_rr_ms"],
-            quorum_at_ms=d["quorum_at_ms"],
             reveals={
                 n: _Reveal(
                     r["inference_id"],
                     r["output"],
                     _unb64(r["b"]),
                     r["at_ms"],
+                    r["model"],
+                    r["model_hash"],
                     r["status"],
                     r["reason"],
                     r["embedding"],
                 )
                 for n, r in d["reveals"].items()
             },
+            verdicts={k: RecheckVerdict.from_dict(v) for k, v in d["verdicts"].items()},
+            rechecks_requested=set(d["rechecks_requested"]),
             own=None
             if own is None
             else _Own(
-                own["inference_id"], own["output"], _unb64(own["b"]), _unb64(own["commit"]), own["embedding"]
+                own["inference_id"],
+                own["output"],
+                _unb64(own["b"]),
+                _unb64(own["commit"]),
+                own["embedding"],
+                own["model"],
+                own["model_hash"],
             ),
+            reveal_started_ms=d["reveal_started_ms"],
             published_commit=d["published_commit"],
             published_rr=d["published_rr"],
             published_reveal=d["published_reveal"],
             outcome_members=tuple(d["outcome_members"]),
             result_output=d["result_output"],
             representative=d["representative"],
+            answer_rule=d["answer_rule"],
+            recheck_status=d["recheck_status"],
         )

@@ -35,6 +35,11 @@ class RejectReason(StrEnum):
     not_named = "not_named"
     late = "late"
     duplicate = "duplicate"
+    # protocol 2: model identity and proof of inference
+    model_mismatch = "model_mismatch"  # reveal's (model, weights hash) is not its commit's
+    model_not_accepted = "model_not_accepted"  # alias not in the request's accepted_models
+    model_hash_not_accepted = "model_hash_not_accepted"  # alias pinned to other weights
+    failed_recheck = "failed_recheck"  # the output did not come from the claimed model
 
 
 @dataclass(frozen=True, slots=True)

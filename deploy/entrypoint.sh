@@ -16,7 +16,7 @@ if [ "${1:-}" = "node" ] && [ "${2:-}" = "start" ] && [ -n "${RAKIS_PEER_DIR:-}"
 import os, socket, sys, time
 from pathlib import Path
 from node.identity import load_or_create
-from node.libp2p_compat import peer_id_from_node_id
+from node.p2p.libp2p_compat import peer_id_from_node_id
 
 peers = Path(os.environ["RAKIS_PEER_DIR"])
 name = os.environ.get("RAKIS_NAME") or socket.gethostname()

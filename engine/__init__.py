@@ -8,7 +8,10 @@ stay cheap and free of import cycles with the engine core):
 - `ModelRegistry`, `ModelKind`, `UnknownModelError`, `DEFAULT_LLM`, `GEMMA3_270M`,
   `DEFAULT_EMBEDDING`.
 - The core's dataclasses: `SamplingParams`, `GenerationRequest`, `TokenEvent`,
-  `GenerationResult`.
+  `GenerationResult`, and for proof of inference `RecheckRequest`, `RecheckResult`,
+  `PositionDetail`, `RecheckTolerance` (engine.recheck; `LLMEngine.recheck`).
+- `uniform(seed, t)`, `default_seed(request_id)`: the verifiable sampler's draws
+  (engine.sampling).
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ _EXPORTS = {
     "GenerationRequest": "engine.types",
     "TokenEvent": "engine.types",
     "GenerationResult": "engine.types",
+    "RecheckRequest": "engine.types",
+    "RecheckResult": "engine.types",
+    "PositionDetail": "engine.types",
+    "RecheckTolerance": "engine.recheck",
+    "DEFAULT_TOLERANCE": "engine.recheck",
+    "uniform": "engine.sampling",
+    "default_seed": "engine.sampling",
 }
 
 __all__ = sorted(_EXPORTS)

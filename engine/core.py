@@ -1,5 +1,10 @@
 """EngineCore: one loaded model + one scheduler thread (a "worker").
 
+Two kinds of work share the scheduler: generation (`submit`) and re-checks of
+revealed outputs (`submit_recheck`, engine.recheck), which are teacher-forced
+prefill passes scored position by position, admitted ahead of generation and
+sharing the prompt's prefix-cache blocks.
+
 Callers submit requests from any thread and get a RequestStream back; the worker
 thread owns all scheduling state (blocks, radix tree, sequences), so nothing on
 the hot path takes a lock except the hand-over of new requests and aborts.
@@ -7,6 +12,7 @@ the hot path takes a lock except the hand-over of new requests and aborts.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -22,12 +28,21 @@ from engine.detok import IncrementalDetokenizer
 from engine.kv_cache import BlockAllocator, KVCache
 from engine.model import AttnBatch, make_runner, resolve_model_dir
 from engine.radix import RadixCache
-from engine.sampling import make_generator, sample_tokens
+from engine.recheck import (
+    DEFAULT_TOLERANCE,
+    RecheckState,
+    RecheckTolerance,
+    immediate_result,
+    structural_check,
+)
+from engine.sampling import default_seed, sample_tokens
 from engine.scheduler import Scheduler, Sequence
 from engine.types import (
     Event,
     GenerationRequest,
     GenerationResult,
+    RecheckRequest,
+    RecheckResult,
     RequestStream,
     SamplingParams,
     TokenEvent,
@@ -37,6 +52,8 @@ __all__ = [
     "EngineCore",
     "GenerationRequest",
     "GenerationResult",
+    "RecheckRequest",
+    "RecheckResult",
     "RequestStream",
     "SamplingParams",
     "TokenEvent",
@@ -72,6 +89,7 @@ class EngineCore:
         enable_prefix_cache: bool = True,
         num_threads: int | None = None,
         name: str | None = None,
+        recheck_tolerance: RecheckTolerance = DEFAULT_TOLERANCE,
     ) -> None:
         from transformers import AutoTokenizer, GenerationConfig
 
@@ -85,6 +103,7 @@ class EngineCore:
             torch.set_num_threads(num_threads)
         model_dir = resolve_model_dir(model_dir)
         self.model_dir = model_dir
+        self.recheck_tolerance = recheck_tolerance
         self.device = device
         self.model_name = name or model_dir.name
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -205,7 +224,8 @@ class EngineCore:
         self.stop()
 
     # ------------------------------------------------------------------ requests
-    def _prompt_ids(self, req: GenerationRequest) -> list[int]:
+    def _prompt_ids(self, req: GenerationRequest | RecheckRequest) -> list[int]:
+        """The prompt's token ids: the one templating path for generation AND re-check."""
         given = [x is not None for x in (req.messages, req.prompt, req.prompt_token_ids)]
         if sum(given) != 1:
             raise ValueError("give exactly one of messages, prompt or prompt_token_ids")
@@ -256,15 +276,162 @@ class EngineCore:
             num_prompt=len(ids),
             t_submit=time.monotonic(),
         )
-        seq.generator = make_generator(p, self.runner.device)
+        seq.seed = p.seed if p.seed is not None else default_seed(req.request_id)
         seq.detok = IncrementalDetokenizer(self._detok_tokenizer, p.stop, self._special_ids)
+        self._enqueue(seq)
+        return stream
+
+    def _enqueue(self, seq: Sequence) -> None:
         with self._lock:
-            if req.request_id in self._active:
-                raise ValueError(f"request_id {req.request_id!r} is already active")
-            self._active[req.request_id] = seq
+            if seq.request_id in self._active:
+                raise ValueError(f"request_id {seq.request_id!r} is already active")
+            self._active[seq.request_id] = seq
             self._inbox.append(seq)
             self._lock.notify_all()
+
+    def submit_recheck(self, req: RecheckRequest, tolerance: RecheckTolerance | None = None) -> RequestStream:
+        """Queue a re-check of one revealed output; the stream ends with a RecheckResult.
+
+        Raises ValueError (queueing nothing) for a malformed request (no prompt, bad
+        params, output given both or neither way, token ids outside the vocabulary).
+        An output that fails on its structure (too long, text past EOS, text that
+        does not re-tokenize) gets its failing RecheckResult at once, without a pass.
+        """
+        if not isinstance(req.request_id, str) or not req.request_id:
+            raise ValueError("request_id must be a non-empty string")
+        if not isinstance(req.sampling, SamplingParams):
+            raise ValueError("sampling must be a SamplingParams")
+        req.sampling.validate()
+        if (req.output_token_ids is None) == (req.output_text is None):
+            raise ValueError("give exactly one of output_token_ids or output_text")
+        p = req.sampling
+        stream = RequestStream(req.request_id)
+        with self._encode_lock:
+            prompt = self._prompt_ids(req)
+            if req.output_text is not None:
+                if not isinstance(req.output_text, str):
+                    raise ValueError("output_text must be a string")
+                out = self.tokenizer(req.output_text, add_special_tokens=False).input_ids if req.output_text else []
+                back = self.tokenizer.decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                if back != req.output_text or any(t in self._special_ids for t in out):
+                    stream._emit(immediate_result(req.request_id, "untokenizable"))
+                    return stream
+            else:
+                out = list(req.output_token_ids)  # type: ignore[arg-type]
+                vocab = self.runner.vocab_size
+                if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in out):
+                    raise ValueError(f"output_token_ids must be ints in [0, {vocab})")
+            stop_index = self._stop_index(out, p.stop) if p.stop else None
+        bad = structural_check(
+            out,
+            p,
+            eos_token_ids=self.eos_token_ids,
+            stop_index=stop_index,
+            num_prompt=len(prompt),
+            max_model_len=self.max_model_len,
+        )
+        if bad is not None:
+            stream._emit(immediate_result(req.request_id, bad[0], first_bad=bad[1]))
+            return stream
+        total = len(prompt) + len(out)
+        capacity = self.allocator.num_blocks * self.block_size
+        if total > capacity:
+            raise ValueError(f"prompt + output of {total} tokens does not fit the KV cache ({capacity})")
+        seed = p.seed if p.seed is not None else default_seed(req.request_id)
+        would_stop = realign = None
+        if req.output_text is not None:
+            realign = self._make_realign(req.output_text)
+        if p.stop and req.output_text is not None:
+            # Text cut before a stop string: the token that completes it is not in the
+            # text; accept the output when the sampler's next token completes one.
+            def would_stop(ids: list[int], _stop=list(p.stop)) -> bool:
+                return self._stop_index(ids, _stop, tokenizer=self._detok_tokenizer) is not None
+
+        state = RecheckState(
+            req.request_id,
+            p,
+            seed,
+            out,
+            eos_token_ids=self.eos_token_ids,
+            ended_by_stop=stop_index is not None,
+            context_left=self.max_model_len - len(prompt),
+            would_stop=would_stop,
+            realign=realign,
+            tolerance=tolerance or self.recheck_tolerance,
+            details=req.details,
+        )
+        seq = Sequence(
+            seq_id=next(self._ids),
+            request=req,  # type: ignore[arg-type]  # only request_id and deadline are read
+            stream=stream,
+            params=p,
+            token_ids=prompt + out,
+            num_prompt=len(prompt),
+            t_submit=time.monotonic(),
+            seed=seed,
+            priority=0,
+            recheck=state,
+        )
+        self._enqueue(seq)
         return stream
+
+    def _make_realign(self, text: str):
+        """Text mode (worker thread): follow the sampler's pick at t when its text
+        continues the revealed text; re-tokenize only what follows it."""
+        tok = self._detok_tokenizer
+
+        def decode(ids: list[int]) -> str:
+            return tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+        def realign(out: list[int], t: int, picked: int) -> list[int] | None:
+            if picked in self._special_ids:
+                return None
+            head = decode(out[:t] + [picked])
+            if not head or head.endswith("\ufffd") or not text.startswith(head) or head == decode(out[:t]):
+                return None
+            rest = text[len(head) :]
+            return out[:t] + [picked] + (tok(rest, add_special_tokens=False).input_ids if rest else [])
+
+        return realign
+
+    def _restart_recheck(self, seq: Sequence) -> None:
+        """Worker thread: the output was re-tokenized from recheck.next_t on; score a
+        new sequence from there (the prefix cache serves the blocks before it)."""
+        st = seq.recheck
+        st.realigned = False
+        seq.finished = True
+        self.scheduler.remove(seq)
+        new = Sequence(
+            seq_id=next(self._ids),
+            request=seq.request,
+            stream=seq.stream,
+            params=seq.params,
+            token_ids=seq.token_ids[: seq.num_prompt] + st.output,
+            num_prompt=seq.num_prompt,
+            t_submit=seq.t_submit,
+            seed=seq.seed,
+            priority=0,
+            recheck=st,
+            score_t0=st.next_t,
+        )
+        with self._lock:
+            if self._active.get(seq.request_id) is seq:
+                self._active[seq.request_id] = new
+        self.scheduler.add(new)
+
+    def _stop_index(self, ids: list[int], stop: list[str], tokenizer=None) -> int | None:
+        """First index whose token completes a stop string, decoded as generation does."""
+        detok = IncrementalDetokenizer(tokenizer or self.tokenizer, stop, self._special_ids)
+        for i, tok in enumerate(ids):
+            if detok.add(tok)[1]:
+                return i
+        return None
+
+    def recheck(self, reqs: list[RecheckRequest]) -> list[RecheckResult]:
+        """Submit all re-checks, wait for all (starts the worker if needed)."""
+        self.start()
+        streams = [self.submit_recheck(r) for r in reqs]
+        return [s.result() for s in streams]
 
     def generate(self, reqs: list[GenerationRequest]) -> list[GenerationResult]:
         """Submit all, wait for all (starts the worker if needed)."""
@@ -370,6 +537,8 @@ class EngineCore:
         slots: list[int] = []
         sample_rows: list[int] = []
         sample_seqs: list[Sequence] = []
+        score_rows: list[int] = []
+        score_spans: list[tuple[Sequence, int, int, int]] = []  # seq, first row, rows, first t
         dec_tables: list[list[int]] = []
         dec_lens: list[int] = []
         pre_tables: list[list[int]] = []
@@ -395,7 +564,13 @@ class EngineCore:
                 pre_lens.append(end)
                 cu.append(cu[-1] + chunk)
                 max_q = max(max_q, chunk)
-            if end == len(seq.token_ids):
+            sf = seq.score_from
+            if sf is not None:
+                first = max(start, sf)
+                if first < end:
+                    score_spans.append((seq, len(score_rows), end - first, first - (seq.num_prompt - 1)))
+                    score_rows.extend(range(row0 + first - start, row0 + chunk))
+            elif end == len(seq.token_ids):
                 sample_rows.append(row0 + chunk - 1)
                 sample_seqs.append(seq)
 
@@ -421,17 +596,23 @@ class EngineCore:
                 torch.tensor(positions, dtype=torch.long, device=dev),
                 torch.tensor(slots, dtype=torch.long, device=dev),
                 attn,
-                torch.tensor(sample_rows, dtype=torch.long, device=dev),
+                torch.tensor(sample_rows + score_rows, dtype=torch.long, device=dev),
                 self.kv.k,
                 self.kv.v,
             )
+            ns = len(sample_rows)
             toks = (
                 sample_tokens(
-                    self.ops, logits, [s.params for s in sample_seqs], [s.generator for s in sample_seqs]
+                    logits[:ns],
+                    [s.params for s in sample_seqs],
+                    [s.seed for s in sample_seqs],
+                    [s.num_generated for s in sample_seqs],
                 )
                 if sample_seqs
                 else []
             )
+            for seq, r0, nrows, first_t in score_spans:
+                seq.recheck.observe(first_t, logits[ns + r0 : ns + r0 + nrows])
         except Exception as e:
             log.exception("engine forward failed")
             for seq, _ in items:
@@ -442,6 +623,11 @@ class EngineCore:
         now = time.monotonic()
         for seq, tok in zip(sample_seqs, toks, strict=True):
             self._append_token(seq, tok, now)
+        for seq, _, _, _ in score_spans:
+            if seq.recheck.realigned and not seq.recheck.failed:
+                self._restart_recheck(seq)
+            elif seq.recheck.done:
+                self._finish(seq, "done")
         if toks:
             with self._lock:
                 self._tok_window.append((now, len(toks)))
@@ -476,6 +662,14 @@ class EngineCore:
         with self._lock:
             self._active.pop(seq.request_id, None)
         now = time.monotonic()
+        if seq.recheck is not None:
+            extra = {"prompt_tokens": seq.num_prompt, "cached_tokens": seq.cached_tokens, "total_s": now - seq.t_submit}
+            if reason == "done":
+                seq.stream._emit(seq.recheck.result(**extra))
+            else:
+                res = immediate_result(seq.request_id, "unavailable", error=error or reason)
+                seq.stream._emit(dataclasses.replace(res, **extra))
+            return
         gen = seq.token_ids[seq.num_prompt :]
         seq.stream._emit(
             GenerationResult(

@@ -201,6 +201,7 @@ class EmbeddingEngine:
 
         t0 = time.perf_counter()
         try:
+            self.registry.weights_hash(w.model, ModelKind.EMBEDDING)  # once per model, cached on disk
             st = SentenceTransformer(path, device=self.device, local_files_only=True)
             st = st.to(self.dtype)
             st.eval()
@@ -241,6 +242,10 @@ class EmbeddingEngine:
             for job in self._queue:
                 out[job.model] = out.get(job.model, 0) + 1
             return out
+
+    def model_hashes(self) -> dict[str, str]:
+        """{model name: "sha256:<hex>"} of every model with a ready worker."""
+        return {m: self.registry.weights_hash(m, ModelKind.EMBEDDING) for m in self.available_models()}
 
     def available_models(self) -> list[str]:
         with self._cond:

@@ -28,6 +28,7 @@ class LogType(StrEnum):
     ERROR = "error"  # a worker or request failed
     ABORT = "abort"  # a request was aborted (by a caller or by unloading)
     EXPIRED = "expired"  # a request's deadline passed
+    RECHECK = "recheck"  # a revealed output was re-checked against its model
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ callback; nothing polls.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import queue
@@ -42,7 +43,15 @@ from engine import devices
 from engine.engine_logs import EngineLog, LogEntry, LogType
 from engine.queues import AsyncMailbox, DeadlineQueue
 from engine.registry import ModelKind, ModelRegistry, UnknownModelError
-from engine.types import GenerationRequest, GenerationResult, SamplingParams, TokenEvent
+from engine.recheck import RecheckTolerance, immediate_result
+from engine.types import (
+    GenerationRequest,
+    GenerationResult,
+    RecheckRequest,
+    RecheckResult,
+    SamplingParams,
+    TokenEvent,
+)
 
 PROGRESS_EVERY = 32  # tokens between progress log entries of one request
 
@@ -385,6 +394,8 @@ class LLMEngine:
     def _build_core(self, w: _Worker, path: Any, opts: dict[str, Any]) -> Any:
         from engine.core import EngineCore
 
+        self.registry.weights_hash(w.model, ModelKind.LLM)  # once per model, cached on disk
+
         core = EngineCore(
             str(path),
             device=self.device,
@@ -510,6 +521,11 @@ class LLMEngine:
             out[worker_id] = st
         return out
 
+    def model_hashes(self) -> dict[str, str]:
+        """{model name: "sha256:<hex>"} of the weights of every model with a ready
+        worker (computed at load, see ModelRegistry.weights_hash)."""
+        return {m: self.registry.weights_hash(m, ModelKind.LLM) for m in self.available_models()}
+
     def available_models(self) -> list[str]:
         """Models with at least one loaded worker (what this node can run now)."""
         with self._lock:
@@ -552,6 +568,83 @@ class LLMEngine:
         )
         self._kick.set()
         return InferenceStream(self, job)
+
+    async def recheck(
+        self, requests: Sequence[RecheckRequest], *, tolerance: RecheckTolerance | None = None
+    ) -> list[RecheckResult]:
+        """Re-check revealed outputs against their model (proof of inference).
+
+        Each request names its `model` (a registry name) and carries the prompt as
+        generation got it, the revealed output (token ids or text), and the
+        producer's sampling params and seed. They run on ready workers of their
+        model as teacher-forced prefill passes, batched together and admitted ahead
+        of normal generation, sharing the prompt's prefix-cache blocks; they bypass
+        the generation queue and take no generation slot. Returns one RecheckResult
+        per request, in order. A request that cannot be checked here (no ready
+        worker of its model, a malformed request, deadline, abort, engine error)
+        gets `reason="unavailable"` (`checked` False) with `error` saying why: that
+        is not a verdict on the output. Cancelling the caller aborts the passes.
+        """
+        reqs = list(requests)
+        if not reqs:
+            return []
+        self._check_open()
+        mailbox: AsyncMailbox[tuple[int, RecheckResult]] = AsyncMailbox()
+        results: list[RecheckResult | None] = [None] * len(reqs)
+        submitted: list[tuple[Any, str]] = []
+
+        def submit_all() -> None:
+            for i, req in enumerate(reqs):
+                rid = req.request_id or f"recheck-{uuid.uuid4().hex[:12]}"
+                core = self._recheck_core(req.model)
+                if core is None:
+                    results[i] = immediate_result(
+                        rid, "unavailable", error=f"no ready worker of model {req.model!r}"
+                    )
+                    continue
+                internal = dataclasses.replace(req, request_id=f"rc{next(self._ids)}-{rid}")
+                try:
+                    stream = core.submit_recheck(internal, tolerance)
+                except (ValueError, TypeError) as exc:
+                    results[i] = immediate_result(rid, "unavailable", error=f"bad_request: {exc}")
+                    continue
+                submitted.append((core, internal.request_id))
+                stream.add_listener(
+                    lambda ev, i=i, rid=rid: mailbox.put((i, dataclasses.replace(ev, request_id=rid)))
+                    if isinstance(ev, RecheckResult)
+                    else None
+                )
+
+        await anyio.to_thread.run_sync(submit_all)
+        pending = sum(r is None for r in results)
+        try:
+            while pending:
+                i, res = await mailbox.get()
+                if results[i] is None:
+                    results[i] = res
+                    pending -= 1
+        finally:
+            if pending:
+                for core, internal_id in submitted:
+                    core.abort(internal_id)
+        for res in results:
+            assert res is not None
+            self._log.append(
+                LogType.RECHECK,
+                request_id=res.request_id,
+                message=f"passed={res.passed} reason={res.reason}" + (f": {res.error}" if res.error else ""),
+                tokens=res.positions,
+                data={"suspect": res.suspect_positions, "log_likelihood": res.log_likelihood},
+            )
+        return results  # type: ignore[return-value]
+
+    def _recheck_core(self, model: str | None) -> Any:
+        """The least busy ready core of `model` (None when there is none)."""
+        with self._lock:
+            ready = [w for w in self._workers.values() if w.model == model and w.state == "ready" and w.core]
+            if not ready:
+                return None
+            return min(ready, key=lambda w: (len(w.active) / w.capacity, w.worker_id)).core
 
     async def run_inference_non_streaming(self, request: LLMRequest) -> InferenceResult:
         """Run `request` and return its final result (see InferenceResult)."""

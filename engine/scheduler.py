@@ -42,9 +42,24 @@ class Sequence:
     cached_tokens: int = 0
     admitted: bool = False
     t_first: float | None = None
-    generator: Any = None
+    seed: int = 0  # the verifiable sampler's seed (engine.sampling)
     detok: Any = None
     finished: bool = False
+    priority: int = 1  # 0: consensus work (re-checks), admitted before everything else
+    recheck: Any = None  # engine.recheck.RecheckState: a scoring pass, never samples
+    score_t0: int = 0  # a re-check restarted after re-tokenizing scores from this output index
+
+    @property
+    def score_from(self) -> int | None:
+        """First position whose logits a re-check needs (None: a generation)."""
+        return None if self.recheck is None else self.num_prompt - 1 + self.score_t0
+
+    @property
+    def match_limit(self) -> int:
+        """Tokens the prefix cache may serve: at least one must be computed for logits,
+        and a re-check must compute every position it scores."""
+        sf = self.score_from
+        return len(self.token_ids) - 1 if sf is None else sf
 
     @property
     def request_id(self) -> str:
@@ -164,14 +179,14 @@ class Scheduler:
             budget -= chunk
 
         if self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
-            self.waiting.sort(key=lambda s: (s.deadline, s.seq_id))
+            self.waiting.sort(key=lambda s: (s.priority, s.deadline, s.seq_id))
             inflight: set[int] = set()  # prefixes (as hashes) whose blocks this step computes
             for seq, chunk in items:
                 self._note_inflight(seq, chunk, inflight)
             for seq in list(self.waiting):
                 if len(self.running) >= self.max_batch_size or budget <= 0:
                     break
-                limit = len(seq.token_ids) - 1  # always compute >= 1 token to get logits
+                limit = seq.match_limit
                 if self.radix is not None:
                     hit = self.radix.peek(seq.token_ids, limit)
                     nxt = hit + bs

@@ -7,14 +7,17 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 FINISH_REASONS = ("stop", "length", "abort", "expired", "error")
 
 
 @dataclass
 class SamplingParams:
-    """How to pick tokens. temperature 0 = greedy; a seed makes sampling reproducible
-    and independent of which other requests share the batch."""
+    """How to pick tokens. temperature 0 = greedy. Sampling is verifiable (see
+    engine.sampling): token t is drawn from the adjusted distribution with
+    u_t = U(seed, t), so (logits, seed, t) alone decide it. seed None means
+    `engine.sampling.default_seed(request_id)`."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -34,8 +37,10 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise ValueError(f"seed must be a non-negative int or None, got {self.seed!r}")
+        if self.seed is not None and (
+            not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= 2**63 - 1
+        ):
+            raise ValueError(f"seed must be an int in [0, 2**63 - 1] or None, got {self.seed!r}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
         if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
@@ -80,7 +85,85 @@ class GenerationResult:
     error: str | None = None
 
 
-Event = TokenEvent | GenerationResult
+@dataclass
+class RecheckRequest:
+    """Re-check one revealed output against the model (engine.recheck).
+
+    The prompt is given exactly as for generation (one of messages, prompt,
+    prompt_token_ids; the same templating code path builds the ids). The output is
+    given as token ids (exact) or as text (re-tokenized; see engine.recheck for the
+    risk). `sampling` must be the producer's, seed included (None: the producer's
+    default seed for `request_id`). `model` names the model for LLMEngine (EngineCore
+    ignores it). `details` asks for per-position figures (calibration).
+    """
+
+    request_id: str
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    output_token_ids: list[int] | None = None
+    output_text: str | None = None
+    model: str | None = None
+    deadline: float | None = None
+    details: bool = False
+
+
+@dataclass(frozen=True)
+class PositionDetail:
+    """What the verifier saw at one generated position (calibration data).
+
+    margin: T > 0, distance of u_t to the nearest edge of the picked token's CDF
+    interval (normalised to total mass 1); T = 0, top-1 minus top-2 logit.
+    lo/hi: the revealed token's interval (T > 0; 0, 0 when it was not kept).
+    dist: T > 0, distance of u_t to the revealed token's interval; T = 0, how far
+    its logit is below the maximum.
+    """
+
+    index: int
+    token_id: int
+    picked: int
+    margin: float
+    lo: float
+    hi: float
+    suspect: bool
+    dist: float = 0.0  # how far the revealed token is from being picked (0 when it is)
+
+
+@dataclass(frozen=True)
+class RecheckResult:
+    """The verdict on one revealed output.
+
+    passed: every revealed token is the one the sampler picks (up to the tolerated
+    suspect positions) and the output stops where the sampler stops. reason: None
+    when passed, else a short snake_case cause (token_mismatch, wrong_stop, too_long,
+    too_many_suspect, untokenizable, bad_request), or "unavailable" when the check
+    could not run at all (aborted, expired, engine error, no worker): that is NOT a
+    verdict on the output. log_likelihood: sum of the revealed tokens' log-probs
+    under the unadjusted (T = 1) distribution, over the positions checked.
+    """
+
+    request_id: str
+    passed: bool
+    reason: str | None
+    positions: int
+    suspect_positions: int
+    first_bad_position: int | None
+    log_likelihood: float
+    min_margin: float | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    total_s: float = 0.0
+    error: str | None = None
+    details: list[PositionDetail] | None = field(default=None, repr=False)
+
+    @property
+    def checked(self) -> bool:
+        """False when no verdict was reached (reason "unavailable")."""
+        return self.reason != "unavailable"
+
+
+Event = TokenEvent | GenerationResult | RecheckResult
 
 
 class RequestStream:
@@ -97,7 +180,7 @@ class RequestStream:
         self._lock = threading.RLock()
         self._listeners: list[Callable[[Event], None]] = []
         self._history: list[Event] = []
-        self._result: GenerationResult | None = None
+        self._result: GenerationResult | RecheckResult | None = None
         self._done = threading.Event()
 
     # called by the engine --------------------------------------------------------------
@@ -108,7 +191,7 @@ class RequestStream:
             if self._result is not None:
                 return
             self._history.append(ev)
-            if isinstance(ev, GenerationResult):
+            if not isinstance(ev, TokenEvent):  # a GenerationResult or RecheckResult ends it
                 self._result = ev
                 self._done.set()
             self._q.put(ev)
@@ -137,12 +220,13 @@ class RequestStream:
     def __iter__(self) -> Iterator[TokenEvent]:
         while True:
             ev = self._q.get()
-            if isinstance(ev, GenerationResult):
+            if not isinstance(ev, TokenEvent):
                 self._q.put(ev)  # keep it available to result()/get()
                 return
             yield ev
 
-    def result(self, timeout: float | None = None) -> GenerationResult:
+    def result(self, timeout: float | None = None) -> Any:
+        """The final GenerationResult (a RecheckResult for a stream from submit_recheck)."""
         if not self._done.wait(timeout):
             raise TimeoutError(f"request {self.request_id} not finished after {timeout} s")
         assert self._result is not None

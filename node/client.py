@@ -10,8 +10,12 @@ first use.
     frame = sign_request(build_request("Hi", quorum=3), ident)
     with NodeClient("http://127.0.0.1:8420") as node:
         rid = node.submit(frame)
-        final = node.wait(rid)            # polls; the CLI uses node.progress.watch_request
+        final = node.wait(rid)            # polls; the CLI uses node.cli.progress.watch_request
         print(result_summary(final))
+
+Before signing, ``node.quorum_reach(models, embedding_model, quorum)`` says how many known
+nodes (the node itself and its peers) serve the request's models: a quorum larger than
+that cannot be met, and the request would only fail at its deadline.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,7 @@ __all__ = [
     "FINAL_STATES",
     "ClientError",
     "NodeClient",
+    "QuorumReach",
     "build_request",
     "default_client_key_path",
     "default_node_url",
@@ -125,11 +131,16 @@ def build_request(
     max_tokens: int = 64,
     embedding_model: str = DEFAULT_EMBEDDING_MODEL,
     seed: int | None = None,
+    commit_window_s: float | None = None,
     limits: wire.WireLimits | None = None,
 ) -> wire.InferenceRequest:
     """An ``InferenceRequest`` with its security frame, checked against the wire limits.
 
-    Raises ``ClientError`` naming every bad field, so nothing invalid is ever signed.
+    ``commit_window_s``: how long nodes may take to commit (None: the protocol default,
+    a quarter of ``max_time_s`` within 2-60 s). Every request waits this long before
+    reveals open, so a client with fast nodes shortens it; too short shuts out slow
+    honest nodes. Raises ``ClientError`` naming every bad field, so nothing invalid is
+    ever signed.
     """
     if not (max_time_s > 0):
         raise ClientError(f"max_time must be > 0 seconds, got {max_time_s}")
@@ -145,6 +156,7 @@ def build_request(
             "sec_distance": float(sec_distance),
             "sec_percentage": float(sec_percentage),
             "embedding_model": embedding_model,
+            "commit_window_ms": None if commit_window_s is None else round(commit_window_s * 1000),
         },
     }
     try:
@@ -193,6 +205,99 @@ def result_summary(view: dict[str, Any]) -> dict[str, Any]:
         "created_at": view.get("created_at"),
         "finished_at": view.get("finished_at"),
     }
+
+
+# ---- can the quorum be reached? --------------------------------------------------------------
+
+# Worker states that will answer a request: loading ones will be ready before most deadlines.
+_LLM_SERVING_STATES = frozenset({"ready", "loading"})
+_EMBEDDING_SERVING_STATES = frozenset({"ready", "busy"})
+
+
+@dataclass(frozen=True)
+class QuorumReach:
+    """Which known nodes can commit to a request, as the node it goes to sees the network.
+
+    A node commits only when it serves one of the accepted models *and* the request's
+    embedding model (``Orchestrator._start_inference``). Peers that have announced no
+    models yet (just connected, or still loading their engines) may serve them: they are
+    counted apart, so a network still coming up is not mistaken for a lone node.
+    """
+
+    quorum: int
+    serving: tuple[str, ...]  # node ids, this node first when it serves
+    self_serves: bool
+    peers: int  # peers the node knows (not counting itself)
+    unannounced: int  # of those, how many have not announced any model yet
+
+    @property
+    def reachable(self) -> bool:
+        """Enough nodes are known to serve the request."""
+        return len(self.serving) >= self.quorum
+
+    @property
+    def possible(self) -> bool:
+        """Enough, if the peers that have not announced their models yet serve them too."""
+        return len(self.serving) + self.unannounced >= self.quorum
+
+    def summary(self, models: Sequence[str], embedding_model: str) -> str:
+        """E.g. ``1 known node serves smollm2-135m-instruct (with all-minilm-l6-v2): this node; 0 peers``."""
+        n = len(self.serving)
+        names = " or ".join(models)
+        here = "this node" if self.self_serves else "not this node"
+        peers = n - int(self.self_serves)
+        return (
+            f"{n} known node{'' if n == 1 else 's'} serve{'s' if n == 1 else ''} {names} "
+            f"(with {embedding_model}): {here}, {peers} of its {self.peers} peer{'' if self.peers == 1 else 's'}"
+        )
+
+
+def _serves(models: Sequence[str], embedding_model: str, llm: Sequence[str], emb: Sequence[str]) -> bool:
+    return any(m in llm for m in models) and embedding_model in emb
+
+
+def quorum_reach(
+    *,
+    node: dict[str, Any],
+    workers: list[dict[str, Any]],
+    peers: list[dict[str, Any]],
+    models: Sequence[str],
+    embedding_model: str,
+    quorum: int,
+) -> QuorumReach:
+    """``QuorumReach`` from a node's ``/v1/node``, ``/v1/workers`` and ``/v1/peers`` answers."""
+    self_id = node.get("node_id")
+    llm = [
+        w.get("model") for w in workers if w.get("kind") == "llm" and w.get("state") in _LLM_SERVING_STATES
+    ]
+    emb = [
+        w.get("model")
+        for w in workers
+        if w.get("kind") == "embedding" and w.get("state") in _EMBEDDING_SERVING_STATES
+    ]
+    # A silent node (fault injection) never commits.
+    self_serves = _serves(models, embedding_model, llm, emb) and node.get("fault") != "silent"
+    serving: list[str] = [str(self_id)] if self_serves else []
+    seen = {self_id}
+    unannounced = 0
+    for p in peers:
+        nid = p.get("node_id")
+        if nid in seen:
+            continue
+        seen.add(nid)
+        if not p.get("models"):
+            # No peer_info yet, or one sent while its engines were still loading (the
+            # next comes within GossipConfig.info_interval_s): it may well serve them.
+            unannounced += 1
+        elif _serves(models, embedding_model, p.get("models") or [], p.get("embedding_models") or []):
+            serving.append(str(nid))
+    return QuorumReach(
+        quorum=quorum,
+        serving=tuple(serving),
+        self_serves=self_serves,
+        peers=len(seen) - 1,
+        unannounced=unannounced,
+    )
 
 
 # ---- HTTP ------------------------------------------------------------------------------------
@@ -260,7 +365,7 @@ class NodeClient:
         interval: float = 0.5,
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the request is final (the CLI follows SSE instead, see node.progress)."""
+        """Poll until the request is final (the CLI follows SSE instead, see node.cli.progress)."""
         end = time.monotonic() + timeout
         while True:
             view = self.get(request_id)
@@ -280,6 +385,28 @@ class NodeClient:
 
     def workers(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/workers").json()["workers"]
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/peers").json()["peers"]
+
+    def node_info(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/node").json()
+
+    def quorum_reach(self, models: Sequence[str], embedding_model: str, quorum: int) -> QuorumReach:
+        """How many known nodes serve ``models`` with ``embedding_model`` (see ``QuorumReach``)."""
+        try:
+            return quorum_reach(
+                node=self.node_info(),
+                workers=self.workers(),
+                peers=self.peers(),
+                models=models,
+                embedding_model=embedding_model,
+                quorum=quorum,
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ClientError(
+                f"node {self.url} answered its peer list in an unexpected shape: {exc}"
+            ) from None
 
     def scale_workers(self, model: str, n: int) -> list[dict[str, Any]]:
         return self._call("POST", "/v1/workers", json={"model": model, "n": n}).json()["workers"]
@@ -319,92 +446,3 @@ def _quiet_model_loading() -> None:
         hf_logging.set_verbosity_error()
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
-
-
-def _open_frame(frame: bytes) -> tuple[str, bytes, dict[str, Any]]:
-    # No clock-skew check: certificates are checked long after the packets were made.
-    p = wire.decode(frame, check_time=False)
-    return str(p.type), p.sender, p.body.model_dump()
-
-
-def _request_id_of(frame: bytes) -> str:
-    return wire.decode(frame, check_time=False).packet_id
-
-
-def read_certificate(path: Path) -> dict[str, Any]:
-    """The certificate dict in ``path``: a certificate file, or a saved request view
-    (``GET /v1/requests/{id}`` or ``rakis result --json --full``) holding one."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ClientError(f"{path} is not JSON: {exc}") from None
-    if isinstance(data, dict) and "request_frame" not in data and isinstance(data.get("certificate"), dict):
-        data = data["certificate"]
-    if not isinstance(data, dict) or "request_frame" not in data:
-        raise ClientError(f"{path} holds no certificate (no request_frame)")
-    return data
-
-
-def verify_certificate_data(
-    data: dict[str, Any],
-    *,
-    embed_fn: Callable[[list[str]], Any] | None = None,
-    hamming_tolerance: int | None = None,
-) -> tuple[bool, list[str], dict[str, Any]]:
-    """Re-check a certificate end to end: ``(ok, problems, facts)``.
-
-    Uses the real embedding model named in the signed request (``embed_fn`` is for
-    callers that already hold one). A certificate of a request that did not succeed
-    is reported as such: it proves no answer.
-    """
-    from consensus.certificate import Certificate, CertificateError, CertificateParams, verify_certificate
-
-    facts: dict[str, Any] = {k: data.get(k) for k in ("request_id", "state", "reason", "verifier")}
-    if not data.get("result"):
-        why = f"{data.get('state') or 'unknown state'}" + (
-            f": {data['reason']}" if data.get("reason") else ""
-        )
-        return (
-            False,
-            [f"the certificate records a request that did not succeed ({why}); it proves no answer"],
-            facts,
-        )
-    try:
-        cert = Certificate.from_json(json.dumps(data))
-    except CertificateError as exc:
-        return False, [str(exc)], facts
-    problems: list[str] = []
-    try:
-        req = wire.decode(cert.request_frame, check_time=False)
-    except wire.WireError as exc:
-        return False, [f"request frame: does not open ({exc})"], facts
-    facts.update(
-        computed_request_id=req.packet_id,
-        client=req.sender_id,
-        prompt=req.body.prompt,
-        embedding_model=req.body.security_frame.embedding_model,
-        members=list(cert.result.members),
-        answer=cert.result.output,
-    )
-    if data.get("request_id") and data["request_id"] != req.packet_id:
-        problems.append(f"request_id {data['request_id']} is not the signed request's id {req.packet_id}")
-    if embed_fn is None:
-        from engine.embedding import load_embed_fn
-
-        _quiet_model_loading()
-
-        try:
-            embed_fn = load_embed_fn(req.body.security_frame.embedding_model)
-        except Exception as exc:  # noqa: BLE001 - unknown model, missing files: say which
-            raise ClientError(
-                f"cannot load embedding model {req.body.security_frame.embedding_model!r}: {exc}"
-            ) from None
-    params = CertificateParams() if hamming_tolerance is None else CertificateParams(hamming_tolerance)
-    report = verify_certificate(
-        cert, open_frame=_open_frame, embed_fn=embed_fn, request_id_of=_request_id_of, params=params
-    )
-    problems.extend(report.problems)
-    facts["rejected_reveals"] = dict(report.rejected)
-    return not problems, problems, facts

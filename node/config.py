@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"], description="libp2p listen multiaddrs."
     )
     bootstrap: list[str] = Field(default_factory=list, description="Multiaddrs (with /p2p/<id>) to dial.")
+    announce_addrs: list[str] = Field(
+        default_factory=list,
+        description="Addresses peers should dial (public or NAT-mapped); default: the listen "
+        "addresses, with 0.0.0.0 expanded into this machine's interface addresses.",
+    )
     mdns: bool = Field(True, description="Discover peers on the local network.")
     rate_limit_per_peer: float = Field(50.0, gt=0, le=100_000, description="Messages/s per peer.")
     rate_limit_burst: int = Field(200, ge=1, le=1_000_000, description="Burst size per peer.")
@@ -119,7 +124,7 @@ class Settings(BaseSettings):
     def _lower_level(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
 
-    @field_validator("listen_addrs", "bootstrap")
+    @field_validator("listen_addrs", "bootstrap", "announce_addrs")
     @classmethod
     def _multiaddrs(cls, v: list[str]) -> list[str]:
         for addr in v:
@@ -225,6 +230,7 @@ api_port = 8420               # 1-65535
 # Peer-to-peer
 listen_addrs = ["/ip4/0.0.0.0/tcp/4001"]
 bootstrap = []                # e.g. ["/ip4/203.0.113.5/tcp/4001/p2p/12D3KooW..."]
+announce_addrs = []           # what peers should dial, e.g. ["/ip4/203.0.113.7/tcp/4001"] behind NAT
 mdns = true                   # discover peers on the local network
 rate_limit_per_peer = 50.0    # messages per second per peer
 rate_limit_burst = 200

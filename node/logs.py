@@ -7,6 +7,7 @@ are routed through the same renderer so one node writes one format.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -128,3 +129,14 @@ def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.Boun
 
 
 __all__ = ["LEVELS", "configure_logging", "get_logger", "route_library_logs_to_root"]
+
+
+def search_entries(entries: list[dict[str, Any]], search: str | None) -> list[dict[str, Any]]:
+    """The entries whose JSON form contains ``search`` (case-insensitive); all when it is empty.
+
+    The node's event log and the engines' logs are searched the same way, so a term found
+    in one view is found in the merged ``/v1/logs`` too."""
+    if not search:
+        return entries
+    needle = search.lower()
+    return [e for e in entries if needle in json.dumps(e, default=str).lower()]

@@ -10,6 +10,9 @@ across an ``await``.
 The schema is versioned with ``PRAGMA user_version`` and an ordered list of
 migration functions; a database newer than this code is refused instead of being
 misread.
+
+Why this module is long: one SQLite schema and its migrations, with one method per
+query; every durable fact of the node goes through this one class and its one lock.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from node import clock
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -140,12 +144,36 @@ def _m3_orphans(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX packets_orphan ON packets(received_at) WHERE orphan = 1")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_outbox, _m3_orphans]
+def _m4_bans_and_rechecks(db: sqlite3.Connection) -> None:
+    # Bans outlive a restart (a banned peer must not get a clean slate by waiting for the
+    # node to restart). `kind` is "peer" (a libp2p connection that forwarded garbage) or
+    # "sender" (a signing key whose outputs failed re-checks). A failed re-check also
+    # counts in the peer's reputation. Our own inference keeps the weights hash it was
+    # made with, so a late reveal after a restart names the same weights as the commit.
+    _run_script(
+        db,
+        """
+        CREATE TABLE bans (
+            kind       TEXT NOT NULL,
+            key        TEXT NOT NULL,
+            until_ms   INTEGER NOT NULL,
+            reason     TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (kind, key)
+        );
+        ALTER TABLE reputation ADD COLUMN failed_recheck INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE inferences ADD COLUMN model_hash TEXT;
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _m1_initial,
+    _m2_outbox,
+    _m3_orphans,
+    _m4_bans_and_rechecks,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)
@@ -175,6 +203,7 @@ class OwnInference:
     request_id: str
     inference_id: str
     model: str | None
+    model_hash: str | None
     state: str
     output: str | None
     embedding: bytes | None
@@ -184,7 +213,8 @@ class OwnInference:
     updated_at: int
 
 
-_REP_FIELDS = ("accepted", "rejected", "missing", "in_cluster", "outlier")
+_REP_FIELDS = ("accepted", "rejected", "missing", "in_cluster", "outlier", "failed_recheck")
+BAN_KINDS = ("peer", "sender")
 
 
 class Store:
@@ -276,7 +306,7 @@ class Store:
             cur = db.execute(
                 "INSERT OR IGNORE INTO requests(request_id, frame, client_id, created_at, ending_at,"
                 " received_at) VALUES (?,?,?,?,?,?)",
-                (request_id, bytes(frame), client_id, int(created_at), int(ending_at), _now_ms()),
+                (request_id, bytes(frame), client_id, int(created_at), int(ending_at), clock.now_ms()),
             )
             if cur.rowcount != 1:
                 return False
@@ -339,7 +369,7 @@ class Store:
                 json.dumps(members),
                 json.dumps(result or {}),
                 certificate,
-                _now_ms(),
+                clock.now_ms(),
                 request_id,
             ),
         )
@@ -354,6 +384,7 @@ class Store:
         *,
         state: str,
         model: str | None = None,
+        model_hash: str | None = None,
         output: str | None = None,
         embedding: bytes | None = None,
         b: bytes | None = None,
@@ -362,18 +393,31 @@ class Store:
     ) -> None:
         """Create or update this node's inference; None leaves a stored field as is."""
         self._write(
-            "INSERT INTO inferences(request_id, inference_id, model, state, output, embedding, b,"
-            " commit_hash, reason, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            "INSERT INTO inferences(request_id, inference_id, model, model_hash, state, output, embedding,"
+            " b, commit_hash, reason, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(request_id) DO UPDATE SET"
             " state=excluded.state,"
             " model=COALESCE(excluded.model, model),"
+            " model_hash=COALESCE(excluded.model_hash, model_hash),"
             " output=COALESCE(excluded.output, output),"
             " embedding=COALESCE(excluded.embedding, embedding),"
             " b=COALESCE(excluded.b, b),"
             " commit_hash=COALESCE(excluded.commit_hash, commit_hash),"
             " reason=COALESCE(excluded.reason, reason),"
             " updated_at=excluded.updated_at",
-            (request_id, inference_id, model, state, output, embedding, b, commit, reason, _now_ms()),
+            (
+                request_id,
+                inference_id,
+                model,
+                model_hash,
+                state,
+                output,
+                embedding,
+                b,
+                commit,
+                reason,
+                clock.now_ms(),
+            ),
         )
 
     def get_inference(self, request_id: str) -> OwnInference | None:
@@ -416,7 +460,7 @@ class Store:
                 sender_id,
                 bytes(frame),
                 int(own),
-                _now_ms(),
+                clock.now_ms(),
                 int(not own),
                 request_id,
             ),
@@ -434,7 +478,7 @@ class Store:
         are never touched."""
         if max_age_ms < 0 or max_count < 0:
             raise ValueError(f"max_age_ms and max_count must be >= 0, got {max_age_ms}, {max_count}")
-        cutoff = (_now_ms() if now_ms is None else int(now_ms)) - int(max_age_ms)
+        cutoff = (clock.now_ms() if now_ms is None else int(now_ms)) - int(max_age_ms)
 
         def tx(db: sqlite3.Connection) -> int:
             aged = db.execute("DELETE FROM packets WHERE orphan=1 AND received_at < ?", (cutoff,)).rowcount
@@ -485,7 +529,7 @@ class Store:
         self._write(
             "INSERT INTO quorum_states(request_id, state, updated_at) VALUES (?,?,?)"
             " ON CONFLICT(request_id) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
-            (request_id, bytes(state), _now_ms()),
+            (request_id, bytes(state), clock.now_ms()),
         )
 
     def load_quorum_state(self, request_id: str) -> bytes | None:
@@ -511,16 +555,38 @@ class Store:
             if cur.rowcount != 1:
                 return False
             db.execute(
-                "INSERT OR IGNORE INTO reputation(node_id, updated_at) VALUES (?,?)", (node_id, _now_ms())
+                "INSERT OR IGNORE INTO reputation(node_id, updated_at) VALUES (?,?)", (node_id, clock.now_ms())
             )
             sets = ", ".join(f"{k}={k}+?" for k in deltas)
             db.execute(
                 f"UPDATE reputation SET {sets + ', ' if sets else ''}updated_at=? WHERE node_id=?",
-                (*[int(v) for v in deltas.values()], _now_ms(), node_id),
+                (*[int(v) for v in deltas.values()], clock.now_ms(), node_id),
             )
             return True
 
         return bool(self._tx(tx))
+
+    def save_ban(self, kind: str, key: str, *, until_ms: int, reason: str) -> None:
+        """Record (or extend) a ban; the later end wins when one exists already."""
+        if kind not in BAN_KINDS:
+            raise ValueError(f"ban kind must be one of {BAN_KINDS}, got {kind!r}")
+        self._write(
+            "INSERT INTO bans(kind, key, until_ms, reason, created_at) VALUES (?,?,?,?,?)"
+            " ON CONFLICT(kind, key) DO UPDATE SET until_ms=max(until_ms, excluded.until_ms),"
+            " reason=excluded.reason",
+            (kind, key, int(until_ms), reason[:200], clock.now_ms()),
+        )
+
+    def active_bans(self, kind: str, *, now_ms: int | None = None) -> dict[str, int]:
+        """key -> ban end (ms) for bans of ``kind`` still running; ended ones are deleted."""
+        now = clock.now_ms() if now_ms is None else int(now_ms)
+
+        def tx(db: sqlite3.Connection) -> dict[str, int]:
+            db.execute("DELETE FROM bans WHERE until_ms <= ?", (now,))
+            rows = db.execute("SELECT key, until_ms FROM bans WHERE kind=?", (kind,)).fetchall()
+            return {r["key"]: int(r["until_ms"]) for r in rows}
+
+        return dict(self._tx(tx))
 
     def reputation(self, node_id: str | None = None) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -568,6 +634,7 @@ def _inference_row(r: sqlite3.Row) -> OwnInference:
         request_id=r["request_id"],
         inference_id=r["inference_id"],
         model=r["model"],
+        model_hash=r["model_hash"],
         state=r["state"],
         output=r["output"],
         embedding=bytes(r["embedding"]) if r["embedding"] is not None else None,

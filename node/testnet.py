@@ -1,4 +1,5 @@
-"""A local testnet: N ``rakis node start`` daemons on 127.0.0.1, each in its own data dir.
+"""A local testnet: N ``rakis node start`` daemons, each in its own data dir, on 127.0.0.1
+or (``netns``) each in a network namespace of its own, as separate hosts on one bridge.
 
 Layout of a testnet directory (default ``./.rakis-testnet``, or ``$RAKIS_TESTNET_DIR``)::
 
@@ -16,6 +17,10 @@ bootstrap peer; the gossip layer redials bootstrap peers that are not up yet.
 
 Nodes on one machine share its cores: each gets ``max(1, cores // N)`` torch threads
 so N nodes do not oversubscribe the CPU.
+
+Why this module is long: one testnet's whole life (plan, spawn, wait until meshed,
+status, stop, and the namespace faults) works on one record file and one set of pid
+files; the namespace plumbing itself lives in ``node.netns``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from typing import Any
 import httpx
 
 from node import identity as identity_mod
-from node.libp2p_compat import peer_id_from_public_key
+from node.netns import NetnsError, NetnsTopology
+from node.p2p.libp2p_compat import peer_id_from_public_key
 
 TESTNET_FILE = "testnet.json"
 PID_FILE = "daemon.pid"
@@ -82,7 +88,7 @@ def rakis_command() -> list[str]:
     script = Path(sys.executable).with_name("rakis")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from node.cli import app; app()"]
+    return [sys.executable, "-c", "from node.cli.app import app; app()"]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -141,14 +147,16 @@ class NodeEntry:
     peer_id: str
     torch_threads: int
     fault: str = "honest"
+    host: str = "127.0.0.1"  # the node's own address (its namespace's, with --netns)
+    netns: str | None = None  # the network namespace it runs in, if any
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.host}:{self.api_port}"
 
     @property
     def multiaddr(self) -> str:
-        return f"/ip4/127.0.0.1/tcp/{self.p2p_port}/p2p/{self.peer_id}"
+        return f"/ip4/{self.host}/tcp/{self.p2p_port}/p2p/{self.peer_id}"
 
     @property
     def dir(self) -> Path:
@@ -219,14 +227,27 @@ class Testnet:
 
     # -- up --
 
+    def topology(self) -> NetnsTopology:
+        """The namespace names and addresses this directory's testnet uses with --netns."""
+        return NetnsTopology.for_directory(self.root)
+
     def plan(
-        self, n: int, *, torch_threads: int | None = None, faults: dict[int, str] | None = None
+        self,
+        n: int,
+        *,
+        torch_threads: int | None = None,
+        faults: dict[int, str] | None = None,
+        netns: bool = False,
     ) -> list[NodeEntry]:
-        """Keys, ports and thread counts for n nodes (keys are kept from an earlier run)."""
+        """Keys, ports and thread counts for n nodes (keys are kept from an earlier run).
+
+        With ``netns`` every node is a host of its own: its own namespace and address, and
+        the usual ports (8000 for the API, 4001 for libp2p) since no two nodes share a stack."""
         if n < 1:
             raise TestnetError(f"a testnet needs at least 1 node, got {n}")
         threads = torch_threads or threads_per_node(n)
-        ports = _free_ports(2 * n)
+        ports = [8000, 4001] * n if netns else _free_ports(2 * n)
+        topo = self.topology() if netns else None
         nodes = []
         for i in range(n):
             data_dir = self.root / f"node-{i}"
@@ -244,21 +265,24 @@ class Testnet:
                     peer_id=str(peer_id_from_public_key(ident.public_key)),
                     torch_threads=threads,
                     fault=(faults or {}).get(i, "honest"),
+                    host=topo.address(i) if topo is not None else "127.0.0.1",
+                    netns=topo.namespace(i) if topo is not None else None,
                 )
             )
         return nodes
 
     def _command(self, node: NodeEntry, others: list[NodeEntry], models: list[str] | None) -> list[str]:
-        args = rakis_command() + [
+        inside = ["ip", "netns", "exec", node.netns] if node.netns else []
+        args = inside + rakis_command() + [
             "--log-json",
             "node",
             "start",
             "--data-dir",
             node.data_dir,
             "--api",
-            f"127.0.0.1:{node.api_port}",
+            f"{node.host}:{node.api_port}",
             "--listen",
-            f"/ip4/127.0.0.1/tcp/{node.p2p_port}",
+            f"/ip4/{node.host}/tcp/{node.p2p_port}",
             "--no-mdns",
             "--torch-threads",
             str(node.torch_threads),
@@ -295,11 +319,15 @@ class Testnet:
         timeout: float = 600.0,
         env: dict[str, str] | None = None,
         progress: Progress | None = None,
+        netns: bool = False,
     ) -> list[NodeEntry]:
         """Start n daemons and wait until every one is ready and sees the others.
 
+        With ``netns`` each daemon runs in a network namespace of its own (see
+        ``node.netns``): separate hosts with their own addresses on one bridge.
         On any failure (a daemon exits, the timeout passes, Ctrl-C) every daemon this
-        call started is stopped again and TestnetError names the node and its log tail.
+        call started is stopped again (and the namespaces removed) and TestnetError
+        names the node and its log tail.
         """
         if running := self.running():
             raise TestnetError(
@@ -307,7 +335,12 @@ class Testnet:
                 f"stop it first: rakis testnet down --dir {self.root}"
             )
         self.root.mkdir(parents=True, exist_ok=True)
-        nodes = self.plan(n, torch_threads=torch_threads, faults=faults)
+        nodes = self.plan(n, torch_threads=torch_threads, faults=faults, netns=netns)
+        if netns:
+            try:
+                self.topology().create(n)
+            except NetnsError as exc:
+                raise TestnetError(str(exc)) from None
         self._save(nodes)
         report = progress or (lambda *_: None)
         try:
@@ -440,7 +473,31 @@ class Testnet:
         for node in targets:
             self._reap(node.name, block=True)
             (node.dir / PID_FILE).unlink(missing_ok=True)
+        if any(node.netns for node in targets):
+            self.topology().destroy()
         return [results[n.name] for n in targets]
+
+    # -- faults (namespace testnets only) --
+
+    def partition(self, name: str) -> NodeEntry:
+        """Cut one node off the bridge: it keeps running but reaches no one."""
+        node, index = self._netns_node(name)
+        self.topology().partition(index)
+        return node
+
+    def heal(self, name: str) -> NodeEntry:
+        node, index = self._netns_node(name)
+        self.topology().heal(index)
+        return node
+
+    def _netns_node(self, name: str) -> tuple[NodeEntry, int]:
+        nodes = self.nodes()
+        for index, node in enumerate(nodes):
+            if node.name == name:
+                if node.netns is None:
+                    raise TestnetError(f"{name} is not in a network namespace: start the testnet with --netns")
+                return node, index
+        raise TestnetError(f"no node named {name!r} here; nodes: {', '.join(n.name for n in nodes) or 'none'}")
 
     def _reap(self, name: str, block: bool = False) -> None:
         proc = self._procs.get(name)

@@ -6,6 +6,18 @@ Decoding is ordered cheapest-first so hostile input costs as little as possible:
 size, msgpack shape (with hard length limits), header, signature, clock, replay,
 and only then the body schema. Every rejection is a :class:`WireError` with a
 :class:`WireReason`, so callers can count rejections without catching anything else.
+
+Protocol 2 (proof of inference) added: the security frame's optional
+``commit_window_ms`` (default from ``consensus.windows.commit_window_ms``), model
+identity (``accepted_models`` entries ``alias`` or ``alias@sha256:<hex>``, parsed by
+``consensus.models``; commits and reveals name ``model`` and ``model_hash``; peer_info
+advertises ``model_hashes``), the request seed rule (:func:`request_seed`) and the
+answer rule / re-check summary in ``inference_quorum_computed``. Version 1 frames are
+rejected as ``bad_version``: a v1 node would neither re-check nor honour the window.
+
+Why this module is long: the wire format is one contract (schemas, codec, limits and
+replay cache are checked together on every frame); splitting it would scatter the
+rules a peer must follow across files that must always change together.
 """
 
 from __future__ import annotations
@@ -13,11 +25,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgpack
 import nacl.bindings
@@ -34,7 +45,11 @@ from pydantic import (
     model_validator,
 )
 
-PROTOCOL_VERSION = 1
+from consensus.models import MODEL_HASH_PATTERN, AcceptedModels, check_alias
+from consensus.windows import commit_window_ms
+from node import clock
+
+PROTOCOL_VERSION = 2
 NONCE_BYTES = 16
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -107,6 +122,8 @@ RequestId = Annotated[str, StringConstraints(min_length=64, max_length=64, patte
 InferenceId = Annotated[str, StringConstraints(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")]
 Hash32Hex = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, StringConstraints(min_length=1)]
+# Weights hash of a model, as computed by the engine at load: "sha256:<64 lowercase hex>".
+ModelHash = Annotated[str, StringConstraints(min_length=71, max_length=71, pattern=MODEL_HASH_PATTERN)]
 Commit = Annotated[bytes, Field(min_length=COMMIT_BYTES, max_length=COMMIT_BYTES)]
 Float = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -147,6 +164,19 @@ class SecurityFrame(_Body):
     sec_distance: Float = Field(ge=0.0)
     sec_percentage: Float = Field(gt=0.0, le=1.0)
     embedding_model: Name
+    # Commits are accepted until the request's ts + this; None: the default of
+    # consensus.windows.commit_window_ms (a quarter of max_time_ms, in [2 s, 60 s]).
+    commit_window_ms: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> SecurityFrame:
+        commit_window_ms(self.max_time_ms, self.commit_window_ms)  # ValueError names the bound
+        return self
+
+    @property
+    def effective_commit_window_ms(self) -> int:
+        """The commit window this frame gives (explicit or default)."""
+        return commit_window_ms(self.max_time_ms, self.commit_window_ms)
 
     @field_validator("quorum")
     @classmethod
@@ -172,7 +202,7 @@ class InferenceRequest(_Body):
     temperature: Float = Field(ge=0.0, le=2.0)
     max_tokens: int = Field(ge=1)
     security_frame: SecurityFrame
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)  # None: see request_seed()
 
     @field_validator("prompt")
     @classmethod
@@ -186,6 +216,7 @@ class InferenceRequest(_Body):
         _check_len(v, lim.max_accepted_models, "accepted_models")
         for name in v:
             _check_len(name, lim.max_name_chars, "model name")
+        AcceptedModels.parse(v)  # "alias" or "alias@sha256:<hex>", no repeats or ambiguity
         return v
 
     @field_validator("max_tokens")
@@ -197,12 +228,19 @@ class InferenceRequest(_Body):
         return v
 
 
+def _alias(v: str) -> str:
+    return check_alias(v)
+
+
 class InferenceCommit(_Body):
     packet_type: ClassVar[PacketType] = PacketType.INFERENCE_COMMIT
     request_id: RequestId
     inference_id: InferenceId
-    model: Name
+    model: Name  # the alias the request accepted (no "@")
+    model_hash: ModelHash  # the weights the output came from
     commit: Commit
+
+    _model_is_alias = field_validator("model")(_alias)
 
 
 class CommitRef(_Body):
@@ -228,6 +266,10 @@ class InferenceReveal(_Body):
     inference_id: InferenceId
     output: str
     b: bytes = Field(min_length=1)
+    model: Name  # must equal the commit's (checked by the quorum machine)
+    model_hash: ModelHash
+
+    _model_is_alias = field_validator("model")(_alias)
 
     @field_validator("output")
     @classmethod
@@ -261,6 +303,11 @@ class InferenceQuorumComputed(_Body):
     output: str
     from_node: NodeId
     reason: str | None = Field(default=None, min_length=1)
+    # Protocol 2, informational (each node computes its own): the chosen member, the
+    # answer rule (consensus.answer) and the re-check summary (consensus.recheck).
+    representative: InferenceId | None = None
+    answer_rule: Literal["max_log_likelihood", "medoid"] | None = None
+    recheck: Literal["checked", "partial", "unavailable"] | None = None
 
     @field_validator("valid_inferences")
     @classmethod
@@ -293,8 +340,16 @@ class PeerInfo(_Body):
     device: Name
     version: Name
     api_url: str | None = None
+    model_hashes: dict[Name, ModelHash] = Field(default_factory=dict)  # alias -> weights hash
 
-    @field_validator("models", "embedding_models", "workers")
+    @model_validator(mode="after")
+    def _hashes_of_listed_models(self) -> PeerInfo:
+        unknown = sorted(set(self.model_hashes) - set(self.models))
+        if unknown:
+            raise ValueError(f"model_hashes names models not in models: {unknown[:4]}")
+        return self
+
+    @field_validator("models", "embedding_models", "workers", "model_hashes")
     @classmethod
     def _count_limit(cls, v: Any, info: ValidationInfo) -> Any:
         lim = _limits(info)
@@ -381,7 +436,7 @@ class SeenCache:
 
     def seen(self, packet_id: str, now_ms: int | None = None) -> bool:
         expiry = self._entries.get(packet_id)
-        return expiry is not None and expiry >= (_now_ms() if now_ms is None else now_ms)
+        return expiry is not None and expiry >= (clock.now_ms() if now_ms is None else now_ms)
 
     def add(
         self, packet_id: str, ts_ms: int, now_ms: int | None = None, *, window_ms: int | None = None
@@ -389,14 +444,14 @@ class SeenCache:
         """Remember ``packet_id`` until ``ts_ms + window`` (the larger of the cache's window
         and ``window_ms``, so a cache built with a smaller window than the decoder's
         clock-skew limit still covers every packet the decoder can accept)."""
-        now = _now_ms() if now_ms is None else now_ms
+        now = clock.now_ms() if now_ms is None else now_ms
         self._entries[packet_id] = ts_ms + max(self.window_ms, window_ms or 0)
         self._entries.move_to_end(packet_id)
         self._prune(now)
 
     def check_and_add(self, packet_id: str, ts_ms: int, now_ms: int | None = None) -> bool:
         """Record the id; return True when it was already present (a replay)."""
-        now = _now_ms() if now_ms is None else now_ms
+        now = clock.now_ms() if now_ms is None else now_ms
         if self.seen(packet_id, now):
             return True
         self.add(packet_id, ts_ms, now)
@@ -412,10 +467,6 @@ class SeenCache:
             if expiry >= now_ms:
                 break
             del entries[first_id]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _packet_type_of(body: BaseModel) -> PacketType:
@@ -447,7 +498,7 @@ def encode(
         "v": PROTOCOL_VERSION,
         "type": ptype.value,
         "from": bytes(signing_key.verify_key),
-        "ts": _now_ms() if ts_ms is None else int(ts_ms),
+        "ts": clock.now_ms() if ts_ms is None else int(ts_ms),
         "nonce": bytes(nonce),
         "body": body.model_dump(mode="python"),
     }
@@ -564,7 +615,7 @@ def _decode(
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
         raise WireError(WireReason.BAD_SIGNATURE, "signature does not match sender and payload") from None
 
-    now = _now_ms() if now_ms is None else now_ms
+    now = clock.now_ms() if now_ms is None else now_ms
     if check_time and abs(ts - now) > limits.max_clock_skew_ms:
         raise WireError(
             WireReason.CLOCK_SKEW, f"ts is {ts - now} ms from now, window is ±{limits.max_clock_skew_ms} ms"
@@ -624,6 +675,22 @@ def request_id(packet: SignedPacket) -> str:
     return packet.packet_id
 
 
+SEED_MAX = 2**63 - 1
+
+
+def request_seed(body: InferenceRequest, req_id: str) -> int:
+    """The sampling seed of a request: ``body.seed`` when the client set it, else the
+    first 8 bytes of the request id (big-endian) masked to 63 bits.
+
+    Derived, not chosen by any node: every node computes the same seed, so honest nodes
+    sampling at T > 0 draw the same text and each can re-check the others' draws."""
+    if body.seed is not None:
+        return body.seed
+    if not (isinstance(req_id, str) and len(req_id) == 64 and _HEX.match(req_id)):
+        raise ValueError("request_id must be 64 lowercase hex characters")
+    return int.from_bytes(bytes.fromhex(req_id)[:8], "big") & SEED_MAX
+
+
 def inference_id(req_id: str, public_key: bytes) -> str:
     """One inference id per (request, node): sha256(request_id ascii || pubkey), 32 hex chars."""
     if not (isinstance(req_id, str) and len(req_id) == 64 and _HEX.match(req_id)):
@@ -637,6 +704,7 @@ __all__ = [
     "BODY_MODELS",
     "COMMIT_BYTES",
     "DEFAULT_LIMITS",
+    "SEED_MAX",
     "NONCE_BYTES",
     "PROTOCOL_VERSION",
     "Body",
@@ -660,5 +728,6 @@ __all__ = [
     "encode",
     "inference_id",
     "request_id",
+    "request_seed",
     "validate_body",
 ]

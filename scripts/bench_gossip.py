@@ -34,8 +34,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node import wire  # noqa: E402
-from node.gossip import GossipNode, local_config  # noqa: E402
 from node.identity import Identity  # noqa: E402
+from node.p2p.config import local_config  # noqa: E402
+from node.p2p.gossip import GossipNode  # noqa: E402
 
 
 def _body(tag: str) -> wire.InferenceRequest:

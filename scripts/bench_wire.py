@@ -40,13 +40,19 @@ def sample(ptype: wire.PacketType) -> wire._Body:
             security_frame=frame,
         ),
         wire.PacketType.INFERENCE_COMMIT: wire.InferenceCommit(
-            request_id=REQ_ID, inference_id=INF_ID, model="smollm2-135m-instruct", commit=os.urandom(32)
+            request_id=REQ_ID,
+            inference_id=INF_ID,
+            model="smollm2-135m-instruct",
+            model_hash="sha256:" + "ab" * 32,
+            commit=os.urandom(32),
         ),
         wire.PacketType.INFERENCE_REVEAL: wire.InferenceReveal(
             request_id=REQ_ID,
             inference_id=INF_ID,
             output="A commit binds a node to its answer. " * 20,
             b=os.urandom(48),
+            model="smollm2-135m-instruct",
+            model_hash="sha256:" + "ab" * 32,
         ),
         wire.PacketType.PEER_STATUS: wire.PeerStatus(load=0.4, queue_depth=2, tokens_per_s=150.0),
     }[ptype]

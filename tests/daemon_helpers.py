@@ -89,6 +89,7 @@ def make_frame(
     sec_percentage: float = 1.0,
     max_tokens: int = 16,
     client: Identity | None = None,
+    commit_window_ms: int | None = None,
 ) -> bytes:
     """A client-signed request frame, built by the real client code."""
     body = build_request(
@@ -100,6 +101,7 @@ def make_frame(
         sec_percentage=sec_percentage,
         max_tokens=max_tokens,
         embedding_model=EMBEDDING,
+        commit_window_s=None if commit_window_ms is None else commit_window_ms / 1000,
     )
     return sign_request(body, client or Identity.generate())
 

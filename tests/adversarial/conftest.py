@@ -1,9 +1,9 @@
-"""Helpers for attack tests: an in-process daemon (the real `node.server.serve`) and frame
+"""Helpers for attack tests: an in-process daemon (the real `node.daemon.run.serve`) and frame
 generators for fuzzing.
 
-`InProcessNode` runs `serve()` — real libp2p host, real Hypercorn on 127.0.0.1, real
-orchestrator, store and engines (a tiny random Llama and the real MiniLM) — on its own
-trio loop in a thread, so a synchronous test (hypothesis) can hammer its HTTP API over
+`InProcessServer.daemon` (tests/inprocess.py) runs `serve()` — real libp2p host, real
+Hypercorn on 127.0.0.1, real orchestrator, store and engines (a tiny random Llama and the
+real MiniLM) — on its own trio loop in a thread, so a synchronous test (hypothesis) can hammer its HTTP API over
 real sockets and then check that the loop is still alive.
 """
 
@@ -12,17 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import random
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-import trio
 
 from node import wire
 from node.identity import Identity
+from tests.inprocess import InProcessServer, daemon_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -52,87 +51,20 @@ class ErrorLog(logging.Handler):
         return [f"{r.name}: {r.getMessage()}" for r in self.records]
 
 
-class InProcessNode:
-    """`node.server.serve(settings)` on its own trio loop in a daemon thread."""
+# The real daemon on its own loop in a thread (tests/inprocess.py).
+InProcessNode = InProcessServer
 
-    def __init__(self, data_dir: Path, tiny_dir: Path, **overrides: Any) -> None:
-        from node.config import load_settings
 
-        values: dict[str, Any] = {
-            "api_host": "127.0.0.1",
-            "api_port": 1,  # replaced by 0 (any free port) below, as `rakis node start` does
-            "listen_addrs": ["/ip4/127.0.0.1/tcp/0"],
-            "mdns": False,
-            "llm_models": {TINY_MODEL: 1},
-            "model_paths": {TINY_MODEL: str(tiny_dir)},
-            "embedding_model": EMBEDDING,
-            "torch_threads": 1,
-            "admin_token": ADMIN_TOKEN,
-            "reveal_grace_s": 0.3,
-            "reveal_window_s": 8.0,
-        }
-        values.update(overrides)
-        self.settings = load_settings(data_dir, **values).model_copy(update={"api_port": 0})
-        self.facade: Any = None
-        self.url = ""
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._shutdown: trio.Event | None = None
-        self._started = threading.Event()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="adv-inprocess-node", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            trio.run(self._main)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
-            self.error = exc
-        finally:
-            self._started.set()
-
-    async def _main(self) -> None:
-        from node.server import serve
-
-        self._token = trio.lowlevel.current_trio_token()
-        self._shutdown = trio.Event()
-        async with trio.open_nursery() as nursery:
-            self.facade = await nursery.start(
-                lambda task_status: serve(self.settings, shutdown=self._shutdown, task_status=task_status)
-            )
-            self.url = self.facade.api_url
-            self._started.set()
-
-    def start(self, timeout: float = 180) -> InProcessNode:
-        self._thread.start()
-        self._started.wait(timeout)
-        if self.error is not None:
-            raise RuntimeError("in-process node failed to start") from self.error
-        if not self.url:
-            raise RuntimeError(f"in-process node not ready after {timeout} s")
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() and self.error is None
-
-    def call(self, fn: Any, *args: Any) -> Any:
-        """Run fn(*args) (sync or async) on the node's loop (the facade is not thread-safe)."""
-        assert self._token is not None
-
-        async def runner() -> Any:
-            value = fn(*args)
-            if hasattr(value, "__await__"):
-                value = await value
-            return value
-
-        return trio.from_thread.run(runner, trio_token=self._token)
-
-    def stop(self) -> None:
-        if self._token is not None and self._shutdown is not None and self._thread.is_alive():
-            try:
-                trio.from_thread.run_sync(self._shutdown.set, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
-        self._thread.join(30)
+def node_settings(data_dir: Path, tiny_dir: Path, **overrides: Any) -> Any:
+    """An in-process daemon's settings with the tiny Llama, MiniLM and the admin token."""
+    return daemon_settings(
+        data_dir,
+        model=TINY_MODEL,
+        model_dir=tiny_dir,
+        embedding_model=EMBEDDING,
+        admin_token=ADMIN_TOKEN,
+        **overrides,
+    )
 
 
 @pytest.fixture(scope="package")
@@ -142,12 +74,12 @@ def inprocess_node(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Pat
     torch.set_num_threads(1)
     # One node for the package (torn down after its last test): HTTP fuzzing and the
     # security checks share it.
-    node = InProcessNode(tmp_path_factory.mktemp("adv-node"), tiny_llama_dir).start()
+    node = InProcessServer.daemon(node_settings(tmp_path_factory.mktemp("adv-node"), tiny_llama_dir)).start()
     try:
         yield node
     finally:
         node.stop()
-    assert not node._thread.is_alive(), "the in-process node did not stop"
+    assert node.stopped, "the in-process node did not stop"
 
 
 # ---- frames ------------------------------------------------------------------------------

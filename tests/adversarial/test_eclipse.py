@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.gossip.conftest import Net, new_node, run_trio, wait_until
+from tests.node.p2p.conftest import Net, new_node, run_trio, wait_until
 
 from .conftest import request_body
 

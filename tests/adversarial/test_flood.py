@@ -16,7 +16,7 @@ import trio
 
 from node import wire
 from node.config import load_settings
-from tests.gossip.conftest import Net, new_node, run_trio, wait_until
+from tests.node.p2p.conftest import Net, new_node, run_trio, wait_until
 
 from .conftest import request_body
 

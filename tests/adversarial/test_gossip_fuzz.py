@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from node import wire
-from node.gossip import PEER_RATE_LIMITED
-from tests.gossip.conftest import Net, line, new_node, run_trio, wait_until
+from node.p2p.gossip import PEER_RATE_LIMITED
+from tests.node.p2p.conftest import Net, line, new_node, run_trio, wait_until
 
 from .conftest import FrameMutator, request_body
 

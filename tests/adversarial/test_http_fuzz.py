@@ -1,6 +1,6 @@
 """HTTP fuzzing of every endpoint of a real node: never a 5xx, never a crash.
 
-The node is the real daemon runtime (`node.server.serve`: orchestrator, SQLite store,
+The node is the real daemon runtime (`node.daemon.run.serve`: orchestrator, SQLite store,
 libp2p host, Hypercorn) with real engines (tiny random Llama, MiniLM), reached over a
 real socket. Hypothesis generates bodies, query strings, content types and headers;
 after every example the answer must be < 500 with a JSON error body for 4xx, and at the
@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node import wire
+from node.clock import now_ms
 from node.identity import Identity
 
 from .conftest import ADMIN_TOKEN, EMBEDDING, TINY_MODEL, ErrorLog, InProcessNode, request_body
@@ -190,7 +191,7 @@ def test_post_requests_with_signed_but_odd_requests(
             },
             context={"limits": big},
         )
-        frame = wire.encode(body, _client.signing_key, ts_ms=wire._now_ms() + ts_offset_ms, limits=big)
+        frame = wire.encode(body, _client.signing_key, ts_ms=now_ms() + ts_offset_ms, limits=big)
     except (ValueError, wire.WireError):
         return  # not even a client with relaxed limits can build it
     _check(http.post("/v1/requests", content=frame, headers={"content-type": "application/octet-stream"}))

@@ -4,7 +4,7 @@ The gossip replay cache (`SeenCache`) only covers a frame while its timestamp is
 the clock-skew window, and it is empty after a restart; beyond that the orchestrator
 and its SQLite store must recognise the request id. The node here is the daemon's
 stack without HTTP: a real libp2p `GossipNode`, the `Orchestrator`, a `Store` on disk
-and real engines (tiny random Llama, MiniLM), wired as `node.server.serve` wires them.
+and real engines (tiny random Llama, MiniLM), wired as `node.daemon.run.serve` wires them.
 The node accepts frames up to 10 minutes old (`max_clock_skew_ms`), and the request
 was signed 2.5 minutes before the replay.
 """
@@ -18,11 +18,13 @@ import pytest
 import trio
 
 from node import wire
-from node.domain import DomainConfig, Orchestrator
+from node.clock import now_ms
 from node.identity import Identity
+from node.orchestrator.config import OrchestratorConfig
+from node.orchestrator.orchestrator import Orchestrator
 from node.store import Store
-from tests.gossip.conftest import Net, new_node, run_trio, wait_until
 from tests.node.conftest import CoreCompute
+from tests.node.p2p.conftest import Net, new_node, run_trio, wait_until
 
 from .conftest import TINY_MODEL, request_body
 
@@ -72,7 +74,7 @@ class StackNode:
             store=self.store,
             compute=CoreCompute(core, emb, TINY_MODEL),
             publish=publish,
-            config=DomainConfig(limits=WINDOW),
+            config=OrchestratorConfig(limits=WINDOW),
         )
         self._scope, self._done = trio.CancelScope(), trio.Event()
 
@@ -107,7 +109,7 @@ def test_request_replayed_minutes_later_from_another_peer_is_processed_once(tmp_
     frame = wire.encode(
         request_body("What colour is the sky?", quorum=1, max_time_ms=600_000),
         client.signing_key,
-        ts_ms=wire._now_ms() - AGE_MS,
+        ts_ms=now_ms() - AGE_MS,
     )
     rid = wire.decode(frame, limits=WINDOW).packet_id
     node_identity = Identity.generate()

@@ -22,7 +22,7 @@ from node.client import ClientError, load_or_create_client_key
 from node.config import DEFAULT_CONFIG_TOML, load_settings
 from node.identity import Identity, IdentityError
 from node.logs import configure_logging, get_logger
-from tests.gossip.conftest import Net, line, new_node, run_trio, wait_until
+from tests.node.p2p.conftest import Net, line, new_node, run_trio, wait_until
 
 from .conftest import ADMIN_TOKEN, TINY_MODEL, InProcessNode, request_body
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 
@@ -12,14 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consensus import (
+    Candidate,
+    RecheckVerdict,
     binary_embedding,
+    choose_answer,
     find_consensus,
     hamming,
     inference_id_for,
     make_commit,
     needed_members,
     opens,
-    pick_representative,
     verify_reveal,
 )
 from consensus.verification import RejectReason
@@ -118,18 +119,6 @@ def test_tie_break_is_deterministic() -> None:
     assert outs == {("x1", "x2")}
 
 
-def test_pick_representative_deterministic_and_skips_stubs() -> None:
-    commits = {f"i{k}": bytes([k]) * 32 for k in range(5)}
-    rep = pick_representative(RID, commits)
-    assert rep == pick_representative(RID, dict(reversed(list(commits.items()))))
-    assert rep in commits
-    lengths = {k: 50 for k in commits}
-    lengths[rep] = 3
-    assert pick_representative(RID, commits, lengths) != rep
-    reps = {pick_representative(f"{r:064x}", commits) for r in range(40)}
-    assert len(reps) > 1  # varies with the request
-
-
 # ------------------------------------------------------------------- properties
 
 vec = st.lists(st.floats(-1, 1, allow_nan=False), min_size=6, max_size=6).map(np.array)
@@ -165,8 +154,9 @@ def test_honest_cluster_of_needed_size_wins(quorum: int, pct: float, seed: int) 
     out = find_consensus(emb, quorum=quorum, sec_distance=0.05, sec_percentage=pct)
     assert out.success
     assert set(out.members) == {f"h{k}" for k in range(need)}
-    commits = {m: hashlib.sha256(m.encode()).digest() for m in out.members}
-    assert pick_representative(RID, commits).startswith("h")
+    blind = RecheckVerdict.unavailable()
+    members = [Candidate(m, m, f"answer {m}", blind, emb[m]) for m in out.members]
+    assert choose_answer(members).inference_id.startswith("h")
 
 
 @settings(max_examples=40, deadline=None)

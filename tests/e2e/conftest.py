@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,16 @@ from tests.daemon_helpers import DEFAULT_MODEL, DaemonOptions, start_network, st
 
 MODEL = DEFAULT_MODEL
 OPTIONS = DaemonOptions(model=MODEL, reveal_window_s=15, ready_timeout_s=180, final_timeout_s=120)
-make_frame = partial(daemon_helpers.make_frame, model=MODEL, max_time_ms=60_000)
+# Three SmolLM2 nodes answer 16 tokens in a few seconds here: a 10 s commit window (the
+# default would be 15 s) keeps the suite short without shutting out an honest node.
+make_frame = partial(daemon_helpers.make_frame, model=MODEL, max_time_ms=60_000, commit_window_ms=10_000)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_models import make_tiny_llama_dir
+
+    return make_tiny_llama_dir(tmp_path_factory.mktemp("e2e-tiny-llama"), seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,47 @@ def test_concurrent_conversion_is_atomic(tmp_path):
     AutoModelForCausalLM.from_pretrained(str(d))
 
 
+def test_weights_hash_streams_and_caches(tmp_path, monkeypatch):
+    """A file's hash is its bytes' SHA-256, cached by (path, size, mtime): a changed
+    file is hashed again, and a directory of several weight files hashes them by name."""
+    import hashlib
+
+    from engine.model_files import file_sha256, weights_hash
+
+    monkeypatch.setenv("RAKIS_MODEL_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"weights-v1" * 1000)
+    want = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert weights_hash(f) == "sha256:" + want
+    assert len(list((tmp_path / "cache" / "hashes").iterdir())) == 1
+    assert file_sha256(f) == want  # served from the cache
+    f.write_bytes(b"weights-v2" * 1000)
+    os.utime(f, ns=(1, 1))
+    assert weights_hash(f) == "sha256:" + hashlib.sha256(f.read_bytes()).hexdigest() != "sha256:" + want
+
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "b.safetensors").write_bytes(b"bbb")
+    one = weights_hash(d)
+    assert one == "sha256:" + hashlib.sha256(b"bbb").hexdigest()  # config files are not weights
+    (d / "a.safetensors").write_bytes(b"aaa")
+    lines = "".join(f"{n}\0{hashlib.sha256(c).hexdigest()}\n" for n, c in (("a.safetensors", b"aaa"), ("b.safetensors", b"bbb")))
+    assert weights_hash(d) == "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+    with pytest.raises(FileNotFoundError):
+        weights_hash(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no weight files"):
+        weights_hash(tmp_path / "empty")
+
+
+def test_converted_default_model_reports_the_gguf_hash():
+    """The converted directory and the GGUF it came from have one identity."""
+    from engine.model_files import default_llm_dir, weights_hash
+
+    assert weights_hash(default_llm_dir()) == weights_hash(smollm2_gguf_path())
+
+
 @pytest.mark.timeout(240)
 def test_gemma3_gguf_is_assembled_checked_and_repaired(tmp_path, monkeypatch):
     import hashlib

@@ -305,3 +305,32 @@ async def test_default_smollm2_through_the_registry() -> None:
         )
     assert r.model == "smollm2-135m-instruct" and r.finish_reason in ("stop", "length")
     assert "Paris" in r.text
+
+
+@pytest.mark.anyio
+async def test_recheck_verdicts_and_model_hashes(registry) -> None:
+    """`recheck` is awaited like run_inference: honest outputs pass, another seed's
+    claim fails, and a model without a ready worker is "unavailable" (no verdict)."""
+    from engine.types import RecheckRequest
+
+    async with make_engine(registry, max_batch_size=4) as eng:
+        await eng.scale_workers("tiny", 1)
+        msgs = [{"role": "user", "content": "Tell me about rivers."}]
+        sp = SamplingParams(temperature=0.8, top_p=0.9, seed=42, max_tokens=10)
+        res = await eng.run_inference_non_streaming(LLMRequest("tiny", messages=msgs, sampling=sp))
+        other = SamplingParams(temperature=0.8, top_p=0.9, seed=43, max_tokens=10)
+        rcs = [
+            RecheckRequest("honest", sp, messages=msgs, output_token_ids=res.token_ids, model="tiny"),
+            RecheckRequest("seed", other, messages=msgs, output_token_ids=res.token_ids, model="tiny"),
+            RecheckRequest("nomodel", sp, messages=msgs, output_token_ids=res.token_ids, model="tiny-b"),
+            RecheckRequest("bad", sp, messages=msgs, output_token_ids=[-1], model="tiny"),
+        ]
+        honest, seed, nomodel, bad = await eng.recheck(rcs)
+        assert (honest.request_id, honest.passed, honest.positions) == ("honest", True, len(res.token_ids))
+        assert not seed.passed and seed.reason == "token_mismatch" and seed.checked
+        assert not nomodel.passed and not nomodel.checked and "no ready worker" in (nomodel.error or "")
+        assert not bad.checked and "bad_request" in (bad.error or "")
+        assert await eng.recheck([]) == []
+        assert any(e.type == LogType.RECHECK for e in eng.logs())
+        hashes = eng.model_hashes()
+        assert list(hashes) == ["tiny"] and hashes["tiny"].startswith("sha256:") and len(hashes["tiny"]) == 71

@@ -36,7 +36,7 @@ def test_two_colluders_below_the_threshold_do_not_change_the_answer(trio_net, da
             assert {m["node_id"] for m in v["members"]} == honest_ids, (name, v["members"])
             answers.add(v["answer"])
         assert len(answers) == 1
-        from node.domain import OFF_TOPIC_ANSWER
+        from node.orchestrator.compute import OFF_TOPIC_ANSWER
 
         assert answers != {OFF_TOPIC_ANSWER}
         plot = {p["node_id"]: p["in_cluster"] for p in views["a"]["embedding_plot"]}

@@ -18,7 +18,7 @@ import trio
 from node.identity import Identity
 from tests.adversarial.conftest import FrameMutator
 from tests.daemon_helpers import Daemon
-from tests.gossip.conftest import new_node, run_trio
+from tests.node.p2p.conftest import new_node, run_trio
 
 from .conftest import make_frame
 

@@ -8,12 +8,17 @@ validator does, and receives frames on its own task so handlers never nest.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import trio
+from nacl.signing import SigningKey
+
+from node import wire
+from tests.node.builders import sample_bodies
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -26,7 +31,7 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 class CoreCompute:
-    """`domain.Compute` over one `EngineCore` worker and a real `EmbeddingEngine`."""
+    """`node.orchestrator.compute.Compute` over one `EngineCore` worker and a real `EmbeddingEngine`."""
 
     def __init__(self, core, embeddings, model_name: str, gate: trio.Event | None = None) -> None:
         self.gate = gate  # when given, generation waits for it (to hold a node back)
@@ -40,14 +45,21 @@ class CoreCompute:
     def embedding_models(self) -> list[str]:
         return self.embeddings.available_models()
 
-    async def generate(self, request_id, body, models, deadline_s):
-        from engine.types import GenerationRequest, SamplingParams
-        from node.domain import InferenceFailed
+    def model_hash(self, model: str) -> str | None:
+        from engine.model_files import weights_hash
 
+        return weights_hash(self.core.model_dir) if model == self.model_name else None
+
+    async def generate(self, request_id, body, models, deadline_s):
+        from engine.types import GenerationRequest
+        from node.daemon.compute import engine_input
+        from node.orchestrator.errors import InferenceFailed
+
+        messages, sampling = engine_input(request_id, body)
         req = GenerationRequest(
             request_id=f"{request_id}-{id(self)}",
-            messages=[{"role": "user", "content": body.prompt}],
-            sampling=SamplingParams(temperature=body.temperature, max_tokens=body.max_tokens, seed=body.seed),
+            messages=messages,
+            sampling=sampling,
             deadline=deadline_s,
         )
         if self.gate is not None:
@@ -57,6 +69,29 @@ class CoreCompute:
         if res.finish_reason not in ("stop", "length"):
             raise InferenceFailed(res.finish_reason)
         return self.model_name, res.text
+
+    async def recheck(self, jobs, *, deadline_s):
+        """The daemon's re-check (same engine inputs, same verdict mapping) on this core."""
+        from consensus.recheck import RecheckVerdict
+        from engine.types import RecheckRequest
+        from node.daemon.compute import engine_input, verdict_from_result
+
+        out = []
+        for job in jobs:
+            if self.model_hash(job.model) != job.model_hash:
+                out.append(RecheckVerdict.unavailable("not held"))
+                continue
+            messages, sampling = engine_input(job.request_id, job.body)
+            req = RecheckRequest(
+                request_id=f"recheck-{job.request_id[:16]}-{id(job)}",
+                sampling=sampling,
+                messages=messages,
+                output_text=job.output,
+                deadline=deadline_s,
+            )
+            (res,) = await trio.to_thread.run_sync(self.core.recheck, [req])
+            out.append(verdict_from_result(res))
+        return out
 
     async def embed(self, texts, *, model, consensus, deadline_s):
         from engine.embedding import Priority
@@ -127,3 +162,32 @@ class Bus:
 
     def detach(self, node_id: str) -> None:
         self.nodes.pop(node_id, None)
+
+
+# --- wire, identity, config, logs and CLI tests -------------------------------------
+
+@pytest.fixture(scope="session")
+def key() -> SigningKey:
+    return SigningKey(b"\x11" * 32)
+
+
+@pytest.fixture(scope="session")
+def other_key() -> SigningKey:
+    return SigningKey(b"\x22" * 32)
+
+
+@pytest.fixture
+def request_body() -> wire.InferenceRequest:
+    body = sample_bodies()[0]
+    assert isinstance(body, wire.InferenceRequest)
+    return body
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """CLI and logging tests install a root handler; take it off again afterwards."""
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == "rakis"]:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)

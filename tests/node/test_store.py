@@ -119,7 +119,14 @@ def test_packets_and_reputation(tmp_path):
     assert s.record_reputation("r1", "n1", accepted=1, in_cluster=1)
     assert not s.record_reputation("r1", "n1", accepted=1)  # once per (request, peer)
     s.record_reputation("r2", "n1", rejected=1)
-    assert s.reputation()["n1"] == {"accepted": 1, "rejected": 1, "missing": 0, "in_cluster": 1, "outlier": 0}
+    assert s.reputation()["n1"] == {
+        "accepted": 1,
+        "rejected": 1,
+        "missing": 0,
+        "in_cluster": 1,
+        "outlier": 0,
+        "failed_recheck": 0,
+    }
     with pytest.raises(ValueError, match="unknown reputation fields"):
         s.record_reputation("r3", "n1", bogus=1)
     s.save_quorum_state("r1", b"state")
@@ -152,15 +159,3 @@ def test_unwritable_data_dir_gives_clear_error(tmp_path):
     target.write_text("not a dir")
     with pytest.raises(StoreError, match="data directory"):
         Store(target / "sub")
-
-
-def test_one_daemon_per_data_dir(tmp_path):
-    from node.server import _lock_data_dir
-
-    held = _lock_data_dir(tmp_path)
-    try:
-        with pytest.raises(StoreError, match=f"in use by another rakis node \\(pid {os.getpid()}\\)"):
-            _lock_data_dir(tmp_path)
-    finally:
-        held.close()
-    _lock_data_dir(tmp_path).close()  # free again once released

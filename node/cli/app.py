@@ -1,0 +1,126 @@
+"""The ``rakis`` command line: the root Typer app that every package registers into.
+
+Results go to stdout and logs/errors to stderr, so ``rakis id --json | jq`` works.
+Each command group lives in its own module and is registered at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from node import identity as identity_mod
+from node.cli.client_group import logs, result, submit, verify, workers_app
+from node.cli.common import DataDirOption, fail, resolve_data_dir
+from node.cli.node_group import node_app
+from node.cli.testnet_group import testnet_app
+from node.config import CONFIG_FILENAME, write_default_config
+from node.logs import configure_logging
+from node.version import package_version
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+    critical = "critical"
+
+
+app = typer.Typer(
+    name="rakis",
+    help="rakis: a node for a peer-to-peer LLM inference network with embedding-cluster consensus.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"rakis {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option("--log-level", envvar="RAKIS_LOG_LEVEL", help="Log level.", case_sensitive=False),
+    ] = LogLevel.info,
+    log_json: Annotated[
+        bool | None,
+        typer.Option(
+            "--log-json/--log-console", help="Log format (default: JSON lines unless stderr is a terminal)."
+        ),
+    ] = None,
+) -> None:
+    """Global options apply to every sub-command."""
+    configure_logging(log_level.value, json=log_json)
+    ctx.obj = {"log_level": log_level.value, "log_json": log_json}
+
+
+@app.command()
+def init(
+    data_dir: DataDirOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing node key (the node gets a new id).")
+    ] = False,
+) -> None:
+    """Create the node key and a commented default config.toml in the data directory."""
+    target = resolve_data_dir(data_dir)
+    if identity_mod.key_path(target).exists() and not force:
+        raise fail(
+            f"node key {identity_mod.key_path(target)} already exists; "
+            "use --force to replace it (the node will get a new id)"
+        )
+    try:
+        ident = identity_mod.Identity.generate()
+        key_file = identity_mod.save(ident, target, overwrite=force)
+    except (identity_mod.IdentityError, OSError) as exc:
+        raise fail(str(exc)) from None
+    existed = (target / CONFIG_FILENAME).exists()
+    config_file = write_default_config(target)
+    typer.echo(f"node id:  {ident.node_id}")
+    typer.echo(f"key:      {key_file}")
+    typer.echo(f"config:   {config_file}{' (kept existing)' if existed else ''}")
+
+
+@app.command("id")
+def show_id(
+    data_dir: DataDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print this node's id and public key."""
+    target = resolve_data_dir(data_dir)
+    try:
+        ident = identity_mod.load(target)
+    except identity_mod.IdentityError as exc:
+        raise fail(str(exc)) from None
+    public_b64 = base64.b64encode(ident.public_key).decode("ascii")
+    if as_json:
+        typer.echo(json.dumps({"node_id": ident.node_id, "public_key": public_b64, "data_dir": str(target)}))
+    else:
+        typer.echo(f"node id:     {ident.node_id}")
+        typer.echo(f"public key:  {public_b64} (base64; the node id is its hex)")
+
+
+# Command groups, one module each (they import only ``node.cli.common``, never this file).
+app.add_typer(node_app, name="node")
+app.command()(submit)
+app.command()(result)
+app.command()(verify)
+app.command()(logs)
+app.add_typer(workers_app, name="workers")
+app.add_typer(testnet_app, name="testnet")

@@ -1,0 +1,135 @@
+"""The orchestrator's ``Compute`` over this node's engines (``engine.LLMEngine``,
+``engine.EmbeddingEngine``): the one place where a wire request becomes an engine call.
+
+Generation and re-check build the engine's input with one function (``engine_input``):
+the same chat messages and the same sampling parameters, with the seed every node
+derives from the request (``wire.request_seed``). A re-check that templated the prompt
+or seeded the sampler even slightly differently would reject honest outputs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+
+from consensus.recheck import RecheckVerdict
+from node import metrics, wire
+from node.logs import get_logger
+from node.orchestrator.compute import RecheckJob
+from node.orchestrator.errors import InferenceFailed
+
+log = get_logger(__name__)
+
+__all__ = ["EngineCompute", "engine_input", "verdict_from_result"]
+
+
+def engine_input(request_id: str, body: wire.InferenceRequest) -> tuple[list[dict[str, str]], Any]:
+    """(chat messages, SamplingParams) for a network request, for generation and re-check alike."""
+    from engine import SamplingParams
+
+    messages = [{"role": "user", "content": body.prompt}]
+    sampling = SamplingParams(
+        temperature=body.temperature,
+        max_tokens=body.max_tokens,
+        seed=wire.request_seed(body, request_id),
+    )
+    return messages, sampling
+
+
+class EngineCompute:
+    """``node.orchestrator.compute.Compute`` over the engine services (LLMEngine, EmbeddingEngine)."""
+
+    def __init__(self, llm: Any, embeddings: Any, embedding_model: str) -> None:
+        self.llm = llm
+        self.embeddings = embeddings
+        self.embedding_model = embedding_model
+
+    def llm_models(self) -> list[str]:
+        return self.llm.available_models() if self.llm is not None else []
+
+    def embedding_models(self) -> list[str]:
+        return self.embeddings.available_models() if self.embeddings is not None else []
+
+    def model_hash(self, model: str) -> str | None:
+        if self.llm is None:
+            return None
+        return self.llm.model_hashes().get(model)
+
+    async def generate(
+        self, request_id: str, body: wire.InferenceRequest, models: list[str], deadline_s: float
+    ) -> tuple[str, str]:
+        from engine import LLMRequest, NoWorkerError, UnknownModelError
+
+        messages, sampling = engine_input(request_id, body)
+        req = LLMRequest(
+            models=models,
+            messages=messages,
+            sampling=sampling,
+            deadline=deadline_s,
+            request_id=f"rakis-{request_id[:16]}-{uuid.uuid4().hex[:8]}",
+        )
+        try:
+            res = await self.llm.run_inference_non_streaming(req)
+        except (NoWorkerError, UnknownModelError, ValueError) as e:
+            raise InferenceFailed(str(e)) from None
+        metrics.observe_generation(res.model or models[0], res)
+        if res.finish_reason not in ("stop", "length"):
+            raise InferenceFailed(f"{res.finish_reason}: {res.error or ''}".strip(": "))
+        return res.model or models[0], res.text
+
+    async def recheck(self, jobs: list[RecheckJob], *, deadline_s: float) -> list[RecheckVerdict]:
+        from engine import RecheckRequest
+
+        verdicts: list[RecheckVerdict | None] = [None] * len(jobs)
+        runnable: list[tuple[int, Any]] = []
+        for i, job in enumerate(jobs):
+            held = self.model_hash(job.model)
+            if held is None:
+                verdicts[i] = RecheckVerdict.unavailable(f"model {job.model!r} is not held here")
+            elif held != job.model_hash:
+                verdicts[i] = RecheckVerdict.unavailable(f"this node holds other weights for {job.model!r}")
+            else:
+                messages, sampling = engine_input(job.request_id, job.body)
+                runnable.append(
+                    (
+                        i,
+                        RecheckRequest(
+                            request_id=f"recheck-{job.request_id[:16]}-{uuid.uuid4().hex[:8]}",
+                            sampling=sampling,
+                            messages=messages,
+                            output_text=job.output,
+                            model=job.model,
+                            deadline=deadline_s,
+                        ),
+                    )
+                )
+        if runnable:
+            results = await self.llm.recheck([req for _, req in runnable])
+            for (i, _), res in zip(runnable, results, strict=True):
+                verdicts[i] = verdict_from_result(res)
+        return [v if v is not None else RecheckVerdict.unavailable("not checked") for v in verdicts]
+
+    async def embed(
+        self, texts: list[str], *, model: str, consensus: bool, deadline_s: float | None
+    ) -> np.ndarray:
+        from engine import Priority
+
+        res = await self.embeddings.embed(
+            texts,
+            model=model,
+            priority=Priority.CONSENSUS if consensus else Priority.NORMAL,
+            deadline=deadline_s,
+        )
+        return np.asarray(res.vectors)
+
+
+def verdict_from_result(res: Any) -> RecheckVerdict:
+    """The engine's ``RecheckResult`` as the consensus machine's verdict."""
+    if not res.checked:
+        return RecheckVerdict.unavailable((res.error or "the check did not run")[:400])
+    if res.passed:
+        return RecheckVerdict("passed", None, float(res.log_likelihood), int(res.suspect_positions))
+    where = f" at token {res.first_bad_position}" if res.first_bad_position is not None else ""
+    return RecheckVerdict("failed", f"{res.reason}{where}"[:400], None, int(res.suspect_positions))

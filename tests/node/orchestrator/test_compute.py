@@ -1,0 +1,59 @@
+"""Fault injection as a ``Compute`` wrapper: only ``generate`` changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trio
+
+from node.config import FaultMode
+from node.orchestrator.compute import OFF_TOPIC_ANSWER, FaultyCompute, with_fault
+
+
+class CountingCompute:
+    """A stand-in engine that answers deterministically and counts its calls."""
+
+    def __init__(self) -> None:
+        self.generated = 0
+        self.embedded: list[tuple[list[str], bool]] = []
+
+    def llm_models(self) -> list[str]:
+        return ["m1", "m2"]
+
+    def embedding_models(self) -> list[str]:
+        return ["emb"]
+
+    async def generate(self, request_id, body, models, deadline_s):
+        self.generated += 1
+        return models[-1], "the honest answer"
+
+    async def embed(self, texts, *, model, consensus, deadline_s):
+        self.embedded.append((texts, consensus))
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+
+def test_output_faults_substitute_for_generate_and_keep_everything_else():
+    inner = CountingCompute()
+    garbage, off = FaultyCompute(inner, FaultMode.GARBAGE), FaultyCompute(inner, FaultMode.OFF_TOPIC)
+
+    async def main():
+        model, text = await garbage.generate("r", None, ["m1", "m2"], 0.0)
+        assert model == "m1" and 12 <= len(text.split()) <= 30 and text != "the honest answer"
+        assert await off.generate("r", None, ["m2"], 0.0) == ("m2", OFF_TOPIC_ANSWER)
+        vec = await off.embed(["x"], model="emb", consensus=True, deadline_s=None)
+        assert vec.shape == (1, 4)
+
+    trio.run(main)
+    assert inner.generated == 0
+    assert inner.embedded == [(["x"], True)]
+    assert garbage.llm_models() == ["m1", "m2"] and garbage.embedding_models() == ["emb"]
+
+
+def test_with_fault_wraps_only_output_faults():
+    inner = CountingCompute()
+    assert with_fault(inner, FaultMode.HONEST) is inner
+    assert with_fault(inner, FaultMode.SILENT) is inner  # silent is the orchestrator's policy
+    assert with_fault(None, FaultMode.GARBAGE) is None
+    assert isinstance(with_fault(inner, FaultMode.OFF_TOPIC), FaultyCompute)
+    with pytest.raises(ValueError, match="garbage or off-topic"):
+        FaultyCompute(inner, FaultMode.SILENT)
