@@ -26,7 +26,7 @@ import torch
 from engine.attention import engine_ops
 from engine.detok import IncrementalDetokenizer
 from engine.kv_cache import BlockAllocator, KVCache
-from engine.model import AttnBatch, LlamaRunner, resolve_model_dir
+from engine.model import AttnBatch, make_runner, resolve_model_dir
 from engine.radix import RadixCache
 from engine.recheck import (
     DEFAULT_TOLERANCE,
@@ -111,7 +111,7 @@ class EngineCore:
         # under a lock: fast tokenizers raise "Already borrowed" when shared concurrently.
         self._detok_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._encode_lock = threading.Lock()
-        self.runner = LlamaRunner(model_dir, device=device, dtype=dtype)
+        self.runner = make_runner(model_dir, device=device, dtype=dtype)
         self.ops = engine_ops(device)
         log.info(
             "engine %s on %s: ops %s, projections %s, decode attention %s",

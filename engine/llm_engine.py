@@ -5,9 +5,11 @@ top of `engine.core.EngineCore`, where a worker is one loaded model plus its
 continuous-batching scheduler thread. Each core batches many requests, so a
 worker is *available* while it is loaded and has fewer running requests than its
 batch capacity; the engine never gives a core more than that, and keeps the rest
-in its own queue ordered by deadline (earliest first, seed 001). That queue is
-where expiry happens: a request whose deadline passes while it waits is finished
-with reason "expired" and never started.
+in its own queue ordered by deadline (earliest first, seed 001). Expiry happens in
+two places, both ending the stream with reason "expired": a request whose deadline
+passes while it waits in that queue is finished there and never started; one that
+already went to a core (queued there, running, or preempted) is aborted by the core's
+scheduler at its next step, its KV blocks freed, with the tokens made so far.
 
 Threads: one dispatcher thread owns all hand-offs to cores. Scheduler threads only
 report through the stream listener: token events go straight to the caller's
