@@ -324,7 +324,9 @@ class EngineCore:
             stop_index = self._stop_index(out, p.stop) if p.stop else None
         bad = structural_check(
             out,
-            p,
+            # Text re-tokenizes into the canonical split, which may be longer than the
+            # sampler's path: max_tokens is then enforced along that path (RecheckState).
+            p if req.output_text is None else dataclasses.replace(p, max_tokens=max(p.max_tokens, len(out))),
             eos_token_ids=self.eos_token_ids,
             stop_index=stop_index,
             num_prompt=len(prompt),

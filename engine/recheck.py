@@ -70,9 +70,6 @@ class RecheckTolerance:
 
 
 DEFAULT_TOLERANCE = RecheckTolerance()
-# For networks that mix fp32 and bf16 nodes: sized from the measured fp32-vs-bf16
-# disagreements (docs/consensus.md); much looser, so it admits more variation.
-MIXED_DTYPE_TOLERANCE = RecheckTolerance(eps_cdf=0.05, eps_logit=0.5, max_suspect=3, suspect_per_100=20.0)
 
 
 MAX_REALIGNS = 32  # text mode: re-tokenizations of one output before giving up
@@ -229,6 +226,9 @@ class RecheckState:
 
     def _row(self, t: int, logits: torch.Tensor, fast: _Judgement | None, logp: float) -> None:
         n = len(self.output)
+        if t < n and t >= self.params.max_tokens:  # text mode: the sampler's path ran past max_tokens
+            self._fail("too_long", t)
+            return
         if t < n:
             tok = self.output[t]
             j = fast
@@ -274,7 +274,7 @@ class RecheckState:
         if self.num_realigns > MAX_REALIGNS:
             self._fail("untokenizable", t)
             return False
-        if len(new) > self.params.max_tokens or len(new) > self.context_left:
+        if len(new) > self.context_left:  # cannot be scored; the sampler's path may be shorter
             self._fail("too_long", t)
             return False
         self.output = new
