@@ -72,9 +72,15 @@ def main() -> None:
         eng = EngineCore(d, **opts)
     rcs = [
         RecheckRequest(f"r{q.request_id}", q.sampling, messages=q.messages, output_token_ids=r.token_ids)
-        for q, r in zip(reqs, res)
+        for q, r in zip(reqs, res, strict=False)
     ]
-    eng.recheck([RecheckRequest("warm", reqs[0].sampling, messages=reqs[0].messages, output_token_ids=res[0].token_ids[:4])])
+    eng.recheck(
+        [
+            RecheckRequest(
+                "warm", reqs[0].sampling, messages=reqs[0].messages, output_token_ids=res[0].token_ids[:4]
+            )
+        ]
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     out = eng.recheck(rcs)
     rc_s, rc_cpu = time.perf_counter() - t0, time.process_time() - c0
