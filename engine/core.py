@@ -311,8 +311,14 @@ class EngineCore:
             if req.output_text is not None and req.output_token_ids is None:
                 if not isinstance(req.output_text, str):
                     raise ValueError("output_text must be a string")
-                out = self.tokenizer(req.output_text, add_special_tokens=False).input_ids if req.output_text else []
-                back = self.tokenizer.decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                out = (
+                    self.tokenizer(req.output_text, add_special_tokens=False).input_ids
+                    if req.output_text
+                    else []
+                )
+                back = self.tokenizer.decode(
+                    out, skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
                 if back != req.output_text or any(t in self._special_ids for t in out):
                     stream._emit(immediate_result(req.request_id, "untokenizable"))
                     return stream
@@ -328,7 +334,9 @@ class EngineCore:
             stop_index = self._stop_index(out, p.stop) if p.stop else None
         bad = structural_check(
             out,
-            p,
+            # Text re-tokenizes into the canonical split, which may be longer than the
+            # sampler's path: max_tokens is then enforced along that path (RecheckState).
+            p if req.output_text is None else dataclasses.replace(p, max_tokens=max(p.max_tokens, len(out))),
             eos_token_ids=self.eos_token_ids,
             stop_index=stop_index,
             num_prompt=len(prompt),
@@ -349,7 +357,9 @@ class EngineCore:
         if p.stop and text_only:
             # Text cut before a stop string: the token that completes it is not in the
             # text; accept the output when the sampler's next token completes one.
-            def would_stop(ids: list[int], _stop=list(p.stop)) -> bool:
+            def would_stop(ids: list[int], _stop=None) -> bool:
+                if _stop is None:
+                    _stop = list(p.stop)
                 return self._stop_index(ids, _stop, tokenizer=self._detok_tokenizer) is not None
 
         state = RecheckState(
@@ -681,7 +691,11 @@ class EngineCore:
             self._active.pop(seq.request_id, None)
         now = time.monotonic()
         if seq.recheck is not None:
-            extra = {"prompt_tokens": seq.num_prompt, "cached_tokens": seq.cached_tokens, "total_s": now - seq.t_submit}
+            extra = {
+                "prompt_tokens": seq.num_prompt,
+                "cached_tokens": seq.cached_tokens,
+                "total_s": now - seq.t_submit,
+            }
             if reason == "done":
                 seq.stream._emit(seq.recheck.result(**extra))
             else:

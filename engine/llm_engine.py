@@ -42,8 +42,8 @@ import anyio
 from engine import devices
 from engine.engine_logs import EngineLog, LogEntry, LogType
 from engine.queues import AsyncMailbox, DeadlineQueue
-from engine.registry import ModelKind, ModelRegistry, UnknownModelError
 from engine.recheck import RecheckTolerance, immediate_result
+from engine.registry import ModelKind, ModelRegistry, UnknownModelError
 from engine.types import (
     GenerationRequest,
     GenerationResult,
@@ -610,9 +610,11 @@ class LLMEngine:
                     continue
                 submitted.append((core, internal.request_id))
                 stream.add_listener(
-                    lambda ev, i=i, rid=rid: mailbox.put((i, dataclasses.replace(ev, request_id=rid)))
-                    if isinstance(ev, RecheckResult)
-                    else None
+                    lambda ev, i=i, rid=rid: (
+                        mailbox.put((i, dataclasses.replace(ev, request_id=rid)))
+                        if isinstance(ev, RecheckResult)
+                        else None
+                    )
                 )
 
         await anyio.to_thread.run_sync(submit_all)

@@ -74,7 +74,10 @@ def test_weights_hash_streams_and_caches(tmp_path, monkeypatch):
     one = weights_hash(d)
     assert one == "sha256:" + hashlib.sha256(b"bbb").hexdigest()  # config files are not weights
     (d / "a.safetensors").write_bytes(b"aaa")
-    lines = "".join(f"{n}\0{hashlib.sha256(c).hexdigest()}\n" for n, c in (("a.safetensors", b"aaa"), ("b.safetensors", b"bbb")))
+    lines = "".join(
+        f"{n}\0{hashlib.sha256(c).hexdigest()}\n"
+        for n, c in (("a.safetensors", b"aaa"), ("b.safetensors", b"bbb"))
+    )
     assert weights_hash(d) == "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
     with pytest.raises(FileNotFoundError):
         weights_hash(tmp_path / "missing")
