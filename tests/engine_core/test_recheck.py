@@ -198,3 +198,32 @@ def test_recheck_runs_before_queued_generation_and_reuses_prompt_blocks(make_eng
     assert done.index("rc") < done.index("g1") < done.index("g2")
     assert all(r.finish_reason == "length" for r in results)
     assert v.cached_tokens > 0  # the prompt's blocks came from the generation's prefix cache
+
+
+def test_ids_with_their_text_pass_and_a_text_that_is_not_theirs_fails(make_engine, produced):
+    """The node reveals both: the ids are checked exactly, and the text must be what
+    generation emitted for them, so a tiny model's random, non-round-tripping text
+    still passes while the same ids under another text fail as text_mismatch."""
+    reqs, res = produced
+    ver = make_engine()
+    both = [
+        RecheckRequest(
+            f"b{r.request_id}",
+            q.sampling,
+            messages=q.messages,
+            output_token_ids=r.token_ids,
+            output_text=r.text,
+        )
+        for q, r in zip(reqs, res, strict=True)
+    ]
+    q0, r0 = reqs[0], res[0]
+    forged = RecheckRequest(
+        "forged",
+        q0.sampling,
+        messages=q0.messages,
+        output_token_ids=r0.token_ids,
+        output_text=r0.text + " (edited)",
+    )
+    out = ver.recheck([*both, forged])
+    assert [v.request_id for v in out[:-1] if not v.passed] == []
+    assert out[-1].checked and not out[-1].passed and out[-1].reason == "text_mismatch"
