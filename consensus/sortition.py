@@ -81,7 +81,7 @@ class SortitionConfig:
     max_committee: float = 64.0
     widen_factor: float = 2.0
     max_rounds: int = 8  # from this round on, every eligible node is selected
-    round_ms: int = 15_000
+    round_ms: int = 20_000
     slack: float = 1.5
     capacity_cap: float = 8.0
 
