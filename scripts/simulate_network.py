@@ -466,7 +466,11 @@ class RequestSim:
                 service = self.pop.service_s[i] * self.rng.lognormal(0.0, 0.2)
                 self.sim.queue_take(i, start + service)
                 self.push(int((start + service) * 1000.0) + 20, i, ("done", round_))
-                if i in self.machines or self.cfg.use_sortition or len(self.machines) < self.cfg.sampled_machines + 1:
+                if (
+                    i in self.machines
+                    or self.cfg.use_sortition
+                    or len(self.machines) < self.cfg.sampled_machines + 1
+                ):
                     self.start_machine(i, int(arrive))
                 else:
                     self.scripted.add(i)
@@ -504,13 +508,17 @@ class RequestSim:
             # the capture attack: name our own commits at once (coordinated out of band)
             self.adv_rr_sent = True
             refs = [(self.pop.node_ids[j], *self.adv_commits[j]) for j in sorted(garbage)]
-            self.publish(i, ("rr", refs), SIZES["rr_base"] + SIZES["rr_entry"] * len(refs), now)
+            self.publish(
+                i,
+                ("rr", refs, frozenset(n for n, _, _ in refs)),
+                SIZES["rr_base"] + SIZES["rr_entry"] * len(refs),
+                now,
+            )
 
     def adversary_react(self, i: int, src: int, msg: tuple, now: int) -> None:
         kind = self.pop.kind[i]
         if msg[0] == "rr" and kind in ("garbage", "copy") and i in self.adv_commits:
-            named = {n for n, _, _ in msg[1]}
-            if self.pop.node_ids[i] in named and i not in self.adv_revealed:
+            if self.pop.node_ids[i] in msg[2] and i not in self.adv_revealed:
                 self.adv_revealed.add(i)
                 text, emb = self.outputs[i]
                 b = commitments.binary_embedding(emb)
@@ -534,7 +542,8 @@ class RequestSim:
                     i, ("commit", o[1], o[2], self.claimed_round(i, self.round)), SIZES["commit"], now
                 )
             elif kind == "rr":
-                self.publish(i, ("rr", o[1]), SIZES["rr_base"] + SIZES["rr_entry"] * len(o[1]), now)
+                named = frozenset(n for n, _, _ in o[1])
+                self.publish(i, ("rr", o[1], named), SIZES["rr_base"] + SIZES["rr_entry"] * len(o[1]), now)
             elif kind == "reveal":
                 self.publish(i, ("reveal", o[1], o[2], o[3]), SIZES["reveal"], now)
             elif kind == "embed":
@@ -549,7 +558,7 @@ class RequestSim:
             self.adversary_react(i, src, msg, now)
             return
         if i in self.scripted:
-            if msg[0] == "rr" and self.pop.node_ids[i] in {n for n, _, _ in msg[1]} and i in self.outputs:
+            if msg[0] == "rr" and self.pop.node_ids[i] in msg[2] and i in self.outputs:
                 text, emb = self.outputs.pop(i)
                 pk = self.pop.pubkeys[i]
                 self.publish(
@@ -772,14 +781,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--recheck", action="store_true", help="emulate proof-of-inference re-checks (issue 15)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--requests", type=int, default=None, help="default 200 (40 without sortition above 1000 nodes)"
+        "--requests", type=int, default=None, help="default 200 (20000/N, at least 8, without sortition)"
     )
     ap.add_argument("--quorum", type=int, default=3)
     ap.add_argument("--churn", type=float, default=0.05)
     ap.add_argument("--load", type=float, default=0.5)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    requests = args.requests or (40 if args.no_sortition and args.nodes > 1000 else 200)
+    # Without sortition a request costs O(N) machine events: fewer requests at large N.
+    requests = args.requests or (200 if not args.no_sortition else max(8, min(200, 20_000 // args.nodes)))
     cfg = SimConfig(
         nodes=args.nodes,
         use_sortition=not args.no_sortition,
