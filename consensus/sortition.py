@@ -11,9 +11,10 @@ The rule (Algorand-style self-selection, without a VRF)
   the request exists; hashing the public key means anyone can recompute any node's
   ticket from public data (no secret, so no VRF is needed: the committee is not
   secret once the request exists, it only cannot be known or chosen *before* it).
-- Weight: ``w = min(capacity, capacity_cap) * standing`` (``consensus.standing``).
-  Capacity is what the node advertises (workers for the model); the cap bounds what a
-  liar gains, standing makes fresh identities light.
+- Weight: ``w = credited capacity * standing`` (``weight``, ``consensus.standing``).
+  Capacity is what the node advertises (workers for the model), believed only in
+  proportion to standing and never above ``capacity_cap``; standing makes fresh
+  identities light.
 - Threshold: a node is selected in round ``r`` when ``u < p(w, r)`` with
   ``p = min(1, scale * widen_factor**r * w)``. ``scale`` is found by *water-filling*
   over the weights of the eligible peers the node knows (``base_scale``): it solves
@@ -109,10 +110,20 @@ def ticket(request_id: str, public_key: bytes) -> float:
 
 
 def weight(capacity: float, standing: float, config: SortitionConfig = SortitionConfig()) -> float:
-    """Sortition weight: advertised capacity (capped) times the standing multiplier."""
-    if not (capacity >= 0.0 and standing >= 0.0) or math.isinf(capacity) or math.isinf(standing):
-        raise ValueError(f"capacity and standing must be finite and >= 0, got {capacity!r}, {standing!r}")
-    return min(float(capacity), config.capacity_cap) * float(standing)
+    """Sortition weight: credited capacity times the standing multiplier.
+
+    Capacity is a claim nobody can check before the work is done, so it is believed in
+    proportion to standing: ``credited = min(capacity, 1 + (capacity_cap - 1) * standing)``.
+    A fresh identity (standing ~0.05) is credited about one worker whatever it claims;
+    an established one up to the cap. Without this, a burst of fresh identities that
+    all claim the cap would win back most of what their low standing cost them.
+    """
+    if not (capacity >= 0.0 and 0.0 <= standing <= 1.0) or math.isinf(capacity):
+        raise ValueError(
+            f"capacity must be finite and >= 0 and standing in [0, 1], got {capacity!r}, {standing!r}"
+        )
+    credited = min(float(capacity), 1.0 + (config.capacity_cap - 1.0) * float(standing))
+    return credited * float(standing)
 
 
 def committee_target(quorum: int, config: SortitionConfig = SortitionConfig()) -> float:

@@ -81,6 +81,11 @@ def test_weight_scaling_more_weight_more_selection() -> None:
     assert 3.0 < heavy / light < 5.5
     assert weight(100.0, 1.0) == 8.0  # capacity is capped
     assert weight(2.0, 0.5) == 1.0
+    # a fresh identity is credited about one worker whatever it claims
+    assert weight(8.0, 0.05) == pytest.approx(0.05 * 1.35)
+    assert weight(100.0, 0.05) == weight(8.0, 0.05) < weight(2.0, 0.75) / 10
+    with pytest.raises(ValueError):
+        weight(1.0, 1.5)
     with pytest.raises(ValueError):
         weight(-1.0, 1.0)
 
