@@ -25,13 +25,20 @@ SCRIPT = ROOT / "scripts" / "simulate_network.py"
 OUT = ROOT / "docs" / "figures"
 RESULTS = OUT / "scale_results.json"
 
-SCALE_RUNS = [[f"--nodes={n}", *flags] for n in (100, 1000, 10000) for flags in ([], ["--no-sortition"])]
+SCALE_RUNS = [
+    ["--nodes=100"],
+    ["--nodes=100", "--no-sortition"],
+    ["--nodes=1000"],
+    ["--nodes=1000", "--no-sortition"],
+    ["--nodes=10000", "--requests=100"],
+    ["--nodes=10000", "--no-sortition"],
+]
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.4)
 DEFENCES = {
-    "sortition + standing": ["--requests=100"],
-    "sortition + standing + re-check": ["--requests=100", "--recheck"],
-    "sortition, no standing": ["--requests=100", "--no-standing"],
-    "no sortition": ["--no-sortition", "--requests=12"],
+    "sortition + standing": ["--requests=60"],
+    "sortition + standing + re-check": ["--requests=60", "--recheck"],
+    "sortition, no standing": ["--requests=60", "--no-standing"],
+    "no sortition": ["--no-sortition", "--requests=8"],
 }
 KINDS = ("garbage", "withhold")
 
@@ -39,7 +46,7 @@ KINDS = ("garbage", "withhold")
 def security_runs() -> list[list[str]]:
     runs = []
     for kind in KINDS:
-        for name, flags in DEFENCES.items():
+        for flags in DEFENCES.values():
             for f in SHARES:
                 runs.append(["--nodes=1000", f"--adversary-share={f}", f"--adversary-kind={kind}", *flags])
     return runs
@@ -60,7 +67,7 @@ def plot(results: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scale = [r for r in results if r["adversary_share"] == 0.0 and "--nodes=1000 --adversary" not in r["command"]]
+    scale = [r for r in results if "--adversary-share" not in r["command"]]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for sortition, label, style in ((True, "sortition", "o-"), (False, "no sortition", "s--")):
         rows = sorted((r for r in scale if r["sortition"] is sortition), key=lambda r: r["nodes"])
@@ -69,7 +76,9 @@ def plot(results: list[dict]) -> None:
         axes[1].plot(ns, [r["messages_per_node_per_request"] for r in rows], style, label=label)
         axes[2].plot(ns, [r["requests_per_s"] for r in rows], style, label=label)
     for ax, title in zip(
-        axes, ("nodes that ran each request", "messages per node per request", "requests/s sustained"), strict=True
+        axes,
+        ("nodes that ran each request", "messages per node per request", "requests/s sustained"),
+        strict=True,
     ):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -90,7 +99,8 @@ def plot(results: list[dict]) -> None:
                 rows = [
                     r
                     for r in sec
-                    if r["adversary_kind"] == kind and all(f in r["command"].split() for f in flags)
+                    if r["adversary_kind"] == kind
+                    and all(f in r["command"].split() for f in flags)
                     and r["command"].split().count("--recheck") == flags.count("--recheck")
                     and r["command"].split().count("--no-standing") == flags.count("--no-standing")
                     and r["command"].split().count("--no-sortition") == flags.count("--no-sortition")
@@ -119,7 +129,9 @@ def main() -> None:
         runs = {"scale": SCALE_RUNS, "security": security_runs()}
         todo = [r for k, rs in runs.items() if args.only in (None, k) for r in rs]
         done = {r["command"] for r in results}
-        todo = [a for a in todo if "python scripts/simulate_network.py " + " ".join(a) + " --json" not in done]
+        todo = [
+            a for a in todo if "python scripts/simulate_network.py " + " ".join(a) + " --json" not in done
+        ]
         with ThreadPoolExecutor(args.jobs) as pool:
             for res in pool.map(run_one, todo):
                 results.append(res)
