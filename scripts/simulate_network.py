@@ -684,14 +684,29 @@ class NetworkSim:
         heapq.heapreplace(q, until_s)
 
     def apriori_rate(self) -> float:
-        honest = ~self.pop.adversary
-        cap = float((self.pop.workers[honest] / self.pop.service_s[honest]).sum()) * (1 - self.cfg.churn)
-        per_request = (
-            sortition.committee_target(self.cfg.quorum, self.cfg.sortition_config)
-            if self.cfg.use_sortition
-            else float(honest.sum())
+        """The compute bound before any request ran (committee of the target size):
+        requests arrive at ``load`` times this, so the most loaded nodes keep up."""
+        target = sortition.committee_target(self.cfg.quorum, self.cfg.sortition_config)
+        return self.compute_bound(target if self.cfg.use_sortition else 1.0)
+
+    def run_shares(self, compute: float) -> np.ndarray:
+        """Expected runs per request of each node, given the mean honest compute."""
+        pop, cfg = self.pop, self.cfg
+        if not cfg.use_sortition:
+            return np.ones(pop.n)
+        v = pop.views[0]
+        p0 = np.array(
+            [sortition.selection_probability(float(w), v.scale, 0, cfg.sortition_config) for w in pop.weight]
         )
-        return cap / per_request
+        honest_mass = float(p0[~pop.adversary].sum()) or 1.0
+        return p0 * compute / honest_mass
+
+    def compute_bound(self, compute: float) -> float:
+        """The rate at which the 5% most loaded honest nodes saturate their workers."""
+        honest = ~self.pop.adversary
+        hs = self.run_shares(compute)[honest]
+        node_rate = (self.pop.workers / self.pop.service_s)[honest]
+        return float(np.quantile(node_rate[hs > 0] / hs[hs > 0], 0.05)) * (1 - self.cfg.churn)
 
     def run(self) -> list[RequestOutcome]:
         rate = self.cfg.load * self.apriori_rate()
@@ -705,23 +720,9 @@ class NetworkSim:
     def capacity(self, outs: list[RequestOutcome]) -> dict[str, float]:
         """Analytic sustainable rate from the simulated per-request costs."""
         pop, cfg = self.pop, self.cfg
-        honest = ~pop.adversary
-        compute = np.mean([o.computed for o in outs])
-        if cfg.use_sortition:
-            v = pop.views[0]
-            p0 = np.array(
-                [
-                    sortition.selection_probability(float(w), v.scale, 0, cfg.sortition_config)
-                    for w in pop.weight
-                ]
-            )
-            honest_mass = float(p0[honest].sum()) or 1.0
-            share = p0 * compute / honest_mass  # expected runs per request, per node
-        else:
-            share = np.ones(pop.n)
-        node_rate = pop.workers / pop.service_s
-        hs = share[honest]
-        compute_bound = float(np.quantile(node_rate[honest][hs > 0] / hs[hs > 0], 0.05))
+        compute = float(np.mean([o.computed for o in outs]))
+        share = self.run_shares(compute)
+        compute_bound = self.compute_bound(compute)
         interested = np.mean([o.interested for o in outs])
         bytes_per_request = np.mean([o.bytes for o in outs])
         per_interested = (bytes_per_request - (pop.n - 1) * SIZES["request"]) / max(interested, 1.0)
