@@ -101,6 +101,7 @@ class SimConfig:
     puzzle_difficulty: int = puzzle.DEFAULT_DIFFICULTY
     puzzle_hash_rate: float = 1.0e6  # hashes/s of one core, measured by scripts/bench_puzzle.py
     max_time_s: float = 120.0
+    commit_grace_ms: int = 1_000  # the quorum machine's default; longer emulates time-boxed commits
     sortition_config: sortition.SortitionConfig = field(default_factory=sortition.SortitionConfig)
 
     def __post_init__(self) -> None:
@@ -216,13 +217,25 @@ class QuorumAdapter:
     """
 
     def __init__(
-        self, request_id: str, created_ms: int, quorum_size: int, max_time_ms: int, pubkey: bytes, now_ms: int
+        self,
+        request_id: str,
+        created_ms: int,
+        quorum_size: int,
+        max_time_ms: int,
+        pubkey: bytes,
+        now_ms: int,
+        commit_grace_ms: int,
     ):
         params = quorum.SecurityParams(
             quorum=quorum_size, max_time_ms=max_time_ms, sec_distance=0.5, sec_percentage=1.0
         )
         self.machine, actions = quorum.QuorumMachine.start(
-            request_id=request_id, created_at_ms=created_ms, params=params, own_pubkey=pubkey, now_ms=now_ms
+            request_id=request_id,
+            created_at_ms=created_ms,
+            params=params,
+            own_pubkey=pubkey,
+            now_ms=now_ms,
+            config=quorum.QuorumConfig(commit_grace_ms=commit_grace_ms),
         )
         self.initial = self._translate(actions)
 
@@ -419,7 +432,13 @@ class RequestSim:
         if i in self.machines:
             return
         ad = QuorumAdapter(
-            self.rid, self.created, self.cfg.quorum, int(self.cfg.max_time_s * 1000), self.pop.pubkeys[i], now
+            self.rid,
+            self.created,
+            self.cfg.quorum,
+            int(self.cfg.max_time_s * 1000),
+            self.pop.pubkeys[i],
+            now,
+            self.cfg.commit_grace_ms,
         )
         self.machines[i] = ad
         self.handle(i, ad.initial, now)
@@ -747,6 +766,7 @@ def summarise(cfg: SimConfig, sim: NetworkSim, outs: list[RequestOutcome], wall_
         "adversary_share": cfg.adversary_share,
         "adversary_kind": cfg.adversary_kind,
         "recheck": cfg.recheck,
+        "commit_grace_ms": cfg.commit_grace_ms,
         "standing": cfg.use_standing,
         "seed": cfg.seed,
         "requests": len(outs),
@@ -780,6 +800,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--no-standing", action="store_true", help="every identity weighs 1 (standing off)")
     ap.add_argument("--recheck", action="store_true", help="emulate proof-of-inference re-checks (issue 15)")
+    ap.add_argument(
+        "--commit-grace-ms",
+        type=int,
+        default=1_000,
+        help="QuorumConfig.commit_grace_ms (commits stay open this long after the first reveal request)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--requests", type=int, default=None, help="default 200 (20000/N, at least 8, without sortition)"
@@ -799,6 +825,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         adversary_aged=args.adversary_aged,
         use_standing=not args.no_standing,
         recheck=args.recheck,
+        commit_grace_ms=args.commit_grace_ms,
         seed=args.seed,
         requests=requests,
         quorum=args.quorum,
