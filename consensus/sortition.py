@@ -24,8 +24,8 @@ The rule (Algorand-style self-selection, without a VRF)
   eligible node is selected: the old run-everywhere behaviour is the last resort.
 - Rounds are nested (a round's committee contains every earlier one) and a pure
   function of (request, round, view). The first round is the smallest one whose
-  committee, in the node's own view, has at least ``quorum`` members
-  (``first_round``), so an unlucky draw of tickets does not wait a round deadline.
+  committee, in the node's own view, has at least ``quorum + spare_members``
+  members (``first_round``), so an unlucky draw of tickets does not wait a round deadline.
   Each later round opens ``round_ms`` after the previous one if fewer than
   ``quorum`` committee commits were seen by then (offline members).
 
@@ -85,6 +85,7 @@ class SortitionConfig:
     round_ms: int = 20_000
     slack: float = 1.5
     capacity_cap: float = 8.0
+    spare_members: int = 1  # the first round needs quorum + spare members (one may be faulty)
 
     def __post_init__(self) -> None:
         if not self.committee_factor >= 1.0:
@@ -97,6 +98,8 @@ class SortitionConfig:
             raise ValueError("max_rounds must be >= 1 and round_ms > 0")
         if not self.slack >= 1.0:
             raise ValueError("slack must be >= 1")
+        if self.spare_members < 0:
+            raise ValueError("spare_members must be >= 0")
         if not self.capacity_cap > 0.0:
             raise ValueError("capacity_cap must be > 0")
 
@@ -207,16 +210,19 @@ class CommitteeView:
 
 
 def first_round(view: CommitteeView, request_id: str, quorum: int) -> int:
-    """The smallest round whose committee in this view has ``quorum`` members.
+    """The smallest round whose committee in this view has ``quorum + spare_members``.
 
     Tickets are public, so every node can count the committee at once and skip rounds
-    that could never reach the quorum instead of waiting out their deadlines.
+    that could never reach the quorum instead of waiting out their deadlines. The spare
+    member means one faulty or offline member cannot by itself leave the committee
+    short of a quorum.
     """
+    needed = quorum + view.config.spare_members
     s = view.scale
     tickets = [(ticket(request_id, bytes.fromhex(n)), w) for n, w in view.weights.items() if w > 0.0]
     for r in range(view.config.max_rounds + 1):
         count = sum(1 for u, w in tickets if u < selection_probability(w, s, r, view.config))
-        if count >= quorum:
+        if count >= needed:
             return r
     return view.config.max_rounds
 
