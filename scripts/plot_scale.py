@@ -37,6 +37,11 @@ SHARES = (0.0, 0.1, 0.2, 0.3, 0.4)
 DEFENCES = {
     "sortition + standing": ["--requests=60"],
     "sortition + standing + re-check": ["--requests=60", "--recheck"],
+    "sortition + standing + re-check + 15 s commit grace": [
+        "--requests=60",
+        "--recheck",
+        "--commit-grace-ms=15000",
+    ],
     "sortition, no standing": ["--requests=60", "--no-standing"],
     "no sortition": ["--no-sortition", "--requests=8"],
 }
@@ -96,15 +101,7 @@ def plot(results: list[dict]) -> None:
         for col, metric in enumerate(("captured_share", "blocked_share")):
             ax = axes[row][col]
             for name, flags in DEFENCES.items():
-                rows = [
-                    r
-                    for r in sec
-                    if r["adversary_kind"] == kind
-                    and all(f in r["command"].split() for f in flags)
-                    and r["command"].split().count("--recheck") == flags.count("--recheck")
-                    and r["command"].split().count("--no-standing") == flags.count("--no-standing")
-                    and r["command"].split().count("--no-sortition") == flags.count("--no-sortition")
-                ]
+                rows = [r for r in sec if r["adversary_kind"] == kind and _matches(r, flags)]
                 rows.sort(key=lambda r: r["adversary_share"])
                 ax.plot([r["adversary_share"] for r in rows], [r[metric] for r in rows], "o-", label=name)
             ax.set_title(f"{kind}: {metric.replace('_', ' ')}")
@@ -115,6 +112,58 @@ def plot(results: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(OUT / "security_vs_adversary.png", dpi=110)
     plt.close(fig)
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def tables(results: list[dict]) -> str:
+    """The markdown tables of docs/scale.md."""
+    lines = [
+        "| nodes | sortition | requests/s | compute/request | messages/node/request | bytes/node/request"
+        " | p50 s | p99 s | widened | wall s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    scale = sorted(
+        (r for r in results if "--adversary-share" not in r["command"]),
+        key=lambda r: (r["nodes"], not r["sortition"]),
+    )
+    for r in scale:
+        lines.append(
+            f"| {r['nodes']:,} | {'yes' if r['sortition'] else 'no'} | {_fmt(r['requests_per_s'])}"
+            f" | {_fmt(r['compute_per_request'], 1)} | {_fmt(r['messages_per_node_per_request'])}"
+            f" | {_fmt(r['bytes_per_node_per_request'], 0)} | {_fmt(r['p50_latency_s'], 1)}"
+            f" | {_fmt(r['p99_latency_s'], 1)} | {r['widened_share']:.0%} | {r['wall_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "| kind | defence | adversary ids | weight share | puzzle core-h | captured | blocked | p50 s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    sec = [r for r in results if "--adversary-share" in r["command"]]
+    for kind in KINDS:
+        for name, flags in DEFENCES.items():
+            rows = [r for r in sec if r["adversary_kind"] == kind and _matches(r, flags)]
+            for r in sorted(rows, key=lambda r: r["adversary_share"]):
+                lines.append(
+                    f"| {kind} | {name} | {r['adversary_identities']} ({r['adversary_share']:.0%})"
+                    f" | {r['adversary_weight_share']:.1%} | {r['adversary_puzzle_core_hours']:.1f}"
+                    f" | {r['captured_share']:.0%} | {r['blocked_share']:.0%} | {_fmt(r['p50_latency_s'], 1)} |"
+                )
+    return "\n".join(lines)
+
+
+def _matches(r: dict, flags: list[str]) -> bool:
+    words = r["command"].split()
+    return all(f in words for f in flags) and all(
+        words.count(x) == flags.count(x)
+        for x in ("--recheck", "--no-standing", "--no-sortition", "--commit-grace-ms=15000")
+    )
 
 
 def main() -> None:
@@ -137,6 +186,7 @@ def main() -> None:
                 results.append(res)
                 RESULTS.write_text(json.dumps(results, indent=1))
     plot(results)
+    print(tables(results))
 
 
 if __name__ == "__main__":
