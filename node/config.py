@@ -239,7 +239,7 @@ rate_limit_burst = 200
 embedding_model = "all-minilm-l6-v2"
 embedding_workers = 1         # 1-64
 device = "auto"               # auto | cpu | cuda | cuda:N
-dtype = "auto"                # auto | float32 | float16 | bfloat16
+dtype = "auto"                # auto (= float32 for the LLMs: consensus re-checks need one numeric class) | float32 | float16 | bfloat16
 torch_threads = 0             # 0 = torch's default
 
 # Protocol
