@@ -278,8 +278,18 @@ def openai_router(node: NodeFacade) -> APIRouter:
     @router.get("/models")
     async def models() -> dict[str, Any]:
         created = int(node.started_at)
+        hashes_of = getattr(node, "model_hashes", None)
+        hashes = hashes_of() if callable(hashes_of) else {}
         data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "rakis", "type": "llm"}
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "rakis",
+                "type": "llm",
+                # The identity this node commits under (weights, and numeric mode if not fp32).
+                "model_hash": hashes.get(name),
+            }
             for name in _llm_models(node)
         ] + [
             {"id": name, "object": "model", "created": created, "owned_by": "rakis", "type": "embedding"}
