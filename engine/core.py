@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import os
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
+import structlog
 import torch
 
 from engine.attention import engine_ops
@@ -60,7 +60,7 @@ __all__ = [
     "Event",
 ]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 _DEFAULT_CPU_KV_BYTES = 256 * 1024 * 1024
 
@@ -114,12 +114,12 @@ class EngineCore:
         self.runner = make_runner(model_dir, device=device, dtype=dtype)
         self.ops = engine_ops(device)
         log.info(
-            "engine %s on %s: ops %s, projections %s, decode attention %s",
-            self.model_name,
-            device,
-            self.ops.backend,
-            "oneDNN packed" if self.runner.lm_head.packed else "F.linear",
-            getattr(self.ops.paged_attention_decode, "__name__", "?"),
+            "engine_worker_ready",
+            model=self.model_name,
+            device=str(device),
+            ops=self.ops.backend,
+            projections="oneDNN packed" if self.runner.lm_head.packed else "F.linear",
+            decode_attention=getattr(self.ops.paged_attention_decode, "__name__", "?"),
         )
         self.block_size = block_size
         self.max_model_len = self.runner.max_position
@@ -540,7 +540,7 @@ class EngineCore:
             try:
                 ran = self._step()
             except Exception as e:  # never let one bad step kill the worker
-                log.exception("engine step failed")
+                log.exception("engine_step_failed", model=self.model_name)
                 for seq in list(sched.running):
                     self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
                 ran = True
@@ -642,7 +642,7 @@ class EngineCore:
             for seq, r0, nrows, first_t in score_spans:
                 seq.recheck.observe(first_t, logits[ns + r0 : ns + r0 + nrows])
         except Exception as e:
-            log.exception("engine forward failed")
+            log.exception("engine_forward_failed", model=self.model_name)
             for seq, _ in items:
                 self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
             return True

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
-import logging
 import os
 import platform
 import shutil
@@ -29,8 +28,9 @@ import threading
 from pathlib import Path
 
 import platformdirs
+import structlog
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 SOURCE = Path(__file__).with_name("paged_attention.cpp")
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -102,7 +102,7 @@ def load() -> ctypes.CDLL | None:
             return _loaded[key]
         lib = None
         if cxx is None:
-            log.warning("native CPU kernels unavailable: no C++ compiler (install g++); using torch ops")
+            log.warning("native_kernels_unavailable", reason="no C++ compiler (install g++)", fallback="torch ops")
         else:
             out = cache_dir() / f"rakis_native-{key}.so"
             try:
@@ -113,7 +113,7 @@ def load() -> ctypes.CDLL | None:
                         _build(cxx, out)
                 lib = _declare(ctypes.CDLL(str(out)))
             except Exception as e:  # a missing fast path must never stop the engine
-                log.warning("native CPU kernels unavailable (%s); using torch ops", e)
+                log.warning("native_kernels_unavailable", reason=str(e), fallback="torch ops")
                 lib = None
         _loaded[key] = lib
         return lib
