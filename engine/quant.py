@@ -260,7 +260,7 @@ def gguf_quant_weights(gguf_path: str | Path, num_heads: int, num_kv_heads: int)
             blocks = blocks[_reverse_permute_rows(blocks.shape[0], num_heads)]
         elif base.endswith(".attn_k"):
             blocks = blocks[_reverse_permute_rows(blocks.shape[0], num_kv_heads)]
-        out[base] = (wtype, np.ascontiguousarray(blocks))
+        out[base] = (wtype, np.array(blocks, order="C", copy=True))  # own memory, not the file map
     if "output" not in out and "output.weight" not in tensors and "token_embd" in out:
         out["output"] = out["token_embd"]
     out.pop("token_embd", None)
@@ -286,3 +286,28 @@ def gguf_source(model_dir: str | Path) -> Path | None:
     except FileNotFoundError:
         return None
     return default if default.name == name else None
+
+
+def quantized_projection(
+    mode: str,
+    blocks: list[tuple[int, np.ndarray] | None],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    head: bool = False,
+) -> QuantLinear | Linear:
+    """One (possibly fused) projection in `mode`, from the GGUF's own `blocks` of its
+    parts when they all exist, share one type and encode `weight` (the loader's fp32
+    copy, checked so a wrong row order can never slip through); else quantized from
+    `weight`. The vocabulary head (`head`) is Q8_0 unless the file gives its blocks."""
+    n, k = weight.shape
+    if blocks and all(b is not None for b in blocks) and len({b[0] for b in blocks}) == 1:
+        wtype = blocks[0][0]
+        cat = np.concatenate([b[1] for b in blocks], 0) if len(blocks) > 1 else blocks[0][1]
+        if cat.shape == (n, k // BLOCK * BLOCK_BYTES[wtype]):
+            rows = slice(0, min(n, 64))
+            ref = dequantize(wtype, cat[rows], k)
+            if torch.allclose(ref, weight[rows].detach().float().cpu(), rtol=1e-3, atol=1e-5):
+                return make_quant_linear(wtype, cat, k, bias)
+            log.warning("GGUF blocks do not match the loaded weights; quantizing from fp32 instead")
+    return quantize_linear("int8" if head else mode, weight, bias)
