@@ -120,10 +120,14 @@ class LlamaRunner:
             # embedding) would keep all of it resident after the HF model is dropped.
             return x.detach().to(device=dev, dtype=dtype, copy=True).contiguous()
 
-        def proj(names: list[str], weight: torch.Tensor, bias: torch.Tensor | None = None, head: bool = False):
+        def proj(
+            names: list[str], weight: torch.Tensor, bias: torch.Tensor | None = None, head: bool = False
+        ):
             if self.quant is None:
                 return make_linear(t(weight), bias)
-            return q.quantized_projection(self.quant, [gguf_blocks.get(n) for n in names], weight, bias, head=head)
+            return q.quantized_projection(
+                self.quant, [gguf_blocks.get(n) for n in names], weight, bias, head=head
+            )
 
         base = hf.model
         self.embed = t(base.embed_tokens.weight)
@@ -145,7 +149,9 @@ class LlamaRunner:
                 raise ValueError("output/MLP biases are not supported")
             L.o = proj([f"{blk}.attn_output"], a.o_proj.weight)
             L.w_post = t(hl.post_attention_layernorm.weight)
-            L.gate_up = proj([f"{blk}.ffn_gate", f"{blk}.ffn_up"], torch.cat([m.gate_proj.weight, m.up_proj.weight], 0))
+            L.gate_up = proj(
+                [f"{blk}.ffn_gate", f"{blk}.ffn_up"], torch.cat([m.gate_proj.weight, m.up_proj.weight], 0)
+            )
             L.down = proj([f"{blk}.ffn_down"], m.down_proj.weight)
             self.layers.append(L)
             # The fused (and, on CPU, packed) copies replace these; release them now so

@@ -163,13 +163,25 @@ class QuantLinear:
 
     __slots__ = ("blocks", "wtype", "_b", "out_features", "in_features", "_lib", "packed")
 
-    def __init__(self, wtype: int, blocks: np.ndarray | torch.Tensor, in_features: int,
-                 bias: torch.Tensor | None, lib: ctypes.CDLL) -> None:
+    def __init__(
+        self,
+        wtype: int,
+        blocks: np.ndarray | torch.Tensor,
+        in_features: int,
+        bias: torch.Tensor | None,
+        lib: ctypes.CDLL,
+    ) -> None:
         if in_features % BLOCK:
             raise ValueError(f"in_features {in_features} is not a multiple of {BLOCK}")
-        t = torch.from_numpy(np.ascontiguousarray(blocks)) if isinstance(blocks, np.ndarray) else blocks.contiguous()
+        t = (
+            torch.from_numpy(np.ascontiguousarray(blocks))
+            if isinstance(blocks, np.ndarray)
+            else blocks.contiguous()
+        )
         if t.dtype != torch.uint8 or t.dim() != 2 or t.shape[1] != in_features // BLOCK * BLOCK_BYTES[wtype]:
-            raise ValueError(f"blocks {tuple(t.shape)} {t.dtype} do not fit type {wtype} with K={in_features}")
+            raise ValueError(
+                f"blocks {tuple(t.shape)} {t.dtype} do not fit type {wtype} with K={in_features}"
+            )
         self.blocks = t
         self.wtype = wtype
         self.out_features, self.in_features = t.shape[0], in_features
@@ -183,15 +195,25 @@ class QuantLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"QuantLinear wants fp32 [M, {self.in_features}], got {x.dtype} {tuple(x.shape)}")
+            raise ValueError(
+                f"QuantLinear wants fp32 [M, {self.in_features}], got {x.dtype} {tuple(x.shape)}"
+            )
         if x.stride(1) != 1:
             x = x.contiguous()
         m = x.shape[0]
         y = torch.empty((m, self.out_features), dtype=torch.float32)
         if m:
             self._lib.rakis_qgemm(
-                self.wtype, self.blocks.data_ptr(), x.data_ptr(), x.stride(0), y.data_ptr(), self.out_features,
-                0 if self._b is None else self._b.data_ptr(), m, self.out_features, self.in_features,
+                self.wtype,
+                self.blocks.data_ptr(),
+                x.data_ptr(),
+                x.stride(0),
+                y.data_ptr(),
+                self.out_features,
+                0 if self._b is None else self._b.data_ptr(),
+                m,
+                self.out_features,
+                self.in_features,
                 torch.get_num_threads(),
             )
         return y
@@ -207,8 +229,14 @@ def make_quant_linear(
     return QuantLinear(wtype, blocks, in_features, bias, lib)
 
 
-def quantize_linear(mode: str, weight: torch.Tensor, bias: torch.Tensor | None = None) -> QuantLinear | Linear:
+def quantize_linear(
+    mode: str, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> QuantLinear | Linear:
     """Quantize an fp32/bf16 `weight` [N, K] on load: Q8_0 for int8, Q4_1 for q4."""
+    if weight.dim() != 2 or weight.shape[1] % BLOCK:
+        raise ValueError(
+            f"weight {tuple(weight.shape)}: in_features must be a multiple of {BLOCK} to quantize"
+        )
     if mode == "int8":
         return make_quant_linear(Q8_0, quantize_q8_0(weight), weight.shape[1], bias)
     if mode == "q4":
@@ -225,7 +253,9 @@ def _reverse_permute_rows(n_rows: int, n_head: int) -> np.ndarray:
     return idx.reshape(n_head, n_rows // n_head // 2, 2).swapaxes(1, 2).reshape(n_rows)
 
 
-def gguf_quant_weights(gguf_path: str | Path, num_heads: int, num_kv_heads: int) -> dict[str, tuple[int, np.ndarray]]:
+def gguf_quant_weights(
+    gguf_path: str | Path, num_heads: int, num_kv_heads: int
+) -> dict[str, tuple[int, np.ndarray]]:
     """Linear weights of a Llama-family GGUF kept in their blocks, by llama.cpp name.
 
     Returns {"blk.0.attn_q": (wtype, uint8 blocks [N, bytes]), ..., "output": ...};
@@ -301,6 +331,9 @@ def quantized_projection(
     copy, checked so a wrong row order can never slip through); else quantized from
     `weight`. The vocabulary head (`head`) is Q8_0 unless the file gives its blocks."""
     n, k = weight.shape
+    if k % BLOCK:  # no block format fits: this projection stays fp32
+        log.warning("in_features %d is not a multiple of %d; projection kept in fp32", k, BLOCK)
+        return make_linear(weight.detach().float().contiguous(), bias)
     if blocks and all(b is not None for b in blocks) and len({b[0] for b in blocks}) == 1:
         wtype = blocks[0][0]
         cat = np.concatenate([b[1] for b in blocks], 0) if len(blocks) > 1 else blocks[0][1]

@@ -73,7 +73,9 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     lib = quant.load()
-    print(f"native path: {quant.ISA_NAMES[lib.rakis_quant_isa()] if lib else 'unavailable'}; threads {a.threads}")
+    print(
+        f"native path: {quant.ISA_NAMES[lib.rakis_quant_isa()] if lib else 'unavailable'}; threads {a.threads}"
+    )
     ws = _weights(a.layers)
     cands = _candidates(ws)
     del ws

@@ -81,7 +81,9 @@ def main() -> None:
 
     d = default_llm_dir()
     outputs: dict[str, list[list[int]]] = {}
-    print(f"| weights | prompts identical to fp32 | tokens agreeing (before first divergence) | perplexity | change |")
+    print(
+        "| weights | prompts identical to fp32 | tokens agreeing (before first divergence) | perplexity | change |"
+    )
     print("|---|---|---|---|---|")
     base_ppl = None
     for mode in a.modes.split(","):
@@ -91,16 +93,20 @@ def main() -> None:
             ppl = perplexity(eng)
             eng.start()
             streams = [
-                eng.submit(GenerationRequest(f"q{i}", SamplingParams(max_tokens=a.max_tokens), messages=_messages(i, p)))
+                eng.submit(
+                    GenerationRequest(
+                        f"q{i}", SamplingParams(max_tokens=a.max_tokens), messages=_messages(i, p)
+                    )
+                )
                 for i, p in enumerate(PROMPTS)
             ]
             outputs[mode] = [s.result(timeout=600).token_ids for s in streams]
         finally:
             eng.stop()
         ref = outputs.get("none", outputs[mode])
-        same = sum(o == r for o, r in zip(outputs[mode], ref))
+        same = sum(o == r for o, r in zip(outputs[mode], ref, strict=True))
         agree = total = 0
-        for o, r in zip(outputs[mode], ref):
+        for o, r in zip(outputs[mode], ref, strict=True):
             k = 0
             while k < min(len(o), len(r)) and o[k] == r[k]:
                 k += 1
@@ -108,8 +114,11 @@ def main() -> None:
             total += len(r)
         base_ppl = base_ppl or ppl
         name = "fp32" if mode == "none" else mode
-        print(f"| {name} | {same}/{len(PROMPTS)} | {agree}/{total} ({100 * agree / total:.1f}%) | {ppl:.3f} | "
-              f"{100 * (ppl / base_ppl - 1):+.2f}% |", flush=True)
+        print(
+            f"| {name} | {same}/{len(PROMPTS)} | {agree}/{total} ({100 * agree / total:.1f}%) | {ppl:.3f} | "
+            f"{100 * (ppl / base_ppl - 1):+.2f}% |",
+            flush=True,
+        )
     os.environ.pop("RAKIS_QUANT", None)
 
 

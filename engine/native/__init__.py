@@ -95,9 +95,7 @@ def load() -> ctypes.CDLL | None:
     return load_library(SOURCE, CFLAGS, _declare, "rakis_native")
 
 
-def load_library(
-    source: Path, cflags: tuple[str, ...], declare, prefix: str
-) -> ctypes.CDLL | None:
+def load_library(source: Path, cflags: tuple[str, ...], declare, prefix: str) -> ctypes.CDLL | None:
     """Build `source` with `cflags` once per (source, flags, compiler, CPU), load it and
     let `declare` set its ctypes signatures; None (with a warning) when it cannot be had."""
     if not enabled():
