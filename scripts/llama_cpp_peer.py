@@ -97,7 +97,7 @@ def build_llama_cpp(log=print) -> Path | None:
                     "download",
                     "--no-deps",
                     "--no-binary",
-                    ":all:",
+                    "llama-cpp-python",  # only this package from source; build tools as wheels
                     SDIST,
                     "-d",
                     str(root),
