@@ -1,7 +1,8 @@
 """Quantized weights that stay quantized: int8 and 4-bit projections for CPU decode.
 
 Batch-1 decode on CPU is bound by streaming the weights: SmolLM2-135M is 540 MB in
-fp32 per token, 143 MB as Q8_0 and 81 MB as Q4_1. `QuantLinear` keeps a projection's
+fp32 per token, 143 MB as Q8_0 and 96 MB as q4 (66 MB of Q4_1 layers and the
+30 MB Q8_0 vocabulary head). `QuantLinear` keeps a projection's
 weight in GGML's block formats (32 weights per block, fp16 scales; layout in
 engine/native/quant_gemm.cpp) and multiplies with the native kernel, which quantizes
 the activations to int8 blocks and uses VNNI / AVX2 integer dot products, chosen at

@@ -43,7 +43,9 @@ def main() -> None:
         # Steps driven from this thread (no worker), so the profiler sees every op.
         s = eng.submit(
             GenerationRequest(
-                f"p{time.time_ns()}", SamplingParams(max_tokens=a.tokens, ignore_eos=True), prompt="Once upon a time"
+                f"p{time.time_ns()}",
+                SamplingParams(max_tokens=a.tokens, ignore_eos=True),
+                prompt="Once upon a time",
             )
         )
         for seq in eng._inbox:
@@ -60,8 +62,10 @@ def main() -> None:
     plain = gen()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         profiled = gen()
-    print(f"mode {a.quant}, threads {a.threads}: {1e3 * plain:.1f} ms/token ({1 / plain:.1f} tok/s), "
-          f"{1e3 * profiled:.1f} ms/token under the profiler")
+    print(
+        f"mode {a.quant}, threads {a.threads}: {1e3 * plain:.1f} ms/token ({1 / plain:.1f} tok/s), "
+        f"{1e3 * profiled:.1f} ms/token under the profiler"
+    )
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
 
 

@@ -195,3 +195,21 @@ def test_runner_refuses_quant_off_cpu_fp32(tiny_dir):
 
     with pytest.raises(ValueError, match="float32 compute only"):
         LlamaRunner(tiny_dir, dtype=torch.bfloat16, quant="int8")
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["int8", "q4"])
+def test_engine_runs_quantized_from_the_environment(make_engine, monkeypatch, mode):
+    """RAKIS_QUANT reaches the runner through EngineCore unchanged, and a quantized engine
+    serves a batch (prefill + decode through QuantLinear) like the fp32 one does."""
+    from engine.core import GenerationRequest, SamplingParams
+
+    monkeypatch.setenv(quant.ENV_QUANT, mode)
+    eng = make_engine()
+    assert eng.runner.quant == mode and isinstance(eng.runner.layers[0].qkv, quant.QuantLinear)
+    reqs = [
+        GenerationRequest(f"r{i}", SamplingParams(max_tokens=6, ignore_eos=True), prompt=p)
+        for i, p in enumerate(["Hello there", "One two three four five six seven"])
+    ]
+    res = eng.generate(reqs)
+    assert [len(r.token_ids) for r in res] == [6, 6]
