@@ -336,7 +336,12 @@ def main() -> None:
         from scripts.llama_cpp_peer import run_llama_cpp_peer
 
         out["llama_cpp"] = run_llama_cpp_peer(
-            args.llama_cpp, rounds_items, threads=args.threads, batch1_tokens=args.batch1_tokens, eos=eos
+            args.llama_cpp,
+            rounds_items,
+            threads=args.threads,
+            batch1_tokens=args.batch1_tokens,
+            eos=eos,
+            gguf=Path(args.model) if args.model and args.model.endswith(".gguf") else None,
         )
     out["peak_rss_mb"] = rss_mb()
 
