@@ -91,6 +91,19 @@ def resolve_weight_mode(mode: str | None = None) -> str | None:
     return m
 
 
+def split_model_dtype(name: str | None) -> tuple[str | None, str | None]:
+    """A model's configured dtype (`fp32 | bf16 | int8 | q4`, or any name
+    engine.devices.resolve_dtype takes) -> (compute dtype name for resolve_dtype,
+    weight quantization for LlamaRunner's `quant`). Quantized modes compute in float32.
+    """
+    if name is None:
+        return None, None
+    key = name.strip().lower()
+    if key in WEIGHT_MODES:
+        return "float32", key
+    return name, "none"
+
+
 # ------------------------------------------------------------------ block formats (numpy)
 
 

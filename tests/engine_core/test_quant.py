@@ -213,3 +213,10 @@ def test_engine_runs_quantized_from_the_environment(make_engine, monkeypatch, mo
     ]
     res = eng.generate(reqs)
     assert [len(r.token_ids) for r in res] == [6, 6]
+
+
+def test_split_model_dtype():
+    assert quant.split_model_dtype("q4") == ("float32", "q4")
+    assert quant.split_model_dtype("INT8") == ("float32", "int8")
+    assert quant.split_model_dtype("bf16") == ("bf16", "none")
+    assert quant.split_model_dtype(None) == (None, None)
