@@ -267,7 +267,7 @@ def ensure_converted(gguf_path: str | Path) -> Path:
             try:
                 _convert_into(gguf_path, tmp)
                 (tmp / _SOURCE_HASH).write_text(full + "\n")
-                (tmp / _DONE_MARKER).write_text(gguf_path.name + "\n")
+                (tmp / _DONE_MARKER).write_text(str(gguf_path.resolve()) + "\n")
                 os.rename(tmp, target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
