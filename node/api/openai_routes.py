@@ -279,19 +279,9 @@ def openai_router(node: NodeFacade) -> APIRouter:
     async def models() -> dict[str, Any]:
         created = int(node.started_at)
         hashes_of = getattr(node, "model_hashes", None)
-        hashes = hashes_of() if callable(hashes_of) else {}
-        data = [
-            {
-                "id": name,
-                "object": "model",
-                "created": created,
-                "owned_by": "rakis",
-                "type": "llm",
-                # The identity this node commits under (weights, and numeric mode if not fp32).
-                "model_hash": hashes.get(name),
-            }
-            for name in _llm_models(node)
-        ] + [
+        hashes = hashes_of() if callable(hashes_of) else {}  # what the node commits under
+        llm = {"object": "model", "created": created, "owned_by": "rakis", "type": "llm"}
+        data = [{"id": name, **llm, "model_hash": hashes.get(name)} for name in _llm_models(node)] + [
             {"id": name, "object": "model", "created": created, "owned_by": "rakis", "type": "embedding"}
             for name in _embedding_models(node)
         ]
