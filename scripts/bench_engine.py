@@ -5,9 +5,14 @@ max_tokens cycling through 16..128. (a) HF `generate`, static batches of 16, lef
 each batch running to its largest max_tokens; (b) our engine, all requests submitted at
 once (continuous batching, prefix cache). Useful tokens = each request's tokens up to
 its own EOS or max_tokens, counted the same way for both. Also batch-1 decode tokens/s
-for both. With --json the last line is a JSON object.
+for both. The engine runs once per weight mode of --quant (engine.quant: none = fp32,
+int8, q4; default none,q4) and the best is compared with HF. --llama-cpp URL_OR_AUTO adds
+a llama-server peer under the same requests (scripts/llama_cpp_peer.py; AUTO builds it
+from the llama-cpp-python sdist, skipped with a message without cmake/compiler). With
+--json the last line is a JSON object.
 
-    .venv/bin/python scripts/bench_engine.py [--requests 32] [--threads 2] [--json]
+    .venv/bin/python scripts/bench_engine.py [--requests 32] [--threads 2] [--quant none,int8,q4]
+        [--llama-cpp AUTO] [--json]
 """
 
 from __future__ import annotations
