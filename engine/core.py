@@ -24,6 +24,7 @@ import structlog
 import torch
 
 from engine.attention import engine_ops
+from engine.config import EngineConfig
 from engine.detok import IncrementalDetokenizer
 from engine.kv_cache import BlockAllocator, KVCache
 from engine.model import AttnBatch, make_runner, resolve_model_dir
@@ -87,18 +88,24 @@ class EngineCore:
         max_batch_size: int = 32,
         max_num_batched_tokens: int = 512,
         enable_prefix_cache: bool = True,
+        quant: str | None = None,
         num_threads: int | None = None,
         name: str | None = None,
         recheck_tolerance: RecheckTolerance = DEFAULT_TOLERANCE,
     ) -> None:
+        """The keyword settings are ``engine.config.EngineConfig``'s fields (``quant`` is
+        its ``weight_mode``), checked by it; ``LLMEngine`` passes ``config.core_kwargs()``."""
         from transformers import AutoTokenizer, GenerationConfig
 
-        if block_size < 1 or max_batch_size < 1 or max_num_batched_tokens < 1:
-            raise ValueError("block_size, max_batch_size and max_num_batched_tokens must be >= 1")
-        if kv_cache_bytes is not None and kv_cache_fraction is not None:
-            raise ValueError("give kv_cache_bytes or kv_cache_fraction, not both")
-        if kv_cache_fraction is not None and not (0.0 < kv_cache_fraction <= 1.0):
-            raise ValueError(f"kv_cache_fraction must be in (0, 1], got {kv_cache_fraction}")
+        EngineConfig(  # validates, raising ValueError naming the field
+            kv_cache_bytes=kv_cache_bytes,
+            kv_cache_fraction=kv_cache_fraction,
+            block_size=block_size,
+            max_batch_size=max_batch_size,
+            max_num_batched_tokens=max_num_batched_tokens,
+            enable_prefix_cache=enable_prefix_cache,
+            weight_mode=None if quant in (None, "none") else quant,
+        )
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         model_dir = resolve_model_dir(model_dir)
@@ -111,7 +118,7 @@ class EngineCore:
         # under a lock: fast tokenizers raise "Already borrowed" when shared concurrently.
         self._detok_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._encode_lock = threading.Lock()
-        self.runner = make_runner(model_dir, device=device, dtype=dtype)
+        self.runner = make_runner(model_dir, device=device, dtype=dtype, quant=quant)
         self.ops = engine_ops(device)
         log.info(
             "engine_worker_ready",

@@ -58,9 +58,12 @@ def resolve_model_dir(model: str | Path) -> Path:
     return p
 
 
-def make_runner(model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None):
+def make_runner(
+    model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None, quant: str | None = None
+):
     """The runner for this checkpoint's architecture: Gemma 3 text models get
-    engine.gemma3.Gemma3Runner, Llama-family ones LlamaRunner (same forward contract)."""
+    engine.gemma3.Gemma3Runner, Llama-family ones LlamaRunner (same forward contract).
+    ``quant`` (int8 | q4; RAKIS_QUANT when None) is supported by LlamaRunner only."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig
 
@@ -69,8 +72,10 @@ def make_runner(model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtyp
     if model_type in ("gemma3_text", "gemma3"):
         from engine.gemma3 import Gemma3Runner  # imports this module: import lazily
 
+        if quant not in (None, "none"):
+            raise ValueError(f"quantized weights ({quant}) are not supported for Gemma 3 yet")
         return Gemma3Runner(model_dir, device=device, dtype=dtype)
-    return LlamaRunner(model_dir, device=device, dtype=dtype)
+    return LlamaRunner(model_dir, device=device, dtype=dtype, quant=quant)
 
 
 class LlamaRunner:

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine import native
+from engine.config import env_switches
 from engine.linear import Linear, make_linear
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def load() -> ctypes.CDLL | None:
 def resolve_weight_mode(mode: str | None = None) -> str | None:
     """`int8` / `q4`, or None for the compute dtype's own weights; RAKIS_QUANT when None."""
     if mode is None:
-        mode = os.environ.get(ENV_QUANT) or "none"
+        mode = env_switches().quant or "none"
     m = mode.strip().lower()
     if m in ("", "none", "off", "fp32", "float32", "bf16", "bfloat16", "auto"):
         return None

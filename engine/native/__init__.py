@@ -33,6 +33,8 @@ from pathlib import Path
 import platformdirs
 import structlog
 
+from engine.config import env_switches
+
 log = structlog.get_logger(__name__)
 
 SOURCE = Path(__file__).with_name("paged_attention.cpp")
@@ -43,7 +45,7 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 
 
 def enabled() -> bool:
-    return os.environ.get("RAKIS_NATIVE", "1").lower() not in ("0", "false", "no", "off")
+    return env_switches().native
 
 
 def _cpu_id() -> str:
@@ -57,13 +59,13 @@ def _cpu_id() -> str:
 
 
 def _compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    return env_switches().cxx or shutil.which("g++") or shutil.which("c++")
 
 
 def cache_dir() -> Path:
     """Where built kernels live; RAKIS_NATIVE_CACHE overrides (services without a home)."""
-    env = os.environ.get("RAKIS_NATIVE_CACHE")
-    return Path(env) if env else Path(platformdirs.user_cache_dir("rakis")) / "native"
+    override = env_switches().native_cache
+    return override if override is not None else Path(platformdirs.user_cache_dir("rakis")) / "native"
 
 
 def _build(cxx: str, out: Path, source: Path = SOURCE, cflags: tuple[str, ...] = CFLAGS) -> None:

@@ -40,8 +40,13 @@ def engine_input(request_id: str, body: wire.InferenceRequest) -> tuple[list[dic
 
 
 def compute_mode(llm: Any) -> str:
-    """How the LLM engine computes: its dtype name (``float32``, ``bfloat16``, ...)."""
-    return str(getattr(llm, "dtype", "float32")).removeprefix("torch.")
+    """How the LLM engine computes: its dtype name (``float32``, ``bfloat16``), plus the
+    weight mode when projections are quantized (``float32+q4``)."""
+    from engine.config import env_switches
+
+    dtype = str(getattr(llm, "dtype", "float32")).removeprefix("torch.")
+    quant = getattr(getattr(llm, "config", None), "weight_mode", None) or env_switches().quant
+    return f"{dtype}+{quant}" if quant else dtype
 
 
 def model_identities(llm: Any) -> dict[str, str]:
