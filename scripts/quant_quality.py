@@ -1,5 +1,5 @@
 """Quality of the quantized weight modes against fp32 (engine.quant): greedy agreement
-on the 20-prompt set of tests/engine_core/test_smollm2.py and perplexity on a fixed text.
+on the 20-prompt set of tests/engine/core/test_smollm2.py and perplexity on a fixed text.
 
 For each mode (fp32, int8, q4) an EngineCore generates greedily for the 20 prompts;
 a prompt "agrees" when its tokens equal fp32's exactly, and the token agreement is the
@@ -77,7 +77,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from engine.core import EngineCore, GenerationRequest, SamplingParams
     from engine.model_files import default_llm_dir
-    from tests.engine_core.test_smollm2 import PROMPTS, _messages
+    from tests.engine.core.test_smollm2 import PROMPTS, _messages
 
     d = default_llm_dir()
     outputs: dict[str, list[list[int]]] = {}
