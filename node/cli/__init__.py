@@ -6,6 +6,7 @@
   module, so the root can import every group without an import cycle.
 - ``node_group``: ``rakis node start``.
 - ``client_group``: ``rakis submit | result | verify | logs | workers``.
-- ``testnet_group``: ``rakis testnet up | status | down | demo``.
+- ``testnet_group``: ``rakis testnet up | status | down | demo | partition | heal``.
+- ``models_group``: ``rakis models list | add``: the models a node knows, and adding your own.
 - ``progress``: rich live displays (request stages, testnet start-up, model loading).
 """

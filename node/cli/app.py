@@ -16,6 +16,7 @@ import typer
 from node import identity as identity_mod
 from node.cli.client_group import logs, result, submit, verify, workers_app
 from node.cli.common import DataDirOption, fail, resolve_data_dir
+from node.cli.models_group import models_app
 from node.cli.node_group import node_app
 from node.cli.testnet_group import testnet_app
 from node.config import CONFIG_FILENAME, write_default_config
@@ -124,3 +125,4 @@ app.command()(verify)
 app.command()(logs)
 app.add_typer(workers_app, name="workers")
 app.add_typer(testnet_app, name="testnet")
+app.add_typer(models_app, name="models")
