@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 from engine.linear import make_linear
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")  # LlamaRunner
+GEMMA3_MODEL_TYPES = ("gemma3_text", "gemma3")  # Gemma3Runner (engine.gemma3)
+RUNNABLE_MODEL_TYPES = SUPPORTED_MODEL_TYPES + GEMMA3_MODEL_TYPES  # what make_runner builds
 
 
 @dataclass
@@ -69,7 +71,7 @@ def make_runner(
 
     model_dir = resolve_model_dir(model_dir)
     model_type = AutoConfig.from_pretrained(str(model_dir)).model_type
-    if model_type in ("gemma3_text", "gemma3"):
+    if model_type in GEMMA3_MODEL_TYPES:
         from engine.gemma3 import Gemma3Runner  # imports this module: import lazily
 
         if quant not in (None, "none"):

@@ -94,7 +94,7 @@ def check_models(settings: Any) -> None:
 def check_architecture(name: str, path: Path) -> None:
     """A model directory whose ``config.json`` names an architecture the engine cannot run
     is refused by name, before transformers loads gigabytes of weights to find out."""
-    from engine.model import SUPPORTED_MODEL_TYPES
+    from engine.model import RUNNABLE_MODEL_TYPES
 
     if path.is_file():  # a .gguf file: converted on first load, its architecture read then
         return
@@ -110,8 +110,8 @@ def check_architecture(name: str, path: Path) -> None:
     model_type = config.get("model_type")
     listed = ", ".join(str(a) for a in config.get("architectures") or [])
     arch = f" ({listed})" if listed else ""
-    supported = ", ".join(SUPPORTED_MODEL_TYPES)
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    supported = ", ".join(RUNNABLE_MODEL_TYPES)
+    if model_type not in RUNNABLE_MODEL_TYPES:
         raise StartupError(
             f"model {name!r} at {path} is model_type {model_type!r}{arch}, which this engine "
             f"cannot run; it runs {supported}: serve one of those instead"
