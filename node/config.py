@@ -80,6 +80,8 @@ class VerifiedSettings(BaseModel):
     rate_limit_per_min: float = Field(60.0, gt=0, le=1_000_000, description="Calls per minute per caller.")
     rate_limit_burst: int = Field(10, ge=1, le=1_000_000, description="Burst size per caller.")
     max_concurrent: int = Field(4, ge=1, le=10_000, description="Calls in flight per caller.")
+
+
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 

@@ -83,7 +83,10 @@ def _conversation(body: ChatCompletionRequest) -> tuple[list[dict[str, str]], st
     for i, m in enumerate(body.messages):
         if m.role == "tool":
             raise ApiError(
-                400, "unsupported", "tool messages are not supported on the verified path", param=f"messages.{i}"
+                400,
+                "unsupported",
+                "tool messages are not supported on the verified path",
+                param=f"messages.{i}",
             )
         role = "system" if m.role == "developer" else m.role
         turns.append({"role": role, "content": m.text()})
@@ -212,7 +215,8 @@ def rakis_object(view: dict[str, Any], certificate_url: str) -> dict[str, Any]:
         "state": view.get("state"),
         "reason": view.get("reason"),
         "members": [
-            {"node_id": m.get("node_id"), "inference_id": m.get("inference_id")} for m in view.get("members") or []
+            {"node_id": m.get("node_id"), "inference_id": m.get("inference_id")}
+            for m in view.get("members") or []
         ],
         "certificate_url": certificate_url,
         "recheck": view.get("recheck"),

@@ -118,6 +118,13 @@ async def _watch(node: NodeFacade, rid: str, timeout_s: float) -> AsyncIterator[
         await anyio.sleep(POLL_S)
 
 
+async def _final_view(node: NodeFacade, rid: str, timeout_s: float) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    async for view in _watch(node, rid, timeout_s):
+        last = view
+    return last
+
+
 def _sse(data: dict[str, Any]) -> str:
     return f"data: {to_json(data)}\n\n"
 
@@ -148,7 +155,9 @@ def verified_router(node: NodeFacade) -> APIRouter:
 
     def require_enabled() -> None:
         if not verified.enabled:
-            raise ApiError(404, "verified_disabled", "the verified path is disabled on this node ([verified] enabled)")
+            raise ApiError(
+                404, "verified_disabled", "the verified path is disabled on this node ([verified] enabled)"
+            )
 
     def self_serves() -> bool:
         fault = str(getattr(getattr(node, "settings", None), "fault", "honest"))
@@ -178,8 +187,14 @@ def verified_router(node: NodeFacade) -> APIRouter:
         counts = network_models(sorted(local), node.peers(), self_serves())
         created = int(getattr(node, "started_at", 0))
         data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "rakis-network", "nodes": n,
-             "local": name in local}
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "rakis-network",
+                "nodes": n,
+                "local": name in local,
+            }
             for name, n in sorted(counts.items())
         ]
         return JSONSafeResponse({"object": "list", "data": data})
@@ -267,9 +282,7 @@ def verified_router(node: NodeFacade) -> APIRouter:
 
         if not body.stream:
             try:
-                view: dict[str, Any] = {}
-                async for view in _watch(node, rid, timeout_s):
-                    pass
+                view = await _final_view(node, rid, timeout_s)
             finally:
                 release()
             if view.get("state") != "succeeded":
