@@ -57,6 +57,8 @@ def client_of(d: Daemon) -> Any:
     return openai.OpenAI(base_url=f"{d.url}/verified/v1", api_key="unused", timeout=180, max_retries=0)
 
 
+# The tiny model's random text is re-checked by re-tokenizing it, which some outputs do not
+# survive (engine.recheck's known risk, "too_long"); this prompt's 12 tokens do.
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
 
 
@@ -108,8 +110,7 @@ def test_multi_turn_with_a_system_prompt_is_templated_alike_on_every_node(net: d
         {"role": "system", "content": "You answer with one word."},
         {"role": "user", "content": "What colour is the sky?"},
         {"role": "assistant", "content": "Blue."},
-        # The tiny model's random text is re-checked by re-tokenizing it, which some outputs do not
-        # survive (engine.recheck's known risk; "too_long"): this prompt's output does.
+        # (See MESSAGES: this conversation's output survives the re-check's re-tokenization.)
         {"role": "user", "content": "And the grass?"},
     ]
     reply = client_of(a).chat.completions.create(
@@ -171,8 +172,8 @@ def test_a_caller_that_hangs_up_mid_stream_leaves_the_request_to_finish(net: dic
     a = net["a"]
     body = {
         "model": TINY,
-        "messages": [{"role": "user", "content": "Count to three."}],
-        "max_tokens": 8,
+        "messages": MESSAGES,
+        "max_tokens": 12,
         "stream": True,
         "rakis": {"quorum": 3, **FAST},
     }
@@ -199,6 +200,7 @@ def test_ask_the_network_box_in_the_dashboard(net: dict[str, Daemon], tmp_path: 
         page.wait_for_selector(f'#ask-model option[value="{TINY}"]', state="attached", timeout=30_000)
         page.fill("#ask-prompt", "Name a colour.")
         page.fill("#ask-quorum", "3")
+        page.fill("#ask-max-tokens", "12")
         page.click("#ask-submit")
         page.wait_for_selector('#ask-status[data-state="running"]', timeout=30_000)
         seen_stages = {page.text_content("#ask-stage")}

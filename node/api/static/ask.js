@@ -94,6 +94,7 @@
       model: $("ask-model").value,
       messages: [{ role: "user", content: $("ask-prompt").value }],
       temperature: Number($("ask-temperature").value),
+      max_tokens: Number($("ask-max-tokens").value),
       stream: true,
       rakis: { quorum: Number($("ask-quorum").value) },
     };
