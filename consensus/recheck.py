@@ -14,8 +14,11 @@ revealed output with one teacher-forced pass (engine side) and feeds the machine
 - ``unavailable``: this node cannot check it (it does not hold those weights, or the
   check did not finish by the deadline); consensus then falls back to clustering alone.
 
-Verdicts are keyed by ``recheck_key(model_hash, output)``: identical texts claimed
-under the same weights need one check, however many nodes revealed them. The pair, not
+Verdicts are keyed by ``recheck_key(model_hash, output, output_tokens)``: identical
+outputs (same text and token ids) claimed under the same weights need one check, however
+many nodes revealed them. The token ids come with the reveal because text alone does not
+say which tokens the sampler drew (a byte-level BPE can split one text several ways, and
+a token may end inside a multi-byte character). The pair, not
 the text alone, is the key, because the same text can pass under one accepted model and
 fail under another.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,11 +57,17 @@ def output_hash(output: str) -> str:
     return hashlib.sha256(output.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def recheck_key(model_hash: str, output: str) -> str:
-    """Hex ``sha256(model_hash ascii || 0x00 || output utf-8)``: one verdict per pair."""
+def recheck_key(model_hash: str, output: str, output_tokens: Sequence[int] | None = None) -> str:
+    """Hex ``sha256(model_hash ascii || 0x00 || output utf-8 [|| 0x01 || tokens])``: one
+    verdict per (weights, text, token ids). The token ids are part of the key because the
+    verdict is on them: the same text revealed with other ids is judged on its own, so
+    nobody can get an honest text excluded by revealing it with bad ids."""
     h = hashlib.sha256(model_hash.encode("ascii", "replace"))
     h.update(b"\x00")
     h.update(output.encode("utf-8", "surrogatepass"))
+    if output_tokens is not None:
+        h.update(b"\x01")
+        h.update(b"".join(int(t).to_bytes(4, "big") for t in output_tokens))
     return h.hexdigest()
 
 

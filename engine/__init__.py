@@ -5,7 +5,8 @@ stay cheap and free of import cycles with the engine core):
 
 - `LLMEngine`, `LLMRequest`, `InferenceStream`, `InferenceResult` — LLM worker pools.
 - `EmbeddingEngine`, `EmbeddingResult`, `Priority` — embedding worker pools.
-- `ModelRegistry`, `ModelKind`, `UnknownModelError`, `DEFAULT_LLM`, `DEFAULT_EMBEDDING`.
+- `ModelRegistry`, `ModelKind`, `UnknownModelError`, `DEFAULT_LLM`, `GEMMA3_270M`,
+  `DEFAULT_EMBEDDING`.
 - The core's dataclasses: `SamplingParams`, `GenerationRequest`, `TokenEvent`,
   `GenerationResult`, and for proof of inference `RecheckRequest`, `RecheckResult`,
   `PositionDetail`, `RecheckTolerance` (engine.recheck; `LLMEngine.recheck`).
@@ -39,6 +40,7 @@ _EXPORTS = {
     "ModelKind": "engine.registry",
     "UnknownModelError": "engine.registry",
     "DEFAULT_LLM": "engine.registry",
+    "GEMMA3_270M": "engine.registry",
     "DEFAULT_EMBEDDING": "engine.registry",
     "LogEntry": "engine.engine_logs",
     "LogType": "engine.engine_logs",

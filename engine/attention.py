@@ -10,6 +10,12 @@ the blocks in place, 2-8x faster than gather + SDPA; the torch version stays as 
 fallback and its oracle. Norm, rotary and sampling come from the references, which
 already match Hugging Face Llama numerics. On CUDA the kernels package's Triton set
 is used (`engine_ops`).
+
+Both attention functions (and the native decode) take an optional ``window``: a
+sliding-window layer (Gemma 3's local layers) lets a query at position p see only keys
+in (p - window, p], exactly as Hugging Face's sliding-window mask. The Triton set has
+no window, so a model with windows calls these functions directly for its local layers
+once a context is longer than the window (engine.gemma3).
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ class _DecodeMeta(threading.local):
     max_len: int
     gather: _Gather | None = None
     native: _NativeArgs | None = None
+    window_masks: dict[int, torch.Tensor] | None = None
 
 
 _meta = _DecodeMeta()
@@ -84,6 +91,7 @@ def _decode_meta(block_tables: torch.Tensor, seq_lens: torch.Tensor) -> _DecodeM
     m.lens = seq_lens.tolist()
     m.max_len = max(m.lens) if m.lens else 0
     m.gather = m.native = None
+    m.window_masks = None
     m.bt, m.sl = block_tables, seq_lens
     return m
 
@@ -101,6 +109,21 @@ def _gather_of(m: _DecodeMeta, block_size: int) -> _Gather:
         # single token rows: ~2-3x faster on CPU; the pad past max_len is sliced off.
         m.gather = _Gather(idx=bt[:, :nb].reshape(-1).long(), nb=nb, mask=mask)
     return m.gather
+
+
+def _window_mask_of(m: _DecodeMeta, window: int, device: torch.device) -> torch.Tensor:
+    """`[B, 1, 1, max_len]` mask of the keys a decode query sees in a `window` layer:
+    positions in [len - window, len). Built once per step per window size."""
+    if m.window_masks is None:
+        m.window_masks = {}
+    mask = m.window_masks.get(window)
+    if mask is None:
+        assert m.sl is not None
+        pos = torch.arange(m.max_len, device=device)[None, :]
+        lens = m.sl.to(device=device, dtype=torch.long)[:, None]
+        mask = ((pos < lens) & (pos >= lens - window))[:, None, None, :]
+        m.window_masks[window] = mask
+    return mask
 
 
 def _native_of(m: _DecodeMeta, block_size: int) -> _NativeArgs:
@@ -125,6 +148,7 @@ def _native_decode(lib):
     """paged_attention_decode on the native kernel, falling back to the torch path for
     anything the kernel does not take (non-fp32, unusual layouts)."""
     fn = lib.rakis_paged_decode_f32
+    fn_window = getattr(lib, "rakis_paged_decode_window_f32", None)
 
     def paged_attention_decode_native(
         q: torch.Tensor,
@@ -133,14 +157,18 @@ def _native_decode(lib):
         block_tables: torch.Tensor,
         seq_lens: torch.Tensor,
         scale: float,
+        window: int | None = None,
     ) -> torch.Tensor:
         b, hq, d = q.shape
         nblocks, bs, hkv, _ = k_cache.shape
         if b == 0:
             return torch.empty_like(q)
-        n = _native_of(_decode_meta(block_tables, seq_lens), bs)
+        m = _decode_meta(block_tables, seq_lens)
+        n = _native_of(m, bs)
+        windowed = bool(window) and m.max_len > window
         if not (
             n.ok
+            and (fn_window is not None or not windowed)
             and n.max_block < nblocks
             and q.dtype == k_cache.dtype == v_cache.dtype == torch.float32
             and q.device.type == "cpu"
@@ -151,9 +179,10 @@ def _native_decode(lib):
             and v_cache.shape == k_cache.shape
             and hq % hkv == 0
         ):
-            return paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)
+            return paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, window)
         out = torch.empty((b, hq, d), dtype=q.dtype)
-        fn(
+        extra = (int(window),) if windowed else ()
+        (fn_window if windowed else fn)(
             q.data_ptr(),
             k_cache.data_ptr(),
             v_cache.data_ptr(),
@@ -169,6 +198,7 @@ def _native_decode(lib):
             float(scale),
             torch.get_num_threads(),
             q.stride(0),
+            *extra,
         )
         return out
 
@@ -182,10 +212,12 @@ def paged_attention_decode(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    window: int | None = None,
 ) -> torch.Tensor:
     """One query token per sequence over its cached context (own K/V already stored).
 
-    q `[B, Hq, D]` -> `[B, Hq, D]`. Every seq_len must be >= 1.
+    q `[B, Hq, D]` -> `[B, Hq, D]`. Every seq_len must be >= 1. With `window`, each
+    query sees only its last `window` context positions (sliding-window layers).
     """
     b, hq, d = q.shape
     _, bs, hkv, _ = k_cache.shape
@@ -199,7 +231,10 @@ def paged_attention_decode(
     # one pass over each K/V row instead of g, and the CPU flash kernel gets g query rows
     # to work on instead of 1 (about 2x faster at batch 32 with 2 threads).
     g = hq // hkv
-    out = F.scaled_dot_product_attention(q.reshape(b, hkv, g, d), k, v, attn_mask=gm.mask, scale=scale)
+    mask = gm.mask
+    if window and m.max_len > window:
+        mask = _window_mask_of(m, window, q.device)
+    out = F.scaled_dot_product_attention(q.reshape(b, hkv, g, d), k, v, attn_mask=mask, scale=scale)
     return out.reshape(b, hq, d)
 
 
@@ -212,12 +247,14 @@ def paged_attention_prefill(
     cu_seqlens_q: torch.Tensor,
     max_seqlen_q: int,
     scale: float,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of packed chunks `[T, Hq, D]` over their cached context.
 
     Sequence i owns rows cu_seqlens_q[i]:cu_seqlens_q[i+1]; seq_lens[i] counts its
     context including the chunk (already stored). Query j of a chunk of length n sits
-    at position seq_lens[i] - n + j.
+    at position seq_lens[i] - n + j. With `window`, a query at position p sees keys
+    in (p - window, p] only.
     """
     t, hq, d = q.shape
     _, bs, hkv, _ = k_cache.shape
@@ -235,7 +272,12 @@ def paged_attention_prefill(
         )  # [1, Hkv, ctx, D]
         v = v_cache.index_select(0, idx).view(nb * bs, hkv, d)[:ctx].transpose(0, 1).unsqueeze(0)
         qi = q[cu[i] : cu[i + 1]].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
-        if n == ctx:
+        if window and ctx > window:
+            qpos = torch.arange(ctx - n, ctx, device=q.device)[:, None]
+            kpos = torch.arange(ctx, device=q.device)[None, :]
+            mask = (kpos <= qpos) & (kpos > qpos - window)
+            o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, scale=scale, enable_gqa=hkv != hq)
+        elif n == ctx:
             o = F.scaled_dot_product_attention(qi, k, v, is_causal=True, scale=scale, enable_gqa=hkv != hq)
         else:
             qpos = torch.arange(ctx - n, ctx, device=q.device)

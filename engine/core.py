@@ -26,7 +26,7 @@ import torch
 from engine.attention import engine_ops
 from engine.detok import IncrementalDetokenizer
 from engine.kv_cache import BlockAllocator, KVCache
-from engine.model import AttnBatch, LlamaRunner, resolve_model_dir
+from engine.model import AttnBatch, make_runner, resolve_model_dir
 from engine.radix import RadixCache
 from engine.recheck import (
     DEFAULT_TOLERANCE,
@@ -111,7 +111,7 @@ class EngineCore:
         # under a lock: fast tokenizers raise "Already borrowed" when shared concurrently.
         self._detok_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._encode_lock = threading.Lock()
-        self.runner = LlamaRunner(model_dir, device=device, dtype=dtype)
+        self.runner = make_runner(model_dir, device=device, dtype=dtype)
         self.ops = engine_ops(device)
         log.info(
             "engine %s on %s: ops %s, projections %s, decode attention %s",
@@ -302,17 +302,23 @@ class EngineCore:
         if not isinstance(req.sampling, SamplingParams):
             raise ValueError("sampling must be a SamplingParams")
         req.sampling.validate()
-        if (req.output_token_ids is None) == (req.output_text is None):
-            raise ValueError("give exactly one of output_token_ids or output_text")
+        if req.output_token_ids is None and req.output_text is None:
+            raise ValueError("give output_token_ids, output_text, or both")
         p = req.sampling
         stream = RequestStream(req.request_id)
         with self._encode_lock:
             prompt = self._prompt_ids(req)
-            if req.output_text is not None:
+            if req.output_text is not None and req.output_token_ids is None:
                 if not isinstance(req.output_text, str):
                     raise ValueError("output_text must be a string")
-                out = self.tokenizer(req.output_text, add_special_tokens=False).input_ids if req.output_text else []
-                back = self.tokenizer.decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                out = (
+                    self.tokenizer(req.output_text, add_special_tokens=False).input_ids
+                    if req.output_text
+                    else []
+                )
+                back = self.tokenizer.decode(
+                    out, skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
                 if back != req.output_text or any(t in self._special_ids for t in out):
                     stream._emit(immediate_result(req.request_id, "untokenizable"))
                     return stream
@@ -321,10 +327,16 @@ class EngineCore:
                 vocab = self.runner.vocab_size
                 if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in out):
                     raise ValueError(f"output_token_ids must be ints in [0, {vocab})")
+                if req.output_text is not None and self._decoded_output(out, p.stop) != req.output_text:
+                    # Both given: the ids are checked, so the text must be what they decode to.
+                    stream._emit(immediate_result(req.request_id, "text_mismatch"))
+                    return stream
             stop_index = self._stop_index(out, p.stop) if p.stop else None
         bad = structural_check(
             out,
-            p,
+            # Text re-tokenizes into the canonical split, which may be longer than the
+            # sampler's path: max_tokens is then enforced along that path (RecheckState).
+            p if req.output_text is None else dataclasses.replace(p, max_tokens=max(p.max_tokens, len(out))),
             eos_token_ids=self.eos_token_ids,
             stop_index=stop_index,
             num_prompt=len(prompt),
@@ -339,12 +351,15 @@ class EngineCore:
             raise ValueError(f"prompt + output of {total} tokens does not fit the KV cache ({capacity})")
         seed = p.seed if p.seed is not None else default_seed(req.request_id)
         would_stop = realign = None
-        if req.output_text is not None:
+        text_only = req.output_text is not None and req.output_token_ids is None
+        if text_only:
             realign = self._make_realign(req.output_text)
-        if p.stop and req.output_text is not None:
+        if p.stop and text_only:
             # Text cut before a stop string: the token that completes it is not in the
             # text; accept the output when the sampler's next token completes one.
-            def would_stop(ids: list[int], _stop=list(p.stop)) -> bool:
+            def would_stop(ids: list[int], _stop=None) -> bool:
+                if _stop is None:
+                    _stop = list(p.stop)
                 return self._stop_index(ids, _stop, tokenizer=self._detok_tokenizer) is not None
 
         state = RecheckState(
@@ -418,6 +433,19 @@ class EngineCore:
             if self._active.get(seq.request_id) is seq:
                 self._active[seq.request_id] = new
         self.scheduler.add(new)
+
+    def _decoded_output(self, ids: list[int], stop: list[str]) -> str:
+        """The text generation emits for these output ids: the same incremental
+        detokenizer, cut at a stop string, flushed otherwise (callers' threads only)."""
+        detok = IncrementalDetokenizer(self.tokenizer, stop, self._special_ids)
+        hit = False
+        for tok in ids:
+            hit = detok.add(tok)[1]
+            if hit:
+                break
+        if not hit:
+            detok.flush()
+        return detok.text
 
     def _stop_index(self, ids: list[int], stop: list[str], tokenizer=None) -> int | None:
         """First index whose token completes a stop string, decoded as generation does."""
@@ -663,7 +691,11 @@ class EngineCore:
             self._active.pop(seq.request_id, None)
         now = time.monotonic()
         if seq.recheck is not None:
-            extra = {"prompt_tokens": seq.num_prompt, "cached_tokens": seq.cached_tokens, "total_s": now - seq.t_submit}
+            extra = {
+                "prompt_tokens": seq.num_prompt,
+                "cached_tokens": seq.cached_tokens,
+                "total_s": now - seq.t_submit,
+            }
             if reason == "done":
                 seq.stream._emit(seq.recheck.result(**extra))
             else:

@@ -5,9 +5,11 @@ top of `engine.core.EngineCore`, where a worker is one loaded model plus its
 continuous-batching scheduler thread. Each core batches many requests, so a
 worker is *available* while it is loaded and has fewer running requests than its
 batch capacity; the engine never gives a core more than that, and keeps the rest
-in its own queue ordered by deadline (earliest first, seed 001). That queue is
-where expiry happens: a request whose deadline passes while it waits is finished
-with reason "expired" and never started.
+in its own queue ordered by deadline (earliest first, seed 001). Expiry happens in
+two places, both ending the stream with reason "expired": a request whose deadline
+passes while it waits in that queue is finished there and never started; one that
+already went to a core (queued there, running, or preempted) is aborted by the core's
+scheduler at its next step, its KV blocks freed, with the tokens made so far.
 
 Threads: one dispatcher thread owns all hand-offs to cores. Scheduler threads only
 report through the stream listener: token events go straight to the caller's
@@ -40,8 +42,8 @@ import anyio
 from engine import devices
 from engine.engine_logs import EngineLog, LogEntry, LogType
 from engine.queues import AsyncMailbox, DeadlineQueue
-from engine.registry import ModelKind, ModelRegistry, UnknownModelError
 from engine.recheck import RecheckTolerance, immediate_result
+from engine.registry import ModelKind, ModelRegistry, UnknownModelError
 from engine.types import (
     GenerationRequest,
     GenerationResult,
@@ -608,9 +610,11 @@ class LLMEngine:
                     continue
                 submitted.append((core, internal.request_id))
                 stream.add_listener(
-                    lambda ev, i=i, rid=rid: mailbox.put((i, dataclasses.replace(ev, request_id=rid)))
-                    if isinstance(ev, RecheckResult)
-                    else None
+                    lambda ev, i=i, rid=rid: (
+                        mailbox.put((i, dataclasses.replace(ev, request_id=rid)))
+                        if isinstance(ev, RecheckResult)
+                        else None
+                    )
                 )
 
         await anyio.to_thread.run_sync(submit_all)

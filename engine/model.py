@@ -1,5 +1,6 @@
 """Llama-family decoder (Llama 2/3, SmolLM2, Mistral without sliding window, Qwen2)
-run over the engine's paged KV cache.
+run over the engine's paged KV cache, and `make_runner`, which picks the runner for a
+checkpoint's architecture (Gemma 3 lives in engine.gemma3).
 
 Weights come from transformers' own loader (safetensors directory, or a GGUF file
 converted once by engine.model_files), so every checkpoint format and rope-scaling
@@ -57,6 +58,21 @@ def resolve_model_dir(model: str | Path) -> Path:
     return p
 
 
+def make_runner(model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None):
+    """The runner for this checkpoint's architecture: Gemma 3 text models get
+    engine.gemma3.Gemma3Runner, Llama-family ones LlamaRunner (same forward contract)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig
+
+    model_dir = resolve_model_dir(model_dir)
+    model_type = AutoConfig.from_pretrained(str(model_dir)).model_type
+    if model_type in ("gemma3_text", "gemma3"):
+        from engine.gemma3 import Gemma3Runner  # imports this module: import lazily
+
+        return Gemma3Runner(model_dir, device=device, dtype=dtype)
+    return LlamaRunner(model_dir, device=device, dtype=dtype)
+
+
 class LlamaRunner:
     """Holds the weights and runs one forward step over a flat token batch."""
 
@@ -70,7 +86,8 @@ class LlamaRunner:
         config = AutoConfig.from_pretrained(str(model_dir))
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
-                f"unsupported model_type {config.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+                f"unsupported model_type {config.model_type!r}; supported: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)} (and gemma3_text through make_runner)"
             )
         if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
             if config.model_type == "mistral":

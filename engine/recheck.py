@@ -61,7 +61,9 @@ class RecheckTolerance:
     suspect_per_100: float = 0.0  # extra budget per 100 output tokens
 
     def __post_init__(self) -> None:
-        if not (self.eps_cdf >= 0 and self.eps_logit >= 0 and self.max_suspect >= 0 and self.suspect_per_100 >= 0):
+        if not (
+            self.eps_cdf >= 0 and self.eps_logit >= 0 and self.max_suspect >= 0 and self.suspect_per_100 >= 0
+        ):
             raise ValueError("tolerances must be >= 0")
 
     def budget(self, num_tokens: int) -> int:
@@ -70,9 +72,6 @@ class RecheckTolerance:
 
 
 DEFAULT_TOLERANCE = RecheckTolerance()
-# For networks that mix fp32 and bf16 nodes: sized from the measured fp32-vs-bf16
-# disagreements (docs/consensus.md); much looser, so it admits more variation.
-MIXED_DTYPE_TOLERANCE = RecheckTolerance(eps_cdf=0.05, eps_logit=0.5, max_suspect=3, suspect_per_100=20.0)
 
 
 MAX_REALIGNS = 32  # text mode: re-tokenizations of one output before giving up
@@ -195,7 +194,9 @@ class RecheckState:
                     continue
                 ok = tok == picked[i]
                 status = "ok" if ok else ("suspect" if behind[i] <= self.tol.eps_logit else "bad")
-                out.append((_Judgement(status, picked[i], gap[i], 0.0, 0.0, 0.0 if ok else behind[i]), logp[i]))
+                out.append(
+                    (_Judgement(status, picked[i], gap[i], 0.0, 0.0, 0.0 if ok else behind[i]), logp[i])
+                )
             return out
         probs = adjusted_probs(chunk, p.temperature, p.top_p, p.top_k)
         cdf = probs.cumsum(dim=-1)
@@ -209,7 +210,15 @@ class RecheckState:
         p_lo = p_hi - probs.gather(1, pick)[:, 0] / total
         t_hi = cdf.gather(1, toks)[:, 0] / total
         t_p = probs.gather(1, toks)[:, 0] / total
-        rows = zip(pick[:, 0].tolist(), p_lo.tolist(), p_hi.tolist(), t_hi.tolist(), t_p.tolist(), u.tolist())
+        rows = zip(
+            pick[:, 0].tolist(),
+            p_lo.tolist(),
+            p_hi.tolist(),
+            t_hi.tolist(),
+            t_p.tolist(),
+            u.tolist(),
+            strict=False,
+        )
         for i, (pk, plo, phi, thi, tp, ui) in enumerate(rows):
             t = ts[i]
             if t >= n:
@@ -229,6 +238,9 @@ class RecheckState:
 
     def _row(self, t: int, logits: torch.Tensor, fast: _Judgement | None, logp: float) -> None:
         n = len(self.output)
+        if t < n and t >= self.params.max_tokens:  # text mode: the sampler's path ran past max_tokens
+            self._fail("too_long", t)
+            return
         if t < n:
             tok = self.output[t]
             j = fast
@@ -274,7 +286,7 @@ class RecheckState:
         if self.num_realigns > MAX_REALIGNS:
             self._fail("untokenizable", t)
             return False
-        if len(new) > self.params.max_tokens or len(new) > self.context_left:
+        if len(new) > self.context_left:  # cannot be scored; the sampler's path may be shorter
             self._fail("too_long", t)
             return False
         self.output = new
@@ -317,7 +329,9 @@ class RecheckState:
         if filtering:
             e_p, e_l = self.tol.eps_cdf, self.tol.eps_logit
             for sp, sl in ((e_p, e_l), (-e_p, -e_l)):
-                alt = adjusted_probs(logits[None, :], p.temperature, p.top_p, p.top_k, slack_p=sp, slack_logit=sl)[0]
+                alt = adjusted_probs(
+                    logits[None, :], p.temperature, p.top_p, p.top_k, slack_p=sp, slack_logit=sl
+                )[0]
                 alt_dist = _locate(alt, u, tok)[4]
                 if alt_dist <= self.tol.eps_cdf:
                     return _Judgement("suspect", picked, margin, lo, hi, alt_dist)
@@ -366,7 +380,9 @@ def _locate(probs: torch.Tensor, u: float, tok: int) -> tuple[int, float, float,
     return picked, lo, hi, margin, dist
 
 
-def immediate_result(request_id: str, reason: str, *, first_bad: int | None = None, error: str | None = None) -> RecheckResult:
+def immediate_result(
+    request_id: str, reason: str, *, first_bad: int | None = None, error: str | None = None
+) -> RecheckResult:
     """A verdict reached before any model pass (structure), or "unavailable"."""
     return RecheckResult(
         request_id=request_id,

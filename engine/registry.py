@@ -2,7 +2,8 @@
 
 Requests and gossip speak of models by name (`accepted_models`, `embedding_model`);
 workers need a directory on disk. The built-in names point into PyPI packages so a
-node works offline out of the box; users add their own models by local path in
+node works offline out of the box (two LLM families: SmolLM2 and Gemma 3, so a request's
+`accepted_models` choice can be between real architectures); users add their own models by local path in
 the config. Built-in paths are resolved lazily because the default LLM is a GGUF
 that is converted once (~20 s) into a cached safetensors directory, and a node that
 never runs it should not pay for that.
@@ -20,6 +21,7 @@ from pathlib import Path
 from engine import model_files
 
 DEFAULT_LLM = "smollm2-135m-instruct"
+GEMMA3_270M = "gemma3-270m"  # second built-in LLM family (Gemma 3 base model; see engine.model_files)
 DEFAULT_EMBEDDING = "all-minilm-l6-v2"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
@@ -61,6 +63,7 @@ class ModelEntry:
 def _builtin_entries() -> list[ModelEntry]:
     return [
         ModelEntry(DEFAULT_LLM, ModelKind.LLM, model_files.default_llm_dir, builtin=True),
+        ModelEntry(GEMMA3_270M, ModelKind.LLM, model_files.gemma3_270m_dir, builtin=True),
         ModelEntry(DEFAULT_EMBEDDING, ModelKind.EMBEDDING, model_files.minilm_dir, builtin=True),
     ]
 

@@ -7,8 +7,10 @@ token. Running sequences go first (oldest first), then waiting ones are admitted
 deadline order (earliest first; no deadline last) while the batch and the cache
 have room. When a running sequence cannot get a block, unreferenced prefix-cache
 blocks are evicted, then the newest running sequence is preempted (its blocks are
-freed; it is recomputed later, mostly from the prefix cache). A waiting request
-whose deadline has passed before it ever ran is dropped as expired.
+freed; it is recomputed later, mostly from the prefix cache). A request whose
+deadline has passed is dropped as expired at the start of the next step, whatever its
+state: waiting and never run, preempted, or running (its blocks are freed at once; the
+core ends its stream with finish_reason "expired" and the tokens made so far).
 """
 
 from __future__ import annotations
@@ -151,9 +153,9 @@ class Scheduler:
         items: list[tuple[Sequence, int]] = []
         out_of_memory: list[Sequence] = []
 
-        expired = [s for s in self.waiting if not s.admitted and s.deadline < now]
+        expired = [s for s in self.running + self.waiting if s.deadline < now]
         for s in expired:
-            self.waiting.remove(s)
+            self.remove(s)  # frees its blocks now, not when the core gets to it
 
         for seq in list(self.running):
             if seq not in self.running:  # preempted while making room for an older one

@@ -91,8 +91,9 @@ class RecheckRequest:
 
     The prompt is given exactly as for generation (one of messages, prompt,
     prompt_token_ids; the same templating code path builds the ids). The output is
-    given as token ids (exact) or as text (re-tokenized; see engine.recheck for the
-    risk). `sampling` must be the producer's, seed included (None: the producer's
+    given as token ids (exact), as text (re-tokenized; see engine.recheck for the
+    risk), or both: then the ids are checked and the text must be exactly what
+    generation emits for them (else `text_mismatch`). `sampling` must be the producer's, seed included (None: the producer's
     default seed for `request_id`). `model` names the model for LLMEngine (EngineCore
     ignores it). `details` asks for per-position figures (calibration).
     """

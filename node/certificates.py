@@ -76,7 +76,15 @@ def local_recheck_fn(request_id: str, body: wire.InferenceRequest) -> Callable[.
             try:
                 messages, sampling = engine_input(request_id, body)
                 (res,) = core.recheck(
-                    [RecheckRequest(request_id="verify", sampling=sampling, messages=messages, output_text=item.output)]
+                    [
+                        RecheckRequest(
+                            request_id="verify",
+                            sampling=sampling,
+                            messages=messages,
+                            output_text=item.output,
+                            output_token_ids=None if item.output_tokens is None else list(item.output_tokens),
+                        )
+                    ]
                 )
             finally:
                 core.stop()

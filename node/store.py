@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,7 @@ def _m4_bans_and_rechecks(db: sqlite3.Connection) -> None:
         );
         ALTER TABLE reputation ADD COLUMN failed_recheck INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE inferences ADD COLUMN model_hash TEXT;
+        ALTER TABLE inferences ADD COLUMN output_tokens TEXT;
         """
     )
 
@@ -206,6 +207,7 @@ class OwnInference:
     model_hash: str | None
     state: str
     output: str | None
+    output_tokens: list[int] | None
     embedding: bytes | None
     b: bytes | None
     commit: bytes | None
@@ -386,6 +388,7 @@ class Store:
         model: str | None = None,
         model_hash: str | None = None,
         output: str | None = None,
+        output_tokens: Sequence[int] | None = None,
         embedding: bytes | None = None,
         b: bytes | None = None,
         commit: bytes | None = None,
@@ -393,13 +396,14 @@ class Store:
     ) -> None:
         """Create or update this node's inference; None leaves a stored field as is."""
         self._write(
-            "INSERT INTO inferences(request_id, inference_id, model, model_hash, state, output, embedding,"
-            " b, commit_hash, reason, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            "INSERT INTO inferences(request_id, inference_id, model, model_hash, state, output, output_tokens,"
+            " embedding, b, commit_hash, reason, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(request_id) DO UPDATE SET"
             " state=excluded.state,"
             " model=COALESCE(excluded.model, model),"
             " model_hash=COALESCE(excluded.model_hash, model_hash),"
             " output=COALESCE(excluded.output, output),"
+            " output_tokens=COALESCE(excluded.output_tokens, output_tokens),"
             " embedding=COALESCE(excluded.embedding, embedding),"
             " b=COALESCE(excluded.b, b),"
             " commit_hash=COALESCE(excluded.commit_hash, commit_hash),"
@@ -412,6 +416,7 @@ class Store:
                 model_hash,
                 state,
                 output,
+                None if output_tokens is None else json.dumps([int(t) for t in output_tokens]),
                 embedding,
                 b,
                 commit,
@@ -637,6 +642,7 @@ def _inference_row(r: sqlite3.Row) -> OwnInference:
         model_hash=r["model_hash"],
         state=r["state"],
         output=r["output"],
+        output_tokens=json.loads(r["output_tokens"]) if r["output_tokens"] is not None else None,
         embedding=bytes(r["embedding"]) if r["embedding"] is not None else None,
         b=bytes(r["b"]) if r["b"] is not None else None,
         commit=bytes(r["commit_hash"]) if r["commit_hash"] is not None else None,

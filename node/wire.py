@@ -322,6 +322,10 @@ class InferenceReveal(_Body):
     b: bytes = Field(min_length=1)
     model: Name  # must equal the commit's (checked by the quorum machine)
     model_hash: ModelHash
+    # The token ids the revealer's sampler drew (its text is their decoding): verifiers
+    # re-check these exactly instead of re-tokenizing the text, which is ambiguous.
+    # Optional: a reveal without them is re-checked from its text.
+    output_tokens: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = None
 
     _model_is_alias = field_validator("model")(_alias)
 
@@ -334,6 +338,12 @@ class InferenceReveal(_Body):
     @classmethod
     def _b_limit(cls, v: bytes, info: ValidationInfo) -> bytes:
         return _check_len(v, _limits(info).max_b_bytes, "b")
+
+    @field_validator("output_tokens")
+    @classmethod
+    def _tokens_limit(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        # max_tokens generated tokens, plus the end-of-sequence token that ended them.
+        return v if v is None else _check_len(v, _limits(info).max_tokens + 1, "output_tokens")
 
 
 class InferenceRevealRejected(_Body):

@@ -73,6 +73,7 @@ def build_frames(args: argparse.Namespace, model: str) -> list[bytes]:
                 sec_distance=args.sec_distance,
                 sec_percentage=args.sec_percentage,
                 embedding_model=DEFAULT_EMBEDDING_MODEL,
+                commit_window_ms=None if args.commit_window is None else int(args.commit_window * 1000),
             ),
         )
         frames.append(wire.encode(body, Identity.generate().signing_key))
@@ -264,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quorum", type=int, default=None, help="default: the number of nodes")
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--max-time", type=float, default=300.0, help="request deadline, seconds")
+    p.add_argument(
+        "--commit-window",
+        type=float,
+        default=None,
+        help="seconds nodes have to commit (default: the protocol's, a quarter of --max-time, 2-60 s)",
+    )
     p.add_argument("--sec-distance", type=float, default=0.2)
     p.add_argument("--sec-percentage", type=float, default=0.6)
     p.add_argument("--timeout", type=float, default=None, help="follow-up limit (default: max-time + 60 s)")

@@ -86,3 +86,80 @@ def make_tiny_llama_dir(
     config.save_pretrained(str(path))
     model.generation_config.save_pretrained(str(path))
     return path
+
+
+def make_tiny_gemma3_dir(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    sliding_window: int = 8,
+    layer_types: tuple[str, ...] = (
+        "sliding_attention",
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+    ),
+    final_logit_softcapping: float | None = 30.0,
+    rope_scaling_factor: float | None = 4.0,
+    init_std: float = 0.25,
+) -> Path:
+    """Write a tiny random Gemma 3 text model (`Gemma3ForCausalLM`) to `path`.
+
+    Every Gemma 3 feature the engine reproduces is switched on at a size where it shows:
+    a sliding window (8) far shorter than a chat prompt, interleaved local and global
+    layers, MQA-free GQA (4 query heads over 2 KV heads), head_dim != hidden/heads,
+    query_pre_attn_scalar != head_dim, linear rope scaling on the global layers, and
+    final logit softcapping. SmolLM2's tokenizer and chat template, as for the tiny Llama.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from safetensors.torch import save_model
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from engine.model_files import default_llm_dir
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    src = default_llm_dir()
+    for name in _TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy(src / name, path / name)
+    full = {"rope_type": "default", "rope_theta": 1_000_000.0}
+    if rope_scaling_factor is not None:
+        full = {"rope_type": "linear", "factor": rope_scaling_factor, "rope_theta": 1_000_000.0}
+    config = Gemma3TextConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=len(layer_types),
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+        query_pre_attn_scalar=20,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-6,
+        sliding_window=sliding_window,
+        layer_types=list(layer_types),
+        rope_parameters={
+            "full_attention": full,
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+        },
+        final_logit_softcapping=final_logit_softcapping,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    model = Gemma3ForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:  # Gemma norms scale by (1 + w): w around 0
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(init_std * torch.randn(p.shape, generator=gen))
+    model.eval()
+    save_model(model, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(str(path))
+    model.generation_config.save_pretrained(str(path))
+    return path

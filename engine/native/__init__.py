@@ -84,6 +84,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         [ctypes.c_void_p] * 6 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int, ctypes.c_longlong]
     )
     fn.restype = None
+    win = lib.rakis_paged_decode_window_f32  # the same plus a trailing sliding window (0 = none)
+    win.argtypes = [*fn.argtypes, ctypes.c_int]
+    win.restype = None
     return lib
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from consensus.recheck import RecheckVerdict
 from node import metrics, wire
 from node.logs import get_logger
-from node.orchestrator.compute import RecheckJob
+from node.orchestrator.compute import Generated, RecheckJob
 from node.orchestrator.errors import InferenceFailed
 
 log = get_logger(__name__)
@@ -64,7 +64,7 @@ class EngineCompute:
 
     async def generate(
         self, request_id: str, body: wire.InferenceRequest, models: list[str], deadline_s: float
-    ) -> tuple[str, str]:
+    ) -> Generated:
         from engine import LLMRequest, NoWorkerError, UnknownModelError
 
         messages, sampling = engine_input(request_id, body)
@@ -82,7 +82,7 @@ class EngineCompute:
         metrics.observe_generation(res.model or models[0], res)
         if res.finish_reason not in ("stop", "length"):
             raise InferenceFailed(f"{res.finish_reason}: {res.error or ''}".strip(": "))
-        return res.model or models[0], res.text
+        return Generated(res.model or models[0], res.text, tuple(res.token_ids))
 
     async def recheck(self, jobs: list[RecheckJob], *, deadline_s: float) -> list[RecheckVerdict]:
         from engine import RecheckRequest
@@ -105,6 +105,7 @@ class EngineCompute:
                             sampling=sampling,
                             messages=messages,
                             output_text=job.output,
+                            output_token_ids=None if job.output_tokens is None else list(job.output_tokens),
                             model=job.model,
                             deadline=deadline_s,
                         ),

@@ -65,7 +65,7 @@ class RevealChecks:
                 verdict = RecheckVerdict.unavailable("this node runs no engines")
             else:
                 t0 = time.monotonic()
-                job = RecheckJob(rid, live.body, a.model, a.model_hash, a.output)
+                job = RecheckJob(rid, live.body, a.model, a.model_hash, a.output, a.output_tokens)
                 (verdict,) = await self.compute.recheck([job], deadline_s=a.deadline_ms / 1000)
                 metrics.CONSENSUS_PHASE_SECONDS.labels(phase="recheck").observe(time.monotonic() - t0)
         except Exception as e:  # the check could not run: no verdict on the output

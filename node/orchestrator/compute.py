@@ -25,7 +25,7 @@ from node.logs import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["OFF_TOPIC_ANSWER", "Compute", "FaultyCompute", "RecheckJob", "with_fault"]
+__all__ = ["OFF_TOPIC_ANSWER", "Compute", "FaultyCompute", "Generated", "RecheckJob", "with_fault"]
 
 OFF_TOPIC_ANSWER = (
     "Photosynthesis is the process by which green plants use sunlight, water and carbon "
@@ -38,6 +38,16 @@ _GARBAGE_WORDS = (
 
 
 @dataclass(frozen=True, slots=True)
+class Generated:
+    """One output of this node's engine: the model that wrote it, its text, and the token
+    ids the sampler drew (revealed with the text, so verifiers re-check them exactly)."""
+
+    model: str
+    text: str
+    token_ids: tuple[int, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
 class RecheckJob:
     """One revealed output to re-check against the request's model (proof of inference)."""
 
@@ -46,6 +56,7 @@ class RecheckJob:
     model: str  # the alias the revealer named
     model_hash: str  # the weights it claimed ("sha256:<hex>")
     output: str
+    output_tokens: tuple[int, ...] | None = None  # the token ids it revealed, if any
 
 
 class Compute(Protocol):
@@ -61,8 +72,8 @@ class Compute(Protocol):
 
     async def generate(
         self, request_id: str, body: wire.InferenceRequest, models: list[str], deadline_s: float
-    ) -> tuple[str, str]:
-        """Run the request on one of ``models`` (the engine picks); return (model, text).
+    ) -> Generated:
+        """Run the request on one of ``models`` (the engine picks).
 
         Raises InferenceFailed when no output was produced (e.g. the deadline passed)."""
         ...
@@ -106,14 +117,14 @@ class FaultyCompute:
 
     async def generate(
         self, request_id: str, body: wire.InferenceRequest, models: list[str], deadline_s: float
-    ) -> tuple[str, str]:
+    ) -> Generated:
         if self.fault is FaultMode.GARBAGE:
             n = self._rng.randint(12, 30)
             text = " ".join(self._rng.choice(_GARBAGE_WORDS) for _ in range(n))
         else:
             text = OFF_TOPIC_ANSWER
         log.debug("fault_output_substituted", request_id=request_id, fault=self.fault.value)
-        return models[0], text
+        return Generated(models[0], text, None)  # no token ids: no sampler drew this text
 
     async def embed(
         self, texts: list[str], *, model: str, consensus: bool, deadline_s: float | None

@@ -35,6 +35,7 @@ class OwnOutput:
     model_hash: str
     output: str
     vector: np.ndarray
+    output_tokens: tuple[int, ...] | None = None
 
 
 class OwnInference:
@@ -57,14 +58,18 @@ class OwnInference:
         stored = self.store.get_inference(rid)
         try:
             if stored is not None and stored.output is not None and stored.state == "inferred":
-                model, output = stored.model or models[0], stored.output  # resumed after a restart
+                # Resumed after a restart: the same output (and token ids) as before.
+                model, output, tokens = stored.model or models[0], stored.output, stored.output_tokens
             else:
                 self.store.upsert_inference(rid, iid, state="inferring", model=None)
                 self.events.emit("inferring", rid)
                 t0 = time.monotonic()
-                model, output = await self.compute.generate(rid, body, models, deadline_s)
+                gen = await self.compute.generate(rid, body, models, deadline_s)
+                model, output, tokens = gen.model, gen.text, gen.token_ids
                 metrics.CONSENSUS_PHASE_SECONDS.labels(phase="inference").observe(time.monotonic() - t0)
-                self.store.upsert_inference(rid, iid, state="inferred", model=model, output=output)
+                self.store.upsert_inference(
+                    rid, iid, state="inferred", model=model, output=output, output_tokens=tokens
+                )
             t0 = time.monotonic()
             emb = await self.compute.embed(
                 [output], model=body.security_frame.embedding_model, consensus=False, deadline_s=deadline_s
@@ -83,7 +88,11 @@ class OwnInference:
             self.store.upsert_inference(rid, iid, state="failed", reason=f"model {model!r} no longer held")
             return None
         return OwnOutput(
-            model=model, model_hash=model_hash, output=output, vector=np.asarray(emb[0], dtype=np.float32)
+            model=model,
+            model_hash=model_hash,
+            output=output,
+            vector=np.asarray(emb[0], dtype=np.float32),
+            output_tokens=None if tokens is None else tuple(tokens),
         )
 
     def record(self, rid: str, out: OwnOutput) -> None:

@@ -273,6 +273,7 @@ class Orchestrator:
                 now,
                 model=body.model,
                 model_hash=body.model_hash,
+                output_tokens=body.output_tokens,
             )
             emit("reveal", rid, node_id=pkt.sender_id, inference_id=body.inference_id)
         elif isinstance(body, wire.InferenceRevealRejected):
@@ -357,7 +358,12 @@ class Orchestrator:
         self.inference.record(rid, out)
         try:
             actions = live.machine.own_inference_done(
-                out.output, out.vector, now_ms(), model=out.model, model_hash=out.model_hash
+                out.output,
+                out.vector,
+                now_ms(),
+                model=out.model,
+                model_hash=out.model_hash,
+                output_tokens=None if out.output_tokens is None else list(out.output_tokens),
             )
         except ValueError as e:  # a model the request does not accept: nothing to commit
             log.warning("own_inference_refused", request_id=rid, error=str(e))

@@ -64,6 +64,7 @@ def body_for(rid: str, action: q.Action, *, node_id: str) -> wire.Body | None:
             b=action.b,
             model=action.model,
             model_hash=action.model_hash,
+            output_tokens=None if action.output_tokens is None else list(action.output_tokens),
         )
     if isinstance(action, q.PublishRejection):
         return wire.InferenceRevealRejected(

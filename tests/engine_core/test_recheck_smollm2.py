@@ -58,12 +58,18 @@ def honest(engines):
 def test_twenty_honest_pairs_pass_as_ids_and_as_text(engines, honest):
     _, ver = engines
     reqs, res = honest
-    by_ids = [RecheckRequest(f"i{q.request_id}", q.sampling, messages=q.messages, output_token_ids=r.token_ids) for q, r in zip(reqs, res)]
-    by_text = [RecheckRequest(f"t{q.request_id}", q.sampling, messages=q.messages, output_text=r.text) for q, r in zip(reqs, res)]
+    by_ids = [
+        RecheckRequest(f"i{q.request_id}", q.sampling, messages=q.messages, output_token_ids=r.token_ids)
+        for q, r in zip(reqs, res, strict=False)
+    ]
+    by_text = [
+        RecheckRequest(f"t{q.request_id}", q.sampling, messages=q.messages, output_text=r.text)
+        for q, r in zip(reqs, res, strict=False)
+    ]
     out = ver.recheck(by_ids + by_text)
     rejected = [(v.request_id, v.reason, v.first_bad_position) for v in out if not v.passed]
     assert not rejected
-    for r, v in zip(res, out[:20]):
+    for r, v in zip(res, out[:20], strict=False):
         assert v.positions == len(r.token_ids)
 
 
@@ -72,7 +78,9 @@ def test_forgeries_fail(engines, honest, tiny_dir):
     reqs, res = honest
     i = next(k for k, q in enumerate(reqs) if q.sampling.temperature == 0.7 and len(res[k].token_ids) >= 10)
     q, r = reqs[i], res[i]
-    g = next(k for k, q2 in enumerate(reqs) if q2.sampling.temperature == 0 and res[k].finish_reason == "length")
+    g = next(
+        k for k, q2 in enumerate(reqs) if q2.sampling.temperature == 0 and res[k].finish_reason == "length"
+    )
     gq, gr = reqs[g], res[g]
     words = r.text.split()
     paraphrase = " ".join(words[1:] + words[:1])  # same words, another order
@@ -84,14 +92,30 @@ def test_forgeries_fail(engines, honest, tiny_dir):
     sp = q.sampling
     cases = {
         "paraphrase": RecheckRequest("p", sp, messages=q.messages, output_text=paraphrase),
-        "other_seed": RecheckRequest("s", SamplingParams(**{**sp.__dict__, "seed": sp.seed + 1}), messages=q.messages, output_token_ids=r.token_ids),
-        "truncated": RecheckRequest("t", gq.sampling, messages=gq.messages, output_token_ids=gr.token_ids[:-4]),
-        "over_long": RecheckRequest("o", SamplingParams(**{**gq.sampling.__dict__, "max_tokens": 8}), messages=gq.messages, output_token_ids=gr.token_ids),
+        "other_seed": RecheckRequest(
+            "s",
+            SamplingParams(**{**sp.__dict__, "seed": sp.seed + 1}),
+            messages=q.messages,
+            output_token_ids=r.token_ids,
+        ),
+        "truncated": RecheckRequest(
+            "t", gq.sampling, messages=gq.messages, output_token_ids=gr.token_ids[:-4]
+        ),
+        "over_long": RecheckRequest(
+            "o",
+            SamplingParams(**{**gq.sampling.__dict__, "max_tokens": 8}),
+            messages=gq.messages,
+            output_token_ids=gr.token_ids,
+        ),
         "other_model": RecheckRequest("m", sp, messages=q.messages, output_token_ids=other_model.token_ids),
-        "garbage": RecheckRequest("g", sp, messages=q.messages, output_text="Lorem ipsum dolor sit amet, purple elephants."),
-        "other_prompt": RecheckRequest("q", sp, messages=_msgs("Tell me a joke."), output_token_ids=r.token_ids),
+        "garbage": RecheckRequest(
+            "g", sp, messages=q.messages, output_text="Lorem ipsum dolor sit amet, purple elephants."
+        ),
+        "other_prompt": RecheckRequest(
+            "q", sp, messages=_msgs("Tell me a joke."), output_token_ids=r.token_ids
+        ),
     }
-    out = dict(zip(cases, ver.recheck(list(cases.values()))))
+    out = dict(zip(cases, ver.recheck(list(cases.values())), strict=False))
     for name, v in out.items():
         assert v.checked and not v.passed, (name, v)
     assert out["truncated"].reason == "wrong_stop"

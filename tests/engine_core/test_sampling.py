@@ -72,8 +72,17 @@ def test_greedy_is_argmax_with_lowest_id_on_ties():
 def test_draws_depend_only_on_logits_seed_and_index():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 1000, generator=g) * 3
-    params = [SamplingParams(temperature=t, top_p=tp, top_k=k) for t, tp, k in
-              [(0.7, 1.0, 0), (1.0, 0.9, 0), (1.0, 1.0, 50), (0.0, 1.0, 0), (1.3, 0.8, 20), (0.5, 1.0, 0)]]
+    params = [
+        SamplingParams(temperature=t, top_p=tp, top_k=k)
+        for t, tp, k in [
+            (0.7, 1.0, 0),
+            (1.0, 0.9, 0),
+            (1.0, 1.0, 50),
+            (0.0, 1.0, 0),
+            (1.3, 0.8, 20),
+            (0.5, 1.0, 0),
+        ]
+    ]
     seeds = [11, 12, 13, 14, 15, 16]
     steps = [0, 5, 9, 2, 7, 1]
     batch = sample_tokens(logits, params, seeds, steps)

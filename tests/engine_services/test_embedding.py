@@ -46,6 +46,10 @@ async def test_embeddings_match_sentence_transformers(anyio_backend: str, refere
             tg.start_soon(one, 0, TEXTS[:2])
             tg.start_soon(one, 1, TEXTS[2:5])
             tg.start_soon(one, 2, TEXTS[5:])
+        hashes = eng.model_hashes()
+    from engine.model_files import weights_hash
+
+    assert hashes == {MODEL: weights_hash(minilm_dir() / "model.safetensors")}
     got = np.concatenate([results[i].vectors for i in range(3)])
     assert got.dtype == np.float32 and got.shape == (len(TEXTS), 384)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)

@@ -10,14 +10,22 @@ import torch
 from engine import devices
 from engine.engine_logs import EngineLog, LogType
 from engine.model_files import minilm_dir
-from engine.registry import DEFAULT_EMBEDDING, DEFAULT_LLM, ModelKind, ModelRegistry, UnknownModelError
+from engine.registry import (
+    DEFAULT_EMBEDDING,
+    DEFAULT_LLM,
+    GEMMA3_270M,
+    ModelKind,
+    ModelRegistry,
+    UnknownModelError,
+)
 
 # ---- registry
 
 
 def test_builtins_are_registered_and_minilm_resolves_offline() -> None:
     reg = ModelRegistry()
-    assert reg.names() == sorted([DEFAULT_LLM, DEFAULT_EMBEDDING])
+    assert reg.names() == sorted([DEFAULT_LLM, GEMMA3_270M, DEFAULT_EMBEDDING])
+    assert reg.names(ModelKind.LLM) == sorted([DEFAULT_LLM, GEMMA3_270M])  # two real families
     assert reg.names(ModelKind.EMBEDDING) == [DEFAULT_EMBEDDING]
     assert reg.resolve(DEFAULT_EMBEDDING, ModelKind.EMBEDDING) == minilm_dir()
 

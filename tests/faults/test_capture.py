@@ -26,6 +26,17 @@ def _final_views(daemons: list[Daemon], rid: str) -> list[dict]:
     return [d.wait_final(rid, 150) for d in daemons]
 
 
+def _explain(views: list[dict]) -> str:
+    """Per view: state, reason, and each reveal's node, status and re-check verdict."""
+    lines = []
+    for v in views:
+        lines.append(f"{v['state']} {v['reason']} commits={len(v['commits'])} recheck={v.get('recheck')}")
+        for r in v["reveals"]:
+            verdict = r.get("recheck") or {}
+            lines.append(f"  {r['node_id'][:8]} {r['status']} {r['reason']} {verdict.get('status')} {verdict.get('reason')}")
+    return "\n".join(lines)
+
+
 def _frame(prompt: str, temperature: float = 0.0) -> bytes:
     from node.client import build_request, sign_request
     from tests.daemon_helpers import EMBEDDING
@@ -82,7 +93,7 @@ def test_fast_sybil_quorum_cannot_capture_the_request(trio_net, tiny_llama_dir):
 
     _, views = _attack(trio_net, frames_for, "Name a planet.")
     _assert_honest_outcome(trio_net, views, sybil)
-    assert all(v["state"] == "succeeded" for v in views), views  # the honest answer wins
+    assert all(v["state"] == "succeeded" for v in views), _explain(views)  # the honest answer wins
 
 
 def test_sybil_reveals_that_do_not_open_their_commits_cannot_block_the_request(trio_net, tiny_llama_dir):
@@ -98,7 +109,7 @@ def test_sybil_reveals_that_do_not_open_their_commits_cannot_block_the_request(t
 
     _, views = _attack(trio_net, frames_for, "Name a river.")
     _assert_honest_outcome(trio_net, views, sybil)
-    assert all(v["state"] == "succeeded" for v in views), views
+    assert all(v["state"] == "succeeded" for v in views), _explain(views)
 
 
 def test_sybil_commits_that_are_never_revealed_cannot_block_the_request(trio_net, tiny_llama_dir):
@@ -110,7 +121,7 @@ def test_sybil_commits_that_are_never_revealed_cannot_block_the_request(trio_net
 
     _, views = _attack(trio_net, frames_for, "Name a mountain.")
     _assert_honest_outcome(trio_net, views, sybil)
-    assert all(v["state"] == "succeeded" for v in views), views
+    assert all(v["state"] == "succeeded" for v in views), _explain(views)
 
 
 def _body(rid: str, prompt: str, temperature: float = 0.0) -> wire.InferenceRequest:
@@ -185,7 +196,7 @@ def test_another_models_output_under_the_accepted_name_is_rejected(trio_net, tin
         trio_net, sybil, prompt, lambda rid: [model_output(other_model, rid, _body(rid, prompt))]
     )
     _assert_honest_outcome(trio_net, views, sybil)
-    assert all(v["state"] == "succeeded" for v in views), views
+    assert all(v["state"] == "succeeded" for v in views), _explain(views)
 
 
 def test_an_output_sampled_with_another_seed_is_rejected(trio_net, tiny_llama_dir):

@@ -68,7 +68,9 @@ class CoreCompute:
         res = await trio.to_thread.run_sync(stream.result)
         if res.finish_reason not in ("stop", "length"):
             raise InferenceFailed(res.finish_reason)
-        return self.model_name, res.text
+        from node.orchestrator.compute import Generated
+
+        return Generated(self.model_name, res.text, tuple(res.token_ids))
 
     async def recheck(self, jobs, *, deadline_s):
         """The daemon's re-check (same engine inputs, same verdict mapping) on this core."""
@@ -87,6 +89,7 @@ class CoreCompute:
                 sampling=sampling,
                 messages=messages,
                 output_text=job.output,
+                output_token_ids=None if job.output_tokens is None else list(job.output_tokens),
                 deadline=deadline_s,
             )
             (res,) = await trio.to_thread.run_sync(self.core.recheck, [req])

@@ -101,7 +101,11 @@ async def test_stale_timestamp_and_other_packet_types_are_refused(facade: Memory
         assert r.status_code == 400 and error_code(r) == "clock_skew"
         commit = wire.encode(
             wire.InferenceCommit(
-                request_id="ab" * 32, inference_id="cd" * 16, commit=b"\x01" * 32, model=TINY_MODEL
+                request_id="ab" * 32,
+                inference_id="cd" * 16,
+                commit=b"\x01" * 32,
+                model=TINY_MODEL,
+                model_hash="sha256:" + "ee" * 32,
             ),
             SigningKey.generate(),
         )

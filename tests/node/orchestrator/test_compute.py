@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from node.config import FaultMode
-from node.orchestrator.compute import OFF_TOPIC_ANSWER, FaultyCompute, with_fault
+from node.orchestrator.compute import OFF_TOPIC_ANSWER, FaultyCompute, Generated, with_fault
 
 
 class CountingCompute:
@@ -25,7 +25,7 @@ class CountingCompute:
 
     async def generate(self, request_id, body, models, deadline_s):
         self.generated += 1
-        return models[-1], "the honest answer"
+        return Generated(models[-1], "the honest answer", (1, 2, 3))
 
     async def embed(self, texts, *, model, consensus, deadline_s):
         self.embedded.append((texts, consensus))
@@ -37,9 +37,10 @@ def test_output_faults_substitute_for_generate_and_keep_everything_else():
     garbage, off = FaultyCompute(inner, FaultMode.GARBAGE), FaultyCompute(inner, FaultMode.OFF_TOPIC)
 
     async def main():
-        model, text = await garbage.generate("r", None, ["m1", "m2"], 0.0)
-        assert model == "m1" and 12 <= len(text.split()) <= 30 and text != "the honest answer"
-        assert await off.generate("r", None, ["m2"], 0.0) == ("m2", OFF_TOPIC_ANSWER)
+        out = await garbage.generate("r", None, ["m1", "m2"], 0.0)
+        assert out.model == "m1" and 12 <= len(out.text.split()) <= 30 and out.text != "the honest answer"
+        assert out.token_ids is None  # no sampler drew it
+        assert await off.generate("r", None, ["m2"], 0.0) == Generated("m2", OFF_TOPIC_ANSWER, None)
         vec = await off.embed(["x"], model="emb", consensus=True, deadline_s=None)
         assert vec.shape == (1, 4)
 
