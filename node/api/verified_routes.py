@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
@@ -159,6 +159,12 @@ def verified_router(node: NodeFacade) -> APIRouter:
                 404, "verified_disabled", "the verified path is disabled on this node ([verified] enabled)"
             )
 
+    def caller_of(request: Request) -> str:
+        """Dependency: runs before the body is validated, so a caller without a valid key
+        learns that first (401), whatever it sent."""
+        require_enabled()
+        return authenticate(request, keys)
+
     def self_serves() -> bool:
         fault = str(getattr(getattr(node, "settings", None), "fault", "honest"))
         return fault != "silent"
@@ -179,10 +185,8 @@ def verified_router(node: NodeFacade) -> APIRouter:
         )
 
     @router.get("/models", responses=error_responses(401, 404, s404="The verified path is disabled here"))
-    async def models(request: Request) -> JSONSafeResponse:
+    async def models(_caller: str = Depends(caller_of)) -> JSONSafeResponse:  # noqa: B008
         """Models nodes on the network serve (peer_info and this node), with how many nodes each."""
-        require_enabled()
-        authenticate(request, keys)
         local = set(_llm_models(node))
         counts = network_models(sorted(local), node.peers(), self_serves())
         created = int(getattr(node, "started_at", 0))
@@ -247,10 +251,12 @@ def verified_router(node: NodeFacade) -> APIRouter:
             ),
         },
     )
-    async def chat_completions(request: Request, body: VerifiedChatRequest) -> Any:
+    async def chat_completions(
+        request: Request,
+        body: VerifiedChatRequest,
+        caller: str = Depends(caller_of),  # noqa: B008 - a local dependency (see caller_of)
+    ) -> Any:
         """An OpenAI chat call answered by network consensus (see the module docstring)."""
-        require_enabled()
-        caller = authenticate(request, keys)
         admission = gate.admit(caller)
         admission.__enter__()
         released = False

@@ -239,10 +239,13 @@ async def test_api_keys_are_required_when_configured(facade: MemoryFacade) -> No
             headers={"Authorization": "Bearer wrong-key-000000000"},
         )
         models = await client.get("/verified/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+        # The key is checked before the body: an unauthenticated caller learns nothing else.
+        bad_body = await client.post("/verified/v1/chat/completions", json={"model": 1})
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
     assert missing.json()["error"]["type"] == "authentication_error"
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
     assert models.status_code == 200
+    assert bad_body.status_code == 401
     assert facade.submitted_frames == []
 
 
