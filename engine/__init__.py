@@ -12,6 +12,9 @@ stay cheap and free of import cycles with the engine core):
   `PositionDetail`, `RecheckTolerance` (engine.recheck; `LLMEngine.recheck`).
 - `uniform(seed, t)`, `default_seed(request_id)`: the verifiable sampler's draws
   (engine.sampling).
+- `EngineConfig`: how each worker is built (KV cache, batching, prefix cache, weight
+  mode), validated once; `env_switches()`: the one reader of the engine's documented
+  environment overrides (engine.config).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ _EXPORTS = {
     "PositionDetail": "engine.types",
     "RecheckTolerance": "engine.recheck",
     "DEFAULT_TOLERANCE": "engine.recheck",
+    "EngineConfig": "engine.config",
+    "env_switches": "engine.config",
     "uniform": "engine.sampling",
     "default_seed": "engine.sampling",
 }

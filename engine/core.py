@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import os
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
+import structlog
 import torch
 
 from engine.attention import engine_ops
+from engine.config import EngineConfig
 from engine.detok import IncrementalDetokenizer
 from engine.kv_cache import BlockAllocator, KVCache
 from engine.model import AttnBatch, make_runner, resolve_model_dir
@@ -60,7 +61,7 @@ __all__ = [
     "Event",
 ]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 _DEFAULT_CPU_KV_BYTES = 256 * 1024 * 1024
 
@@ -87,18 +88,24 @@ class EngineCore:
         max_batch_size: int = 32,
         max_num_batched_tokens: int = 512,
         enable_prefix_cache: bool = True,
+        quant: str | None = None,
         num_threads: int | None = None,
         name: str | None = None,
         recheck_tolerance: RecheckTolerance = DEFAULT_TOLERANCE,
     ) -> None:
+        """The keyword settings are ``engine.config.EngineConfig``'s fields (``quant`` is
+        its ``weight_mode``), checked by it; ``LLMEngine`` passes ``config.core_kwargs()``."""
         from transformers import AutoTokenizer, GenerationConfig
 
-        if block_size < 1 or max_batch_size < 1 or max_num_batched_tokens < 1:
-            raise ValueError("block_size, max_batch_size and max_num_batched_tokens must be >= 1")
-        if kv_cache_bytes is not None and kv_cache_fraction is not None:
-            raise ValueError("give kv_cache_bytes or kv_cache_fraction, not both")
-        if kv_cache_fraction is not None and not (0.0 < kv_cache_fraction <= 1.0):
-            raise ValueError(f"kv_cache_fraction must be in (0, 1], got {kv_cache_fraction}")
+        EngineConfig(  # validates, raising ValueError naming the field
+            kv_cache_bytes=kv_cache_bytes,
+            kv_cache_fraction=kv_cache_fraction,
+            block_size=block_size,
+            max_batch_size=max_batch_size,
+            max_num_batched_tokens=max_num_batched_tokens,
+            enable_prefix_cache=enable_prefix_cache,
+            weight_mode=None if quant in (None, "none") else quant,
+        )
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         model_dir = resolve_model_dir(model_dir)
@@ -111,15 +118,15 @@ class EngineCore:
         # under a lock: fast tokenizers raise "Already borrowed" when shared concurrently.
         self._detok_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._encode_lock = threading.Lock()
-        self.runner = make_runner(model_dir, device=device, dtype=dtype)
+        self.runner = make_runner(model_dir, device=device, dtype=dtype, quant=quant)
         self.ops = engine_ops(device)
         log.info(
-            "engine %s on %s: ops %s, projections %s, decode attention %s",
-            self.model_name,
-            device,
-            self.ops.backend,
-            "oneDNN packed" if self.runner.lm_head.packed else "F.linear",
-            getattr(self.ops.paged_attention_decode, "__name__", "?"),
+            "engine_worker_ready",
+            model=self.model_name,
+            device=str(device),
+            ops=self.ops.backend,
+            projections="oneDNN packed" if self.runner.lm_head.packed else "F.linear",
+            decode_attention=getattr(self.ops.paged_attention_decode, "__name__", "?"),
         )
         self.block_size = block_size
         self.max_model_len = self.runner.max_position
@@ -540,7 +547,7 @@ class EngineCore:
             try:
                 ran = self._step()
             except Exception as e:  # never let one bad step kill the worker
-                log.exception("engine step failed")
+                log.exception("engine_step_failed", model=self.model_name)
                 for seq in list(sched.running):
                     self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
                 ran = True
@@ -642,7 +649,7 @@ class EngineCore:
             for seq, r0, nrows, first_t in score_spans:
                 seq.recheck.observe(first_t, logits[ns + r0 : ns + r0 + nrows])
         except Exception as e:
-            log.exception("engine forward failed")
+            log.exception("engine_forward_failed", model=self.model_name)
             for seq, _ in items:
                 self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
             return True

@@ -13,6 +13,8 @@ import re
 
 import torch
 
+from engine.config import env_switches
+
 _DTYPE_NAMES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -45,7 +47,7 @@ def resolve_device(device: str | None = None) -> str:
     fallback, so a misconfigured GPU node does not quietly run 50x slower.
     """
     if device is None:
-        device = os.environ.get(ENV_DEVICE) or "auto"
+        device = env_switches().device or "auto"
     device = device.strip().lower()
     if device == "auto":
         return "cuda" if cuda_available() else "cpu"
@@ -70,7 +72,7 @@ def resolve_dtype(device: str, dtype: str | torch.dtype | None = None) -> torch.
     RAKIS_DTYPE) wins.
     """
     if dtype is None:
-        dtype = os.environ.get(ENV_DTYPE) or "auto"
+        dtype = env_switches().dtype or "auto"
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPE_NAMES.values():
             raise ValueError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
@@ -93,19 +95,6 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _positive_int_env(name: str) -> int | None:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
-    return value
-
-
 def thread_budget(
     workers: int = 1,
     *,
@@ -120,11 +109,11 @@ def thread_budget(
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    fixed = _positive_int_env(ENV_THREADS)
-    if fixed is not None:
-        return fixed
+    switches = env_switches()
+    if switches.torch_threads is not None:
+        return switches.torch_threads
     if nodes_on_machine is None:
-        nodes_on_machine = _positive_int_env(ENV_NODES_PER_MACHINE) or 1
+        nodes_on_machine = switches.nodes_per_machine or 1
     if nodes_on_machine < 1:
         raise ValueError(f"nodes_on_machine must be >= 1, got {nodes_on_machine}")
     cores = total_cores if total_cores is not None else available_cores()

@@ -15,10 +15,10 @@ without oneDNN); CUDA always uses `F.linear` (cuBLAS).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
+
+from engine.config import env_switches
 
 _DTYPES = (torch.float32, torch.bfloat16)
 
@@ -27,7 +27,7 @@ def onednn_enabled(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether CPU projections of `dtype` go through oneDNN with packed weights."""
     if device.type != "cpu" or dtype not in _DTYPES:
         return False
-    if os.environ.get("RAKIS_CPU_GEMM", "onednn").lower() == "mkl":
+    if env_switches().cpu_gemm == "mkl":
         return False
     return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 

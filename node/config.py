@@ -131,7 +131,11 @@ class Settings(BaseSettings):
     embedding_workers: int = Field(1, ge=1, le=64, description="Embedding workers (1-64).")
     model_paths: dict[str, Path] = Field(default_factory=dict, description="Model name -> local path.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda[:N]")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "int8", "q4"] = Field(
+        "auto",
+        description="auto (= float32 for the LLMs) | float32 | float16 | bfloat16 | int8 | q4 "
+        "(int8/q4: quantized projections, fp32 compute, CPU).",
+    )
     torch_threads: int = Field(0, ge=0, le=1024, description="torch CPU threads; 0 = torch's default.")
 
     # Protocol
@@ -272,7 +276,7 @@ rate_limit_burst = 200
 embedding_model = "all-minilm-l6-v2"
 embedding_workers = 1         # 1-64
 device = "auto"               # auto | cpu | cuda | cuda:N
-dtype = "auto"                # auto | float32 | float16 | bfloat16
+dtype = "auto"                # auto (= float32 for the LLMs: consensus re-checks need one numeric class) | float32 | float16 | bfloat16 | int8 | q4
 torch_threads = 0             # 0 = torch's default
 
 # Protocol

@@ -5,9 +5,14 @@ max_tokens cycling through 16..128. (a) HF `generate`, static batches of 16, lef
 each batch running to its largest max_tokens; (b) our engine, all requests submitted at
 once (continuous batching, prefix cache). Useful tokens = each request's tokens up to
 its own EOS or max_tokens, counted the same way for both. Also batch-1 decode tokens/s
-for both. With --json the last line is a JSON object.
+for both. The engine runs once per weight mode of --quant (engine.quant: none = fp32,
+int8, q4; default none,q4) and the best is compared with HF. --llama-cpp URL_OR_AUTO adds
+a llama-server peer under the same requests (scripts/llama_cpp_peer.py; AUTO builds it
+from the llama-cpp-python sdist, skipped with a message without cmake/compiler). With
+--json the last line is a JSON object.
 
-    .venv/bin/python scripts/bench_engine.py [--requests 32] [--threads 2] [--json]
+    .venv/bin/python scripts/bench_engine.py [--requests 32] [--threads 2] [--quant none,int8,q4]
+        [--llama-cpp AUTO] [--json]
 """
 
 from __future__ import annotations
@@ -226,6 +231,17 @@ def main() -> None:
     )
     ap.add_argument("--long-system", action="store_true", help="~230-token system prompt instead of ~45")
     ap.add_argument("--skip-hf", action="store_true", help="engine only (no baseline)")
+    ap.add_argument(
+        "--quant",
+        default="none,q4",
+        help="weight modes to run, comma-separated (engine.quant): none (fp32), int8, q4",
+    )
+    ap.add_argument(
+        "--llama-cpp",
+        default=None,
+        metavar="URL_OR_AUTO",
+        help="also load a llama-server at URL (or AUTO: build one from the llama-cpp-python sdist)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -245,58 +261,70 @@ def main() -> None:
         "long_system": args.long_system,
     }
 
-    eng = EngineCore(
-        model_dir,
-        max_batch_size=args.max_batch_size,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        num_threads=args.threads,
-    )
-    eos = eng.eos_token_ids
-    eng.start()
-    run_engine(
-        eng, workload(2, tag="warm-up", system=system)
-    )  # also puts the shared system prompt in the prefix cache
-    out["peak_rss_mb_engine_only"] = rss_mb()
+    modes = [m.strip() for m in args.quant.split(",") if m.strip()]
     hf = tok = None
     if not args.skip_hf:
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
         hf.eval()
-        run_hf(hf, tok, workload(2, tag="warm-up", system=system), eos, args.hf_batch)
 
-    # Alternate the two systems so slow phases of a shared machine hit both alike; every
-    # round uses fresh user messages (same system prompt) so no round reuses another's cache.
-    rounds = []
-    for r in range(args.rounds):
-        items = workload(args.requests, tag=f"round {r}" if r else "", system=system)
-        c0 = time.process_time()
-        e = run_engine(eng, items)
-        e["cpu_s"] = time.process_time() - c0
-        rnd = {"engine": e}
-        if hf is not None:
+    rounds_items = [
+        workload(args.requests, tag=f"round {r}" if r else "", system=system) for r in range(args.rounds)
+    ]
+    per_mode: dict[str, dict] = {}
+    eos: set[int] = set()
+    for mode in modes:
+        # One engine per weight mode (engine.quant), each over the same workload; the
+        # quantized ones keep the GGUF's blocks, fp32 is the exactness reference.
+        os.environ["RAKIS_QUANT"] = mode
+        eng = EngineCore(
+            model_dir,
+            max_batch_size=args.max_batch_size,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            num_threads=args.threads,
+        )
+        eos = eng.eos_token_ids
+        eng.start()
+        run_engine(eng, workload(2, tag="warm-up", system=system))  # also fills the prefix cache
+        out.setdefault("peak_rss_mb_engine_only", rss_mb())
+        runs = []
+        for items in rounds_items:
+            c0 = time.process_time()
+            e = run_engine(eng, items)
+            e["cpu_s"] = time.process_time() - c0
+            runs.append(e)
+        e = _combine(runs)
+        b1 = batch1_engine(eng, args.batch1_tokens)
+        st = eng.stats()
+        eng.stop()
+        del eng
+        per_mode[mode] = dict(
+            engine_tok_s=e["tok_s"],
+            engine_tokens=e["tokens"],
+            engine_seconds=e["seconds"],
+            engine_tok_per_cpu_s=e["tokens"] / e["cpu_s"],
+            ttft_p50_s=pct(e["ttft"], 50),
+            ttft_p99_s=pct(e["ttft"], 99),
+            engine_cached_prompt_tokens=e["cached"],
+            prefix_hit_rate=st["prefix_hit_rate"],
+            preemptions=st["preemptions"],
+            engine_rounds_tok_s=[r["tok_s"] for r in runs],
+            engine_batch1_tok_s=b1,
+        )
+    os.environ.pop("RAKIS_QUANT", None)
+    out["modes"] = per_mode
+    best = max(per_mode, key=lambda m: per_mode[m]["engine_tok_s"])
+    out["best_mode"] = best
+    out.update(per_mode[best])
+    if hf is not None:
+        run_hf(hf, tok, workload(2, tag="warm-up", system=system), eos, args.hf_batch)
+        runs = []
+        for items in rounds_items:
             c0 = time.process_time()
             h = run_hf(hf, tok, items, eos, args.hf_batch)
             h["cpu_s"] = time.process_time() - c0
-            rnd["hf"] = h
-        rounds.append(rnd)
-    e = _combine([rd["engine"] for rd in rounds])
-    out["engine_batch1_tok_s"] = batch1_engine(eng, args.batch1_tokens)
-    st = eng.stats()
-    eng.stop()
-    out.update(
-        engine_tok_s=e["tok_s"],
-        engine_tokens=e["tokens"],
-        engine_seconds=e["seconds"],
-        engine_tok_per_cpu_s=e["tokens"] / e["cpu_s"],
-        ttft_p50_s=pct(e["ttft"], 50),
-        ttft_p99_s=pct(e["ttft"], 99),
-        engine_cached_prompt_tokens=e["cached"],
-        prefix_hit_rate=st["prefix_hit_rate"],
-        preemptions=st["preemptions"],
-        engine_rounds_tok_s=[rd["engine"]["tok_s"] for rd in rounds],
-    )
-    if hf is not None:
-        h = _combine([rd["hf"] for rd in rounds])
+            runs.append(h)
+        h = _combine(runs)
         out.update(
             hf_tok_s=h["tok_s"],
             hf_tokens=h["tokens"],
@@ -305,15 +333,45 @@ def main() -> None:
             hf_ttft_p50_s=pct(h["ttft"], 50),
             hf_ttft_p99_s=pct(h["ttft"], 99),
             hf_batch1_tok_s=batch1_hf(hf, tok, args.batch1_tokens),
-            hf_rounds_tok_s=[rd["hf"]["tok_s"] for rd in rounds],
-            ratio=e["tok_s"] / h["tok_s"],
-            ratio_per_cpu_s=(e["tokens"] / e["cpu_s"]) / (h["tokens"] / h["cpu_s"]),
+            hf_rounds_tok_s=[r["tok_s"] for r in runs],
+            ratio=out["engine_tok_s"] / h["tok_s"],
+            ratio_per_cpu_s=out["engine_tok_per_cpu_s"] / (h["tokens"] / h["cpu_s"]),
+        )
+    if args.llama_cpp:
+        from scripts.llama_cpp_peer import run_llama_cpp_peer
+
+        out["llama_cpp"] = run_llama_cpp_peer(
+            args.llama_cpp,
+            rounds_items,
+            threads=args.threads,
+            batch1_tokens=args.batch1_tokens,
+            eos=eos,
+            gguf=Path(args.model) if args.model and args.model.endswith(".gguf") else None,
         )
     out["peak_rss_mb"] = rss_mb()
 
     print(f"model: {model_dir}  requests: {args.requests}  threads: {args.threads}")
+    for mode, m in per_mode.items():
+        name = "fp32" if mode == "none" else mode
+        print(
+            f"engine {name:5s}: {m['engine_tok_s']:.1f} useful tok/s mixed, batch-1 decode {m['engine_batch1_tok_s']:.1f} tok/s, "
+            f"TTFT p50 {m['ttft_p50_s']:.2f} s"
+        )
+    if "llama_cpp" in out:
+        lc = out["llama_cpp"]
+        if lc.get("skipped"):
+            print(f"llama.cpp: skipped ({lc['skipped']})")
+        else:
+            print(
+                f"llama.cpp: {lc['tok_s']:.1f} useful tok/s mixed, batch-1 decode {lc['batch1_tok_s']:.1f} tok/s; "
+                f"best engine / llama.cpp: {out['engine_tok_s'] / lc['tok_s']:.2f}x mixed, "
+                + ", ".join(
+                    f"{'fp32' if k == 'none' else k} {v['engine_batch1_tok_s'] / lc['batch1_tok_s']:.2f}x batch-1"
+                    for k, v in per_mode.items()
+                )
+            )
     print(
-        f"engine : {out['engine_tok_s']:.1f} useful tok/s ({out['engine_tokens']} tok in {out['engine_seconds']:.1f} s), "
+        f"engine ({'fp32' if best == 'none' else best}, best): {out['engine_tok_s']:.1f} useful tok/s ({out['engine_tokens']} tok in {out['engine_seconds']:.1f} s), "
         f"TTFT p50 {out['ttft_p50_s']:.2f} s p99 {out['ttft_p99_s']:.2f} s, prefix hit rate {out['prefix_hit_rate']:.2f}, "
         f"preemptions {out['preemptions']}"
     )
@@ -329,7 +387,7 @@ def main() -> None:
         if args.rounds > 1:
             print(f"rounds : engine {out['engine_rounds_tok_s']}, HF {out['hf_rounds_tok_s']}")
         print(
-            f"batch-1 decode: engine {out['engine_batch1_tok_s']:.1f} tok/s, HF {out['hf_batch1_tok_s']:.1f} tok/s"
+            f"batch-1 decode: engine (best mode) {out['engine_batch1_tok_s']:.1f} tok/s, HF {out['hf_batch1_tok_s']:.1f} tok/s"
         )
     else:
         print(f"batch-1 decode: engine {out['engine_batch1_tok_s']:.1f} tok/s")

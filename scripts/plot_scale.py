@@ -37,11 +37,6 @@ SHARES = (0.0, 0.1, 0.2, 0.3, 0.4)
 DEFENCES = {
     "sortition + standing": ["--requests=60"],
     "sortition + standing + re-check": ["--requests=60", "--recheck"],
-    "sortition + standing + re-check + 15 s commit grace": [
-        "--requests=60",
-        "--recheck",
-        "--commit-grace-ms=15000",
-    ],
     "sortition, no standing": ["--requests=60", "--no-standing"],
     "no sortition": ["--no-sortition", "--requests=8"],
 }

@@ -36,10 +36,11 @@ The model (docs/scale.md explains it at length)
   holds a quorum of them (the capture attack of issue 15); ``withhold`` commits at once
   and never reveals; ``copy`` commits the first honest output it sees revealed;
   ``mixed`` splits the identities evenly.
-- ``--recheck`` emulates proof-of-inference (issue 15): a reveal that is not a real
-  output of the model (garbage) is excluded before clustering. Until the quorum
-  machine takes re-check verdicts, the adapter withholds such reveals from it, which
-  excludes them the same way (they count as missing).
+- ``--recheck``: the simulated nodes hold the model and re-check every revealed output
+  (proof of inference): a reveal that is not a real output of the model (garbage)
+  fails and is excluded before clustering. Without it every verdict is
+  ``unavailable`` (nodes without the model): the machine falls back to clustering, and
+  only the time-boxed commit window stands between a fast garbage quorum and capture.
 - Capacity: ``requests_per_s`` is analytic from the simulated per-request costs: the
   smaller of the compute bound (the rate at which the 5% most loaded honest nodes
   saturate their workers) and the bandwidth bound (the rate at which the 5% most
@@ -71,6 +72,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consensus import commitments, puzzle, quorum, sortition, standing  # noqa: E402
+from consensus.recheck import RecheckVerdict  # noqa: E402
 
 DAY_S = 86_400.0
 EMBED_DIM = 48
@@ -211,10 +213,15 @@ class QuorumAdapter:
     It turns the machine's actions into plain tuples the simulator routes:
     ("commit", iid, commit) ("rr", [(node_id, iid, commit)]) ("reveal", iid, output, b)
     ("embed", iid, output) ("result", members, output) ("finished", state, output).
-    ``recheck_ok=False`` on a reveal emulates the proof-of-inference verdict: the
-    reveal is excluded before clustering (withheld from the machine until it takes
-    verdicts; after the merge of issue 15, pass the verdict instead).
+    Proof of inference: every node of the simulation holds the model, so each reveal
+    gets a re-check verdict, fed back to the machine when it asks (``RequestRecheck``):
+    ``recheck_ok`` on the reveal says whether the claimed output is what the model's
+    sampler draws (honest) or not (garbage, copies of nothing). Passed outputs score a
+    deterministic log-likelihood, so the machine's answer rule runs as in the daemon.
     """
+
+    MODEL = "sim-model"
+    MODEL_HASH = "sha256:" + "5" * 64
 
     def __init__(
         self,
@@ -225,10 +232,17 @@ class QuorumAdapter:
         pubkey: bytes,
         now_ms: int,
         commit_grace_ms: int,
+        recheck: bool = True,
     ):
         params = quorum.SecurityParams(
-            quorum=quorum_size, max_time_ms=max_time_ms, sec_distance=0.5, sec_percentage=1.0
+            quorum=quorum_size,
+            max_time_ms=max_time_ms,
+            sec_distance=0.5,
+            sec_percentage=1.0,
+            accepted_models=(self.MODEL,),
         )
+        self._recheck_ok: dict[str, bool] = {}  # output -> what its re-check will say
+        self._recheck = recheck  # False: this node cannot re-check (verdicts unavailable)
         self.machine, actions = quorum.QuorumMachine.start(
             request_id=request_id,
             created_at_ms=created_ms,
@@ -237,7 +251,7 @@ class QuorumAdapter:
             now_ms=now_ms,
             config=quorum.QuorumConfig(commit_grace_ms=commit_grace_ms),
         )
-        self.initial = self._translate(actions)
+        self.initial = self._translate(actions, now_ms)
 
     @property
     def final(self) -> bool:
@@ -251,32 +265,58 @@ class QuorumAdapter:
         return self.machine.next_wakeup_ms()
 
     def own_done(self, output: str, embedding: np.ndarray, now_ms: int) -> list[tuple]:
-        return self._translate(self.machine.own_inference_done(output, embedding, now_ms))
+        self._recheck_ok.setdefault(output, True)
+        return self._translate(
+            self.machine.own_inference_done(
+                output, embedding, now_ms, model=self.MODEL, model_hash=self.MODEL_HASH
+            ),
+            now_ms,
+        )
 
     def commit(self, pubkey: bytes, iid: str, commit: bytes, now_ms: int) -> list[tuple]:
-        return self._translate(self.machine.commit_seen(pubkey, iid, commit, now_ms))
+        return self._translate(
+            self.machine.commit_seen(pubkey, iid, commit, now_ms, model=self.MODEL, model_hash=self.MODEL_HASH),
+            now_ms,
+        )
 
     def reveal_request(self, pubkey: bytes, refs: list[tuple[str, str, bytes]], now_ms: int) -> list[tuple]:
         crefs = [quorum.CommitRef(n, i, c) for n, i, c in refs]
-        return self._translate(self.machine.reveal_request_seen(pubkey, crefs, now_ms))
+        return self._translate(self.machine.reveal_request_seen(pubkey, crefs, now_ms), now_ms)
 
     def reveal(
         self, pubkey: bytes, iid: str, output: str, b: bytes, now_ms: int, recheck_ok: bool
     ) -> list[tuple]:
-        if not recheck_ok:
-            return self.tick(now_ms)
-        return self._translate(self.machine.reveal_seen(pubkey, iid, output, b, now_ms))
+        # An output's verdict is a property of the output (the model's sampler draws it or
+        # not): an honest text revealed by a liar still passes.
+        self._recheck_ok[output] = self._recheck_ok.get(output, False) or recheck_ok
+        return self._translate(
+            self.machine.reveal_seen(
+                pubkey, iid, output, b, now_ms, model=self.MODEL, model_hash=self.MODEL_HASH
+            ),
+            now_ms,
+        )
 
     def embedding(self, iid: str, embedding: np.ndarray, now_ms: int) -> list[tuple]:
-        return self._translate(self.machine.embedding_ready(iid, embedding, now_ms))
+        return self._translate(self.machine.embedding_ready(iid, embedding, now_ms), now_ms)
 
     def tick(self, now_ms: int) -> list[tuple]:
-        return self._translate(self.machine.tick(now_ms))
+        return self._translate(self.machine.tick(now_ms), now_ms)
 
-    @staticmethod
-    def _translate(actions: list[Any]) -> list[tuple]:
+    def _verdict(self, output: str) -> RecheckVerdict:
+        if not self._recheck:
+            return RecheckVerdict.unavailable("model not held")
+        if self._recheck_ok.get(output, False):
+            return RecheckVerdict("passed", None, -float(len(output)), 0)
+        return RecheckVerdict("failed", "token_mismatch", None, 0)
+
+    def _translate(self, actions: list[Any], now_ms: int) -> list[tuple]:
         out: list[tuple] = []
-        for a in actions:
+        pending = list(actions)
+        while pending:
+            a = pending.pop(0)
+            if isinstance(a, quorum.RequestRecheck):  # answered at once: the verdict is known
+                pending += self.machine.recheck_ready(a.key, self._verdict(a.output), now_ms)
+                continue
             if isinstance(a, quorum.PublishCommit):
                 out.append(("commit", a.inference_id, a.commit))
             elif isinstance(a, quorum.PublishRevealRequest):
@@ -439,6 +479,7 @@ class RequestSim:
             self.pop.pubkeys[i],
             now,
             self.cfg.commit_grace_ms,
+            recheck=self.cfg.recheck,
         )
         self.machines[i] = ad
         self.handle(i, ad.initial, now)
@@ -603,7 +644,7 @@ class RequestSim:
         elif msg[0] == "rr":
             outs = ad.reveal_request(pk, msg[1], now)
         elif msg[0] == "reveal":
-            ok = not (self.cfg.recheck and msg[2] == self.garbage_text)
+            ok = msg[2] != self.garbage_text
             outs = ad.reveal(pk, msg[1], msg[2], msg[3], now, recheck_ok=ok)
         else:
             return

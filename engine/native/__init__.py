@@ -9,6 +9,9 @@ cache directory, keyed by the source, the flags and this CPU, under a file lock 
 concurrent nodes build it once; loaded with ctypes, which releases the GIL during the
 call.
 
+`quant_gemm.cpp` (quantized-weight GEMM, engine.quant) is built the same way but
+without -march=native: its SIMD paths are chosen at run time from the CPU's flags.
+
 The cache is `$RAKIS_NATIVE_CACHE` when set. Anything missing (no compiler, an
 unwritable cache, a failed build, `RAKIS_NATIVE=0`) leaves `load()`
 returning None and the engine on its torch path: slower, same results.
@@ -19,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
-import logging
 import os
 import platform
 import shutil
@@ -29,8 +31,11 @@ import threading
 from pathlib import Path
 
 import platformdirs
+import structlog
 
-log = logging.getLogger(__name__)
+from engine.config import env_switches
+
+log = structlog.get_logger(__name__)
 
 SOURCE = Path(__file__).with_name("paged_attention.cpp")
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -40,7 +45,7 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 
 
 def enabled() -> bool:
-    return os.environ.get("RAKIS_NATIVE", "1").lower() not in ("0", "false", "no", "off")
+    return env_switches().native
 
 
 def _cpu_id() -> str:
@@ -54,21 +59,21 @@ def _cpu_id() -> str:
 
 
 def _compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    return env_switches().cxx or shutil.which("g++") or shutil.which("c++")
 
 
 def cache_dir() -> Path:
     """Where built kernels live; RAKIS_NATIVE_CACHE overrides (services without a home)."""
-    env = os.environ.get("RAKIS_NATIVE_CACHE")
-    return Path(env) if env else Path(platformdirs.user_cache_dir("rakis")) / "native"
+    override = env_switches().native_cache
+    return override if override is not None else Path(platformdirs.user_cache_dir("rakis")) / "native"
 
 
-def _build(cxx: str, out: Path) -> None:
+def _build(cxx: str, out: Path, source: Path = SOURCE, cflags: tuple[str, ...] = CFLAGS) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
         proc = subprocess.run(
-            [cxx, *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120
+            [cxx, *cflags, str(source), "-o", tmp], capture_output=True, text=True, timeout=120
         )
         if proc.returncode != 0:
             raise RuntimeError(f"{cxx} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -91,29 +96,35 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 def load() -> ctypes.CDLL | None:
-    """The native library, built if needed; None when it cannot be had here."""
+    """The native paged-attention library, built if needed; None when it cannot be had here."""
+    return load_library(SOURCE, CFLAGS, _declare, "rakis_native")
+
+
+def load_library(source: Path, cflags: tuple[str, ...], declare, prefix: str) -> ctypes.CDLL | None:
+    """Build `source` with `cflags` once per (source, flags, compiler, CPU), load it and
+    let `declare` set its ctypes signatures; None (with a warning) when it cannot be had."""
     if not enabled():
         return None
     cxx = _compiler()
-    key_src = "\n".join([SOURCE.read_text(), " ".join(CFLAGS), str(cxx), _cpu_id()])
+    key_src = "\n".join([source.read_text(), " ".join(cflags), str(cxx), _cpu_id()])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     with _lock:
         if key in _loaded:
             return _loaded[key]
         lib = None
         if cxx is None:
-            log.warning("native CPU kernels unavailable: no C++ compiler (install g++); using torch ops")
+            log.warning("native_kernels_unavailable", reason="no C++ compiler (install g++)", fallback="torch ops")
         else:
-            out = cache_dir() / f"rakis_native-{key}.so"
+            out = cache_dir() / f"{prefix}-{key}.so"
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with (out.parent / f"{key}.lock").open("a+") as lock:
                     fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
                     if not out.exists():
-                        _build(cxx, out)
-                lib = _declare(ctypes.CDLL(str(out)))
+                        _build(cxx, out, source, cflags)
+                lib = declare(ctypes.CDLL(str(out)))
             except Exception as e:  # a missing fast path must never stop the engine
-                log.warning("native CPU kernels unavailable (%s); using torch ops", e)
+                log.warning("native_kernels_unavailable", reason=str(e), fallback="torch ops")
                 lib = None
         _loaded[key] = lib
         return lib

@@ -278,10 +278,10 @@ def openai_router(node: NodeFacade) -> APIRouter:
     @router.get("/models")
     async def models() -> dict[str, Any]:
         created = int(node.started_at)
-        data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "rakis", "type": "llm"}
-            for name in _llm_models(node)
-        ] + [
+        hashes_of = getattr(node, "model_hashes", None)
+        hashes = hashes_of() if callable(hashes_of) else {}  # what the node commits under
+        llm = {"object": "model", "created": created, "owned_by": "rakis", "type": "llm"}
+        data = [{"id": name, **llm, "model_hash": hashes.get(name)} for name in _llm_models(node)] + [
             {"id": name, "object": "model", "created": created, "owned_by": "rakis", "type": "embedding"}
             for name in _embedding_models(node)
         ]

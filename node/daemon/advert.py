@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from node import wire
+from node.daemon.compute import model_identities
 from node.version import package_version
 
 __all__ = ["NodeAdvert"]
@@ -35,7 +36,7 @@ class NodeAdvert:
             models=self.llm.available_models() if self.llm is not None else [],
             embedding_models=self.embeddings.available_models() if self.embeddings is not None else [],
             workers=workers,
-            model_hashes=self.llm.model_hashes() if self.llm is not None else {},
+            model_hashes=model_identities(self.llm),
             device=getattr(self.llm, "device", "cpu") if self.llm is not None else "cpu",
             version=package_version(),
             api_url=self.api_url,

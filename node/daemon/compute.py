@@ -9,6 +9,7 @@ or seeded the sampler even slightly differently would reject honest outputs.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -22,7 +23,7 @@ from node.orchestrator.errors import InferenceFailed
 
 log = get_logger(__name__)
 
-__all__ = ["EngineCompute", "engine_input", "verdict_from_result"]
+__all__ = ["EngineCompute", "compute_mode", "engine_input", "model_identities", "verdict_from_result"]
 
 
 def engine_input(request_id: str, body: wire.InferenceRequest) -> tuple[list[dict[str, str]], Any]:
@@ -43,6 +44,32 @@ def engine_input(request_id: str, body: wire.InferenceRequest) -> tuple[list[dic
     return messages, sampling
 
 
+def compute_mode(llm: Any) -> str:
+    """How the LLM engine computes: its dtype name (``float32``, ``bfloat16``), plus the
+    weight mode when projections are quantized (``float32+q4``)."""
+    from engine.config import env_switches
+
+    dtype = str(getattr(llm, "dtype", "float32")).removeprefix("torch.")
+    quant = getattr(getattr(llm, "config", None), "weight_mode", None) or env_switches().quant
+    return f"{dtype}+{quant}" if quant else dtype
+
+
+def model_identities(llm: Any) -> dict[str, str]:
+    """{model: hash} this node commits under and advertises: the weights hash, or for a
+    numeric mode other than fp32 a hash of (weights, mode). Outputs computed another way
+    re-check only against the same mode, so they must not claim the fp32 identity (fp32
+    verifiers then call them unavailable, not failed)."""
+    if llm is None:
+        return {}
+    mode = compute_mode(llm)
+    out = {}
+    for model, weights in llm.model_hashes().items():
+        out[model] = (
+            weights if mode == "float32" else "sha256:" + hashlib.sha256(f"{weights}|{mode}".encode()).hexdigest()
+        )
+    return out
+
+
 class EngineCompute:
     """``node.orchestrator.compute.Compute`` over the engine services (LLMEngine, EmbeddingEngine)."""
 
@@ -58,9 +85,7 @@ class EngineCompute:
         return self.embeddings.available_models() if self.embeddings is not None else []
 
     def model_hash(self, model: str) -> str | None:
-        if self.llm is None:
-            return None
-        return self.llm.model_hashes().get(model)
+        return model_identities(self.llm).get(model)
 
     async def generate(
         self, request_id: str, body: wire.InferenceRequest, models: list[str], deadline_s: float

@@ -11,6 +11,7 @@ import numpy as np
 from node import identity as identity_mod
 from node.config import Settings
 from node.daemon.advert import NodeAdvert
+from node.daemon.compute import model_identities
 from node.logs import search_entries
 from node.orchestrator.errors import RequestRejected
 from node.orchestrator.orchestrator import Orchestrator
@@ -62,6 +63,10 @@ class DaemonFacade:
     @property
     def api_url(self) -> str | None:
         return self.advert.api_url
+
+    def model_hashes(self) -> dict[str, str]:
+        """{LLM: the identity this node commits under} (``GET /v1/models``)."""
+        return model_identities(self.llm)
 
     async def submit_request(self, frame: bytes) -> str:
         if not self.ready:

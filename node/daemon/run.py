@@ -80,8 +80,12 @@ async def serve(
     threads = _configure_threads(settings)
     registry = ModelRegistry({k: str(v) for k, v in settings.model_paths.items()})
     device = None if settings.device == "auto" else settings.device
-    dtype = None if settings.dtype == "auto" else settings.dtype
-    llm = LLMEngine(registry, device=device, dtype=dtype, num_threads=threads)
+    # Consensus needs one numeric class: a bf16 node's honest outputs fail fp32 re-checks
+    # (docs/consensus.md, "Re-check calibration"), so "auto" means fp32 for the LLMs on
+    # every device. A node that chooses another dtype commits under another model hash
+    # (EngineCompute.model_hash), so fp32 verifiers call its outputs unavailable, not failed.
+    llm_dtype = "float32" if settings.dtype == "auto" else settings.dtype
+    llm = LLMEngine(registry, device=device, dtype=llm_dtype, num_threads=threads)
     embeddings = EmbeddingEngine(registry, device=device)
     advert = NodeAdvert(llm=llm, embeddings=embeddings)
     gossip = GossipNode(

@@ -265,16 +265,8 @@ class Orchestrator:
                 await self.reveals.maybe_reveal_again(rid, live, body, now)
             emit("reveal_request", rid, node_id=pkt.sender_id, commits=len(refs))
         elif isinstance(body, wire.InferenceReveal):
-            actions = m.reveal_seen(
-                pkt.sender,
-                body.inference_id,
-                body.output,
-                body.b,
-                now,
-                model=body.model,
-                model_hash=body.model_hash,
-                output_tokens=body.output_tokens,
-            )
+            model = {"model": body.model, "model_hash": body.model_hash, "output_tokens": body.output_tokens}
+            actions = m.reveal_seen(pkt.sender, body.inference_id, body.output, body.b, now, **model)
             emit("reveal", rid, node_id=pkt.sender_id, inference_id=body.inference_id)
         elif isinstance(body, wire.InferenceRevealRejected):
             emit("reveal_rejected", rid, by=pkt.sender_id, inference_id=body.inference_id, reason=body.reason)

@@ -27,6 +27,7 @@ import torch
 import trio
 from nacl.signing import SigningKey
 
+from engine.config import EngineConfig
 from engine.embedding import EmbeddingEngine, Priority
 from engine.llm_engine import LLMEngine
 from engine.registry import DEFAULT_EMBEDDING, ModelRegistry
@@ -68,7 +69,7 @@ def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMEngine]:
         ModelRegistry({TINY_MODEL: path}),
         device="cpu",
         num_threads=1,
-        core_options={"kv_cache_bytes": 8 * 1024 * 1024, "max_batch_size": 4},
+        config=EngineConfig(kv_cache_bytes=8 * 1024 * 1024, max_batch_size=4),
     )
     trio.run(llm.scale_workers, TINY_MODEL, 1)
     yield llm

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.core import EngineCore, GenerationRequest, SamplingParams, TokenEvent
-from tests.engine_core.helpers import SYSTEM, chat_ids, hf_greedy
+from tests.engine.core.helpers import SYSTEM, chat_ids, hf_greedy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from engine import native
 from engine.attention import cpu_ops, paged_attention_decode, paged_attention_prefill
-from tests.engine_core.test_native_attention import _case, fresh_cache  # noqa: F401 (fixture)
+from tests.engine.core.test_native_attention import _case, fresh_cache  # noqa: F401 (fixture)
 
 needs_compiler = pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler on this machine")
 

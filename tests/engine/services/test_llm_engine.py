@@ -7,6 +7,7 @@ import time
 import anyio
 import pytest
 
+from engine.config import EngineConfig
 from engine.engine_logs import LogType
 from engine.llm_engine import LLMEngine, LLMRequest, ModelChoice, NoWorkerError, pick_model
 from engine.registry import UnknownModelError
@@ -19,7 +20,7 @@ def make_engine(registry, max_batch_size: int = 2) -> LLMEngine:
     return LLMEngine(
         registry,
         device="cpu",
-        core_options={"max_batch_size": max_batch_size, "kv_cache_bytes": 16 << 20},
+        config=EngineConfig(max_batch_size=max_batch_size, kv_cache_bytes=16 << 20),
     )
 
 
@@ -294,7 +295,7 @@ async def test_failed_load_is_reported_and_leaves_no_worker(tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.anyio
 async def test_default_smollm2_through_the_registry() -> None:
-    async with LLMEngine(device="cpu", core_options={"max_batch_size": 4}) as eng:
+    async with LLMEngine(device="cpu", config=EngineConfig(max_batch_size=4)) as eng:
         assert await eng.scale_workers("smollm2-135m-instruct", 1) == ["smollm2-135m-instruct#1"]
         r = await eng.run_inference_non_streaming(
             LLMRequest(

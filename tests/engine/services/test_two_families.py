@@ -9,13 +9,14 @@ import time
 import anyio
 import pytest
 
+from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine, LLMRequest
 from engine.types import SamplingParams
 
 
 @pytest.mark.anyio
 async def test_running_request_expires_and_frees_its_worker(registry) -> None:
-    eng = LLMEngine(registry, device="cpu", core_options={"max_batch_size": 1, "kv_cache_bytes": 16 << 20})
+    eng = LLMEngine(registry, device="cpu", config=EngineConfig(max_batch_size=1, kv_cache_bytes=16 << 20))
     async with eng:
         await eng.scale_workers("tiny", 1)
         deadline = time.time() + 1.0
@@ -43,7 +44,7 @@ async def test_running_request_expires_and_frees_its_worker(registry) -> None:
 async def test_accepted_models_choose_between_two_real_families() -> None:
     from engine.registry import DEFAULT_LLM, GEMMA3_270M, ModelRegistry
 
-    eng = LLMEngine(ModelRegistry(), device="cpu", core_options={"kv_cache_bytes": 64 << 20})
+    eng = LLMEngine(ModelRegistry(), device="cpu", config=EngineConfig(kv_cache_bytes=64 << 20))
     both = [DEFAULT_LLM, GEMMA3_270M]
     async with eng:
         await eng.scale_workers(GEMMA3_270M, 1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.core import EngineCore, GenerationRequest, SamplingParams
-from tests.engine_core.helpers import chat_ids, hf_greedy
+from tests.engine.core.helpers import chat_ids, hf_greedy
 
 pytestmark = pytest.mark.timeout(120)
 

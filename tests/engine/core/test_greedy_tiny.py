@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from engine.core import GenerationRequest, SamplingParams, TokenEvent
-from tests.engine_core.helpers import QUESTIONS, SYSTEM, chat_ids, hf_greedy
+from tests.engine.core.helpers import QUESTIONS, SYSTEM, chat_ids, hf_greedy
 
 pytestmark = pytest.mark.timeout(120)
 

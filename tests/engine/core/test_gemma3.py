@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.core import EngineCore, GenerationRequest, SamplingParams, TokenEvent
-from tests.engine_core.helpers import QUESTIONS, SYSTEM, chat_ids, hf_greedy
+from tests.engine.core.helpers import QUESTIONS, SYSTEM, chat_ids, hf_greedy
 
 pytestmark = pytest.mark.timeout(300)
 
