@@ -34,6 +34,7 @@ __all__ = [
     "build_body",
     "completion_of",
     "failure_of",
+    "network_model_hashes",
     "network_models",
     "progress_of",
 ]
@@ -172,6 +173,20 @@ def network_models(local: list[str], peers: list[dict[str, Any]], self_serves: b
         for m in p.get("models") or []:
             counts[m] = counts.get(m, 0) + 1
     return counts
+
+
+def network_model_hashes(
+    local: dict[str, str], peers: list[dict[str, Any]], self_serves: bool
+) -> dict[str, dict[str, int]]:
+    """Model alias -> {weights hash: nodes}, from this node's hashes and each peer's
+    advertised ``model_hashes`` (peer_info) where the peer table carries them."""
+    out: dict[str, dict[str, int]] = {}
+    sources = ([local] if self_serves else []) + [p.get("model_hashes") or {} for p in peers]
+    for hashes in sources:
+        for model, digest in hashes.items():
+            per = out.setdefault(model, {})
+            per[digest] = per.get(digest, 0) + 1
+    return out
 
 
 # ---- reading the request view ------------------------------------------------------------

@@ -38,6 +38,7 @@ from node.api.verified_calls import (
     build_body,
     completion_of,
     failure_of,
+    network_model_hashes,
     network_models,
     progress_of,
 )
@@ -188,7 +189,11 @@ def verified_router(node: NodeFacade) -> APIRouter:
     async def models(_caller: str = Depends(caller_of)) -> JSONSafeResponse:  # noqa: B008
         """Models nodes on the network serve (peer_info and this node), with how many nodes each."""
         local = set(_llm_models(node))
-        counts = network_models(sorted(local), node.peers(), self_serves())
+        peers = node.peers()
+        counts = network_models(sorted(local), peers, self_serves())
+        hashes_of = getattr(node, "model_hashes", None)
+        local_hashes = hashes_of() if callable(hashes_of) else {}
+        hashes = network_model_hashes(local_hashes, peers, self_serves())
         created = int(getattr(node, "started_at", 0))
         data = [
             {
@@ -198,6 +203,7 @@ def verified_router(node: NodeFacade) -> APIRouter:
                 "owned_by": "rakis-network",
                 "nodes": n,
                 "local": name in local,
+                "model_hashes": hashes.get(name, {}),
             }
             for name, n in sorted(counts.items())
         ]

@@ -203,7 +203,15 @@ async def test_a_model_no_node_serves_is_a_503_naming_it(facade: MemoryFacade) -
 
 
 async def test_network_models_count_the_nodes_serving_each(facade: MemoryFacade) -> None:
-    facade.peer_list.append({**facade.peer_list[0], "node_id": "ee" * 32, "models": ["other-model"]})
+    digest = "sha256:" + "ab" * 32
+    facade.peer_list.append(
+        {
+            **facade.peer_list[0],
+            "node_id": "ee" * 32,
+            "models": ["other-model"],
+            "model_hashes": {"other-model": digest},
+        }
+    )
     async with asgi_client(facade) as client:
         r = await client.get("/verified/v1/models")
         emb = await client.post("/verified/v1/embeddings", json={"model": "x", "input": "y"})
@@ -211,6 +219,7 @@ async def test_network_models_count_the_nodes_serving_each(facade: MemoryFacade)
     by_id = {m["id"]: m for m in r.json()["data"]}
     assert by_id[TINY_MODEL]["nodes"] == 3 and by_id[TINY_MODEL]["local"] is True
     assert by_id["other-model"]["nodes"] == 1 and by_id["other-model"]["local"] is False
+    assert by_id["other-model"]["model_hashes"] == {digest: 1}
     assert emb.status_code == 404 and emb.json()["error"]["code"] == "not_offered"
 
 
