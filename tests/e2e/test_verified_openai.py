@@ -222,3 +222,23 @@ def test_ask_the_network_box_in_the_dashboard(net: dict[str, Daemon], tmp_path: 
         shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / "ask-the-network.png"), full_page=True)
         assert page.console_errors == []
+
+
+def test_bench_e2e_openai_sends_the_same_load_through_the_verified_path(net: dict[str, Daemon]) -> None:
+    """`scripts/bench_e2e.py --openai` in a small configuration on this testnet: the raw and
+    the verified load both succeed in full, and the overhead is reported."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_e2e.py"
+    cmd = [sys.executable, str(script), "--tiny", "--requests", "3", "--max-tokens", "12"]
+    cmd += ["--max-time", "40", "--sec-distance", "0.15", "--openai", "--json"]
+    for n in "abc":
+        cmd += ["--url", net[n].url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["succeeded"] == 3 and out["openai"]["succeeded"] == 3, out
+    assert out["overhead_s"]["p50"] is not None
+    assert "overhead against the raw request API" in proc.stdout
