@@ -15,6 +15,8 @@ out through the outbox unstored (``Outbox.send_unstored``).
 
 from __future__ import annotations
 
+from typing import Any
+
 from node import wire
 from node.orchestrator.live import LiveRequest
 from node.orchestrator.outbox import Outbox
@@ -89,16 +91,7 @@ class RevealResender:
         if now - live.last_reveal_sent_ms < self.resend_ms:
             return
         live.last_reveal_sent_ms = now
-        reveal = wire.InferenceReveal(
-            request_id=rid,
-            inference_id=own.inference_id,
-            output=own.output,
-            b=own.b,
-            model=own.model,
-            model_hash=own.model_hash,
-            output_tokens=own.output_tokens,
-        )
-        await self.outbox.send_unstored(reveal, wire.PacketType.INFERENCE_REVEAL)
+        await self.outbox.send_unstored(_reveal_of(rid, own), wire.PacketType.INFERENCE_REVEAL)
 
     async def reveal_again_from_store(self, rid: str, body: wire.InferenceRevealRequest, now: int) -> None:
         """Like ``maybe_reveal_again`` for a request that is already final here."""
@@ -122,16 +115,20 @@ class RevealResender:
         self._late_reveals[rid] = now
         if len(self._late_reveals) > _MAX_LATE_REVEALS:
             self._late_reveals.pop(next(iter(self._late_reveals)))
-        reveal = wire.InferenceReveal(
-            request_id=rid,
-            inference_id=own.inference_id,
-            output=own.output,
-            b=own.b,
-            model=own.model,
-            model_hash=own.model_hash,
-            output_tokens=None if own.output_tokens is None else list(own.output_tokens),
-        )
-        await self.outbox.send_unstored(reveal, wire.PacketType.INFERENCE_REVEAL)
+        await self.outbox.send_unstored(_reveal_of(rid, own), wire.PacketType.INFERENCE_REVEAL)
 
     def _names_us(self, body: wire.InferenceRevealRequest, commit: bytes) -> bool:
         return any(c.node_id == self.node_id and c.commit == commit for c in body.commits)
+
+
+def _reveal_of(rid: str, own: Any) -> wire.InferenceReveal:
+    """Our reveal, again: from the machine's own record or the store's (same fields)."""
+    return wire.InferenceReveal(
+        request_id=rid,
+        inference_id=own.inference_id,
+        output=own.output,
+        b=own.b,
+        model=own.model,
+        model_hash=own.model_hash,
+        output_tokens=None if own.output_tokens is None else list(own.output_tokens),
+    )

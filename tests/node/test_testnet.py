@@ -165,7 +165,7 @@ def test_verify_certificate_and_tampered_ones(testnet):
     bad = rakis("verify", str(path))
     assert bad.returncode == 1
     assert "certificate FAILED" in bad.stderr
-    assert "output is not the representative's revealed output" in bad.stderr
+    assert "output is not the chosen member's revealed output" in bad.stderr
 
     # More forgeries checked in-process with one embedder (the CLI path is the same).
     from engine.embedding import load_embed_fn

@@ -172,7 +172,8 @@ async function showDetail(id) {
     ["frame", req.security_frame ? `quorum ${req.security_frame.quorum}, distance ${req.security_frame.sec_distance}, ${Math.round(req.security_frame.sec_percentage * 100)}%` : "–"],
     ["members", (req.members || []).map((m) => short(m.node_id, 10)).join(", ") || "–"],
     ["commits", (req.commits || []).map((c) => short(c.node_id, 10)).join(", ") || "–"],
-    ["reveals", (req.reveals || []).map((r) => `${short(r.node_id, 10)}${r.accepted ? "" : ` (rejected: ${r.reason})`}`).join(", ") || "–"],
+    ["reveals", (req.reveals || []).map((r) => `${short(r.node_id, 10)}${r.accepted ? "" : ` (rejected: ${r.reason})`}${r.recheck ? ` [re-check: ${r.recheck.status}]` : ""}`).join(", ") || "–"],
+    ["re-check", req.recheck ? `${req.recheck}${req.answer_rule ? `, answer rule: ${req.answer_rule}` : ""}` : "–"],
     ["created", req.created_at ? new Date(secs(req.created_at) * 1000).toLocaleTimeString() : "–"],
     ["finished", req.finished_at ? new Date(secs(req.finished_at) * 1000).toLocaleTimeString() : "–"],
   ];

@@ -13,55 +13,39 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trio
 from typer.testing import CliRunner
 
 from node.cli.app import app
-from tests.adversarial.conftest import TINY_MODEL, InProcessNode
+from tests.adversarial.conftest import TINY_MODEL, node_settings
+from tests.inprocess import InProcessServer
 
 pytestmark = pytest.mark.timeout(300)
 runner = CliRunner()
 
 
-class LoneNode(InProcessNode):
-    """The attack tests' in-process daemon, reading its URL where the daemon keeps it."""
-
-    async def _main(self) -> None:
-        from node.daemon.run import serve
-
-        self._token = trio.lowlevel.current_trio_token()
-        self._shutdown = trio.Event()
-        async with trio.open_nursery() as nursery:
-            self.facade = await nursery.start(
-                lambda task_status: serve(self.settings, shutdown=self._shutdown, task_status=task_status)
-            )
-            self.url = self.facade.advert.api_url
-            self._started.set()
-
-
 @pytest.fixture(scope="module")
-def lone_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessNode]:
+def lone_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
     import torch
 
     from tests.tiny_models import make_tiny_llama_dir
 
     torch.set_num_threads(1)
     tiny = make_tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama"), seed=3)
-    node = LoneNode(tmp_path_factory.mktemp("lone-node"), tiny).start()
+    node = InProcessServer.daemon(node_settings(tmp_path_factory.mktemp("lone-node"), tiny)).start()
     try:
         yield node
     finally:
         node.stop()
 
 
-def _submit(node: InProcessNode, key: Path, *args: str):
+def _submit(node: InProcessServer, key: Path, *args: str):
     return runner.invoke(
         app,
         ["submit", "Name a colour.", "--node", node.url, "--model", TINY_MODEL, "--key", str(key), *args],
     )
 
 
-def _request_ids(node: InProcessNode) -> list[str]:
+def _request_ids(node: InProcessServer) -> list[str]:
     return [r["request_id"] for r in httpx.get(f"{node.url}/v1/requests", timeout=10).json()["requests"]]
 
 

@@ -92,7 +92,7 @@ def taken_port() -> Iterator[int]:
 def test_unknown_model_is_one_line_naming_the_choices(tmp_path):
     r = _run(["--data-dir", str(tmp_path), *LOCAL, "--model", "gpt-5"])
     line = _error_line(r)
-    assert "unknown model 'gpt-5'" in line and "available: smollm2-135m-instruct" in line
+    assert "unknown model 'gpt-5'" in line and "available:" in line and "smollm2-135m-instruct" in line
     assert "--model NAME" in line and "model_paths" in line
 
 
