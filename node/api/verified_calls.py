@@ -12,8 +12,10 @@
   `chat.completion` with its `rakis` object, or the OpenAI error a failure maps to
   (502 with the consensus reason, 504 expired).
 
-Token counts: nodes agree on text, not on token counts, so `usage` is an estimate
-(about four characters a token, OpenAI's rule of thumb), marked `"estimated": true`.
+Token counts: nodes agree on text; `usage` estimates the prompt (about four characters a
+token, OpenAI's rule of thumb) and the answer too unless the view shows the winning
+reveal's `output_tokens`; it is marked `"estimated": true`. `finish_reason` is `length`
+when the answer used the whole `max_tokens` budget, else `stop`.
 """
 
 from __future__ import annotations
@@ -210,17 +212,32 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
-def winning_model(view: dict[str, Any]) -> str | None:
+def winning_reveal(view: dict[str, Any]) -> dict[str, Any] | None:
+    """The reveal whose output is the answer: the representative, else the first member."""
     members = {m.get("inference_id") for m in view.get("members") or []}
     representative = view.get("representative")
     reveals = view.get("reveals") or []
     for r in reveals:
-        if r.get("inference_id") == representative and r.get("model"):
-            return str(r["model"])
+        if r.get("inference_id") == representative:
+            return r
     for r in reveals:
-        if r.get("inference_id") in members and r.get("model"):
-            return str(r["model"])
+        if r.get("inference_id") in members:
+            return r
     return None
+
+
+def winning_model(view: dict[str, Any]) -> str | None:
+    r = winning_reveal(view)
+    return str(r["model"]) if r and r.get("model") else None
+
+
+def answer_token_count(view: dict[str, Any]) -> int | None:
+    """Exact completion tokens when the view shows the winning reveal's token ids."""
+    r = winning_reveal(view)
+    tokens = r.get("output_tokens") if r else None
+    if isinstance(tokens, list):
+        return len(tokens)
+    return tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
 
 
 def rakis_object(view: dict[str, Any], certificate_url: str) -> dict[str, Any]:
@@ -253,7 +270,8 @@ def completion_of(
     """A succeeded request view as an OpenAI `chat.completion` (with `rakis`)."""
     answer = view.get("answer") or ""
     prompt_text = "".join(m["content"] for m in body.chat_messages())
-    completion_tokens = estimate_tokens(answer)
+    exact = answer_token_count(view)
+    completion_tokens = estimate_tokens(answer) if exact is None else exact
     prompt_tokens = estimate_tokens(prompt_text)
     return {
         "id": view["request_id"],
@@ -266,22 +284,17 @@ def completion_of(
                 "index": 0,
                 "message": {"role": "assistant", "content": answer, "refusal": None},
                 "logprobs": None,
-                "finish_reason": finish_reason(answer, body),
+                "finish_reason": "length" if completion_tokens >= body.max_tokens else "stop",
             }
         ],
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
-            "estimated": True,
+            "estimated": True,  # the prompt's count always; the answer's unless the view had its ids
         },
         "rakis": rakis_object(view, certificate_url),
     }
-
-
-def finish_reason(answer: str, body: wire.InferenceRequest) -> str:
-    """`length` when the answer used (about) the whole token budget, else `stop`."""
-    return "length" if estimate_tokens(answer) >= body.max_tokens else "stop"
 
 
 def failure_of(view: dict[str, Any]) -> ApiError:

@@ -313,3 +313,25 @@ def test_failure_mapping_of_expired_and_progress_counts() -> None:
     view.update(state="failed", reason="not_enough_commits")
     err = failure_of(view)
     assert (err.status, err.code) == (502, "not_enough_commits")
+
+
+def test_exact_answer_tokens_and_finish_reason_when_the_view_has_the_ids() -> None:
+    from node.api.verified_calls import completion_of
+    from node.client import build_request
+
+    body = build_request("Hi", quorum=1, max_tokens=4)
+    view = {
+        "request_id": "cd" * 32,
+        "state": "succeeded",
+        "answer": "a b c d",
+        "representative": "11" * 16,
+        "members": [{"node_id": "aa" * 32, "inference_id": "11" * 16}],
+        "reveals": [
+            {"inference_id": "11" * 16, "node_id": "aa" * 32, "model": "m", "output_tokens": [1, 2, 3, 4]}
+        ],
+    }
+    done = completion_of(view, body, "fallback", 0, "http://x/cert")
+    assert done["usage"]["completion_tokens"] == 4 and done["model"] == "m"
+    assert done["choices"][0]["finish_reason"] == "length"
+    view["reveals"][0]["output_tokens"] = [1, 2]
+    assert completion_of(view, body, "fallback", 0, "u")["choices"][0]["finish_reason"] == "stop"
