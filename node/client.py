@@ -133,14 +133,17 @@ def build_request(
     seed: int | None = None,
     commit_window_s: float | None = None,
     limits: wire.WireLimits | None = None,
+    messages: Sequence[dict[str, str]] | None = None,
+    stop: Sequence[str] | None = None,
 ) -> wire.InferenceRequest:
     """An ``InferenceRequest`` with its security frame, checked against the wire limits.
 
     ``commit_window_s``: how long nodes may take to commit (None: the protocol default,
     a quarter of ``max_time_s`` within 2-60 s). Every request waits this long before
     reveals open, so a client with fast nodes shortens it; too short shuts out slow
-    honest nodes. Raises ``ClientError`` naming every bad field, so nothing invalid is
-    ever signed.
+    honest nodes. ``messages``: the conversation before ``prompt`` (``{"role", "content"}``,
+    roles system/user/assistant); ``stop``: strings that end generation. Raises
+    ``ClientError`` naming every bad field, so nothing invalid is ever signed.
     """
     if not (max_time_s > 0):
         raise ClientError(f"max_time must be > 0 seconds, got {max_time_s}")
@@ -159,6 +162,10 @@ def build_request(
             "commit_window_ms": None if commit_window_s is None else round(commit_window_s * 1000),
         },
     }
+    if messages:
+        data["messages"] = [dict(m) for m in messages]
+    if stop:
+        data["stop"] = list(stop)
     try:
         body = wire.InferenceRequest.model_validate(
             data, strict=False, context={"limits": limits or wire.DEFAULT_LIMITS}

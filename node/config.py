@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -55,6 +55,33 @@ def default_data_dir() -> Path:
 
 
 WorkerCount = Annotated[int, Field(ge=0, le=64)]
+
+
+class VerifiedSettings(BaseModel):
+    """``[verified]``: the OpenAI-compatible consensus path (``/verified/v1``).
+
+    The security frame every verified call gets unless it overrides it in its ``rakis``
+    body field, and the limits on each caller (an API key, or the client address when
+    the node has no keys)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="Serve /verified/v1 (needs api_keys beyond loopback).")
+    quorum: int = Field(3, ge=1, le=256, description="Nodes that must agree (1-256).")
+    max_time_s: float = Field(120.0, gt=0, le=3600, description="Request deadline (0-3600 s].")
+    sec_distance: float = Field(0.5, ge=0, le=2, description="Cluster cosine distance (0-2).")
+    sec_percentage: float = Field(1.0, gt=0, le=1, description="Share of the quorum in the cluster.")
+    embedding_model: str = Field(DEFAULT_EMBEDDING_MODEL, min_length=1)
+    commit_window_s: float | None = Field(
+        None, gt=0, le=60, description="Commit window; unset: a quarter of max_time_s in 2-60 s."
+    )
+    temperature: float = Field(0.0, ge=0, le=2, description="When the caller sends none.")
+    max_tokens: int = Field(256, ge=1, le=1_000_000, description="When the caller sends none.")
+    rate_limit_per_min: float = Field(60.0, gt=0, le=1_000_000, description="Calls per minute per caller.")
+    rate_limit_burst: int = Field(10, ge=1, le=1_000_000, description="Burst size per caller.")
+    max_concurrent: int = Field(4, ge=1, le=10_000, description="Calls in flight per caller.")
+
+
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
@@ -76,6 +103,11 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", min_length=1, description="Bind address of the HTTP API.")
     api_port: int = Field(8420, ge=1, le=65535, description="Port of the HTTP API (1-65535).")
     admin_token: str | None = Field(None, min_length=16, description="Bearer token for admin endpoints.")
+    api_keys: list[Annotated[str, Field(min_length=16, max_length=256)]] = Field(
+        default_factory=list,
+        description="Bearer keys for /verified/v1 (required when api_host is not loopback).",
+    )
+    verified: VerifiedSettings = Field(default_factory=VerifiedSettings)
 
     # Peer-to-peer
     listen_addrs: list[str] = Field(
@@ -230,6 +262,7 @@ log_level = "info"            # debug | info | warning | error | critical
 api_host = "127.0.0.1"
 api_port = 8420               # 1-65535
 # admin_token = "change-me-to-a-long-random-string"   # enables worker scaling over HTTP
+# api_keys = ["a-long-random-key-0123"]  # Bearer keys for /verified/v1; required off loopback
 
 # Peer-to-peer
 listen_addrs = ["/ip4/0.0.0.0/tcp/4001"]
@@ -256,6 +289,17 @@ max_orphan_packets = 10000    # most such packets kept at once; more are dropped
 
 [llm_models]                  # model name -> number of workers (0-64)
 "smollm2-135m-instruct" = 1
+
+[verified]                    # the OpenAI-compatible consensus path, /verified/v1
+quorum = 3                    # nodes that must agree
+max_time_s = 120.0
+sec_distance = 0.5            # cosine distance within the agreeing cluster
+sec_percentage = 1.0
+embedding_model = "all-minilm-l6-v2"
+# commit_window_s = 10.0      # unset: a quarter of max_time_s within 2-60 s
+rate_limit_per_min = 60.0     # per caller (API key, or address without keys)
+rate_limit_burst = 10
+max_concurrent = 4            # calls in flight per caller
 
 [model_paths]                 # model name -> local directory or GGUF file
 # "my-llama" = "/models/llama-3.2-1b"
@@ -288,6 +332,7 @@ __all__ = [
     "DEFAULT_CONFIG_TOML",
     "FaultMode",
     "Settings",
+    "VerifiedSettings",
     "default_data_dir",
     "load_settings",
     "write_default_config",

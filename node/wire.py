@@ -15,6 +15,14 @@ advertises ``model_hashes``), the request seed rule (:func:`request_seed`) and t
 answer rule / re-check summary in ``inference_quorum_computed``. Version 1 frames are
 rejected as ``bad_version``: a v1 node would neither re-check nor honour the window.
 
+Multi-turn chat (still protocol 2): ``inference_request`` may carry ``messages``, the
+conversation *before* ``prompt`` (system prompts and earlier user/assistant turns), and
+``stop`` strings. Both are optional and default to absent, so every v2 frame stays valid
+and means what it meant (a bare prompt is one user message); only a node older than
+this change refuses a frame that uses them (``schema``), so it simply does not take
+part in that request. ``node.daemon.compute.engine_input`` turns them into the engine's
+chat messages for generation and re-check alike.
+
 Why this module is long: the wire format is one contract (schemas, codec, limits and
 replay cache are checked together on every frame); splitting it would scatter the
 rules a peer must follow across files that must always change together.
@@ -112,6 +120,8 @@ class WireLimits(BaseModel):
     max_reason_chars: int = Field(1024, ge=8, le=65_536)
     max_b_bytes: int = Field(1024, ge=1, le=65_536)
     max_clock_skew_ms: int = Field(60_000, ge=1, le=86_400_000)
+    max_messages: int = Field(64, ge=0, le=1024)  # turns before the prompt in one request
+    max_stop: int = Field(4, ge=0, le=64)  # stop strings in one request
 
 
 DEFAULT_LIMITS = WireLimits()
@@ -153,7 +163,7 @@ class _Body(BaseModel):
     def _names_bounded(cls, value: Any, info: ValidationInfo) -> Any:
         # Every free-form string except the big text fields is a "name" (model, device,
         # version, reason...): bound them all here instead of field by field.
-        if isinstance(value, str) and info.field_name not in ("prompt", "output", "reason"):
+        if isinstance(value, str) and info.field_name not in ("prompt", "output", "reason", "content"):
             _check_len(value, _limits(info).max_name_chars, info.field_name or "string")
         return value
 
@@ -195,19 +205,63 @@ class SecurityFrame(_Body):
         return v
 
 
+class ChatTurn(_Body):
+    """One earlier message of a conversation: who said it and the text (no tool calls)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class InferenceRequest(_Body):
     packet_type: ClassVar[PacketType] = PacketType.INFERENCE_REQUEST
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)  # the last user message
     accepted_models: list[Name] = Field(min_length=1)
     temperature: Float = Field(ge=0.0, le=2.0)
     max_tokens: int = Field(ge=1)
     security_frame: SecurityFrame
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)  # None: see request_seed()
+    # Optional (protocol 2 frames without them stay valid): the conversation before
+    # `prompt`, and the strings that end generation. None and [] mean the same.
+    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("messages", "stop")
+    messages: list[ChatTurn] | None = None
+    stop: list[Annotated[str, StringConstraints(min_length=1)]] | None = None
 
     @field_validator("prompt")
     @classmethod
     def _prompt_limit(cls, v: str, info: ValidationInfo) -> str:
         return _check_len(v, _limits(info).max_prompt_chars, "prompt")
+
+    @field_validator("messages")
+    @classmethod
+    def _messages_limit(cls, v: list[ChatTurn] | None, info: ValidationInfo) -> list[ChatTurn] | None:
+        if v is None:
+            return v
+        lim = _limits(info)
+        _check_len(v, lim.max_messages, "messages")
+        # The same budget as a prompt: the whole conversation is what a node templates.
+        total = sum(len(t.content) for t in v)
+        if total > lim.max_prompt_chars:
+            raise ValueError(f"messages have {total} characters, over the limit of {lim.max_prompt_chars}")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_limit(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        return v if v is None else _check_len(v, _limits(info).max_stop, "stop")
+
+    @model_validator(mode="after")
+    def _conversation_fits(self, info: ValidationInfo) -> InferenceRequest:
+        if self.messages:
+            total = len(self.prompt) + sum(len(t.content) for t in self.messages)
+            limit = _limits(info).max_prompt_chars
+            if total > limit:
+                raise ValueError(f"prompt and messages have {total} characters, over the limit of {limit}")
+        return self
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """The whole conversation as chat messages, the prompt last (a bare prompt: one user turn)."""
+        turns = [{"role": t.role, "content": t.content} for t in self.messages or ()]
+        return [*turns, {"role": "user", "content": self.prompt}]
 
     @field_validator("accepted_models")
     @classmethod
@@ -486,6 +540,17 @@ def _packet_type_of(body: BaseModel) -> PacketType:
     return ptype
 
 
+def _body_dict(body: Body) -> dict[str, Any]:
+    """The body as a msgpack map. Optional fields added after protocol 2 shipped
+    (``OMIT_IF_NONE``) are left out when unset, so such frames stay byte-for-byte
+    what an older protocol-2 node accepts."""
+    data = body.model_dump(mode="python")
+    for key in getattr(type(body), "OMIT_IF_NONE", ()):
+        if data.get(key) is None:
+            data.pop(key, None)
+    return data
+
+
 def encode(
     body: Body,
     signing_key: nacl.signing.SigningKey,
@@ -510,7 +575,7 @@ def encode(
         "from": bytes(signing_key.verify_key),
         "ts": clock.now_ms() if ts_ms is None else int(ts_ms),
         "nonce": bytes(nonce),
-        "body": body.model_dump(mode="python"),
+        "body": _body_dict(body),
     }
     try:
         payload = msgpack.packb(packet, use_bin_type=True)
@@ -712,6 +777,7 @@ def inference_id(req_id: str, public_key: bytes) -> str:
 
 __all__ = [
     "BODY_MODELS",
+    "ChatTurn",
     "COMMIT_BYTES",
     "DEFAULT_LIMITS",
     "SEED_MAX",

@@ -11,6 +11,13 @@ reason), lost (never reached a final state before the timeout) and the latency f
 submission to the final state (p50/p99), measured with the nodes' own `finished_at`.
 With `--json` the last line is one JSON object with the same figures.
 
+`--openai` then sends the same load again through `/verified/v1/chat/completions` with
+the official `openai` client (same prompts, models and security frame), each call
+waiting for the agreed answer, and reports the overhead of that path against the raw
+request API: latency to the answer as the caller sees it minus latency to the final
+state at the node (p50 and mean). A testnet started here gets verified limits high
+enough for the load; nodes given with `--url` keep theirs.
+
 Exit status 1 when any request is lost. The machine is usually shared while measuring:
 latencies are end-to-end wall times, not a property of the code alone.
 """
@@ -158,6 +165,64 @@ def summarize(
     }
 
 
+def openai_all(urls: list[str], args: argparse.Namespace, model: str) -> list[dict[str, Any]]:
+    """The same load through /verified/v1/chat/completions with the openai client, at once."""
+    import openai
+
+    rakis = {
+        "quorum": args.quorum,
+        "max_time_s": args.max_time,
+        "sec_distance": args.sec_distance,
+        "sec_percentage": args.sec_percentage,
+    }
+
+    def one(i: int) -> dict[str, Any]:
+        url = urls[i % len(urls)]
+        client = openai.OpenAI(
+            base_url=f"{url}/verified/v1", api_key="unused", max_retries=0, timeout=args.max_time + 120
+        )
+        t0 = time.time()
+        try:
+            reply = client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": f"Request {i}: name one colour of the rainbow."}],
+                temperature=0.0,
+                max_tokens=args.max_tokens,
+                extra_body={"rakis": rakis},
+            )
+        except openai.APIStatusError as exc:
+            body = exc.body if isinstance(exc.body, dict) else {}
+            rid = exc.response.headers.get("x-rakis-request-id")
+            code = str(body.get("code") or f"http_{exc.status_code}")
+            if rid is None:  # refused before it reached the network
+                return {"i": i, "url": url, "t_submit": t0, "error": code}
+            return {
+                "i": i,
+                "url": url,
+                "t_submit": t0,
+                "request_id": rid,
+                "state": "failed",
+                "reason": code,
+                "t_final": time.time(),
+            }
+        except openai.APIError as exc:
+            return {"i": i, "url": url, "t_submit": t0, "error": f"openai:{type(exc).__name__}"}
+        rakis_out = (reply.model_extra or {}).get("rakis") or {}
+        return {
+            "i": i,
+            "url": url,
+            "t_submit": t0,
+            "request_id": reply.id,
+            "state": rakis_out.get("state"),
+            "reason": rakis_out.get("reason"),
+            "t_final": time.time(),
+            "members": len(rakis_out.get("members") or []),
+        }
+
+    with ThreadPoolExecutor(max_workers=min(64, args.requests)) as pool:
+        return list(pool.map(one, range(args.requests)))
+
+
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
@@ -166,7 +231,13 @@ def start_testnet(args: argparse.Namespace) -> tuple[Any, list[str], str]:
     from node.testnet import Testnet
 
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="rakis-bench-"))
-    env: dict[str, str] = {"RAKIS_REVEAL_GRACE_S": str(args.reveal_grace)}
+    env: dict[str, str] = {
+        "RAKIS_REVEAL_GRACE_S": str(args.reveal_grace),
+        # --openai sends the whole load from one address: lift the per-caller limits.
+        "RAKIS_VERIFIED__RATE_LIMIT_PER_MIN": "1000000",
+        "RAKIS_VERIFIED__RATE_LIMIT_BURST": "1000000",
+        "RAKIS_VERIFIED__MAX_CONCURRENT": "10000",
+    }
     model = args.model
     models: list[str] | None = None
     if args.tiny:
@@ -208,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", help="testnet directory (default: a new temporary one, removed after)")
     p.add_argument("--keep", action="store_true", help="leave the testnet running")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument(
+        "--openai",
+        action="store_true",
+        help="also send the same load through /verified/v1 with the openai client; report the overhead",
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     n_nodes = len(args.url) if args.url else args.nodes
@@ -227,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         subs = submit_all(urls, frames)
         follow(subs, args.timeout or args.max_time + 60)
         wall = time.monotonic() - t0
+        if args.openai:
+            t1 = time.monotonic()
+            osubs = openai_all(urls, args, model)
+            owall = time.monotonic() - t1
     finally:
         if net is not None and not args.keep:
             net.down()
@@ -241,9 +321,24 @@ def main(argv: list[str] | None = None) -> int:
         f"latency to consensus: p50 {lat['p50']} s  p99 {lat['p99']} s  max {lat['max']} s\n"
         f"wall {out['wall_s']} s  ({out['throughput_rps']} succeeded/s)"
     )
+    if args.openai:
+        via = summarize(args, osubs, owall, model)
+        olat = via["latency_s"]
+        out["openai"] = via
+        out["overhead_s"] = {
+            k: _r(olat[k] - lat[k]) if olat[k] is not None and lat[k] is not None else None
+            for k in ("p50", "mean")
+        }
+        print(
+            f"via /verified/v1 (openai client): succeeded {via['succeeded']}  failed {via['failed'] or 0}  "
+            f"refused {via['refused'] or 0}\n"
+            f"latency to the answer: p50 {olat['p50']} s  p99 {olat['p99']} s  max {olat['max']} s\n"
+            f"overhead against the raw request API: p50 {out['overhead_s']['p50']} s  "
+            f"mean {out['overhead_s']['mean']} s"
+        )
     if args.json:
         print(json.dumps(out))
-    return 1 if out["lost"] else 0
+    return 1 if out["lost"] or out.get("openai", {}).get("lost") else 0
 
 
 if __name__ == "__main__":

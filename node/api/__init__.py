@@ -16,6 +16,15 @@
   method of the path in ``Allow``).
 - ``openai_routes``: OpenAI-compatible endpoints on the node's *local* engines (no
   consensus): ``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/models``.
+- ``verified_routes``: ``/verified/v1``, the OpenAI API answered by network consensus
+  (chat completions, streaming with progress comments; network models; embeddings not
+  offered), and ``GET /v1/requests/{id}/certificate``.
+- ``verified_calls``: an OpenAI chat body as a signed ``inference_request`` (the ``rakis``
+  overrides, multi-turn messages, stop), and a final request view as a ``chat.completion``
+  or the OpenAI error its failure maps to.
+- ``access``: who may spend the network's compute: API keys (401) and per-caller rate
+  and concurrency limits (429).
 - ``sse``: server-sent event streams of facade events, with keep-alives.
-- ``static/``: the dashboard (plain HTML, CSS and JavaScript).
+- ``static/``: the dashboard (plain HTML, CSS and JavaScript; ``ask.js`` is the "ask the
+  network" box over ``/verified/v1``).
 """

@@ -45,6 +45,7 @@ from node.api.schemas import (
     json_errors_openapi,
 )
 from node.api.sse import EventStream, JSONSafeResponse
+from node.api.verified_routes import certificate_router, verified_router
 from node.logs import get_logger
 from node.orchestrator.errors import RequestRejected
 
@@ -342,8 +343,12 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         return JSONSafeResponse({"packets": node.recent_packets(limit)})
 
     openai = openai_router(node)
+    certificates = certificate_router(node)
+    verified = verified_router(node)
     app.include_router(v1)
+    app.include_router(certificates)
     app.include_router(openai)
+    app.include_router(verified)
 
     # -- operations --
     @app.get("/metrics", include_in_schema=False)
@@ -379,7 +384,9 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     app.state.served_routes = [
         *(r for r in app.routes if isinstance(r, Route | Mount)),
         *v1.routes,
+        *certificates.routes,
         *openai.routes,
+        *verified.routes,
     ]
     return app
 

@@ -47,6 +47,9 @@ class ErrorDetail(BaseModel):
     details: list[dict[str, Any]] | None = Field(
         None, description="per-field validation problems [{loc, msg, type}] (validation errors only)"
     )
+    request_id: str | None = Field(
+        None, description="the network request the error is about (verified calls that reached the network)"
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -65,6 +68,8 @@ _DESCRIPTIONS = {
     415: "The content type is not accepted",
     422: "The request does not match its schema (details lists each problem)",
     429: "Rate limited",
+    502: "The network did not agree on an answer (code: the consensus reason)",
+    504: "The request expired before the network agreed",
     503: "The node cannot serve this now (loading, overloaded, or its engine failed)",
 }
 
@@ -93,8 +98,10 @@ class ApiError(Exception):
         param: str | None = None,
         details: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.request_id = request_id
         self.status = status
         self.code = code
         self.message = message
@@ -124,10 +131,13 @@ def error_body(
     *,
     param: str | None = None,
     details: list[dict[str, Any]] | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     err: dict[str, Any] = {"code": code, "message": message, "type": _error_type(status), "param": param}
     if details:
         err["details"] = details
+    if request_id:
+        err["request_id"] = request_id
     return {"error": err}
 
 
@@ -139,9 +149,12 @@ def error_response(
     param: str | None = None,
     details: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    request_id: str | None = None,
 ) -> JSONResponse:
     return JSONResponse(
-        error_body(status, code, message, param=param, details=details), status_code=status, headers=headers
+        error_body(status, code, message, param=param, details=details, request_id=request_id),
+        status_code=status,
+        headers=headers,
     )
 
 
@@ -209,7 +222,13 @@ def allowed_methods(request: Request) -> list[str]:
 
 async def _api_error_handler(_request: Request, exc: ApiError) -> JSONResponse:
     return error_response(
-        exc.status, exc.code, exc.message, param=exc.param, details=exc.details, headers=exc.headers
+        exc.status,
+        exc.code,
+        exc.message,
+        param=exc.param,
+        details=exc.details,
+        headers=exc.headers,
+        request_id=exc.request_id,
     )
 
 

@@ -26,7 +26,6 @@ class NodeAdvert:
         self.started_at = time.time()
         self.api_url: str | None = None  # set once the HTTP server is listening
 
-
     def peer_info(self) -> wire.PeerInfo | None:
         workers: dict[str, int] = {}
         if self.llm is not None:

@@ -27,14 +27,19 @@ __all__ = ["EngineCompute", "compute_mode", "engine_input", "model_identities", 
 
 
 def engine_input(request_id: str, body: wire.InferenceRequest) -> tuple[list[dict[str, str]], Any]:
-    """(chat messages, SamplingParams) for a network request, for generation and re-check alike."""
+    """(chat messages, SamplingParams) for a network request, for generation and re-check alike.
+
+    The engine applies the model's own chat template to these messages, so every node
+    (and ``rakis verify --recheck``) templates the same conversation the same way; the
+    ``stop`` strings end generation and are what the re-check expects the sampler to stop at."""
     from engine import SamplingParams
 
-    messages = [{"role": "user", "content": body.prompt}]
+    messages = body.chat_messages()  # history and system prompt first, the prompt last
     sampling = SamplingParams(
         temperature=body.temperature,
         max_tokens=body.max_tokens,
         seed=wire.request_seed(body, request_id),
+        stop=list(body.stop or ()),
     )
     return messages, sampling
 

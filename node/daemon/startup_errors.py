@@ -59,8 +59,36 @@ def preflight(settings: Any, *, check_ports: bool = True) -> None:
     """
     check_models(settings)
     check_addresses(settings)
+    check_api_keys(settings)
     if check_ports:
         check_ports_free(settings)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a bind address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_api_keys(settings: Any) -> None:
+    """The verified OpenAI path spends the network's compute under this node's client key:
+    beyond loopback, callers must prove who they are."""
+    verified = getattr(settings, "verified", None)
+    if verified is None or not verified.enabled or getattr(settings, "api_keys", None):
+        return
+    if not is_loopback_host(settings.api_host):
+        raise StartupError(
+            f"the API binds {settings.api_host}, beyond loopback, and /verified/v1 would then be open "
+            "to anyone: set api_keys (RAKIS_API_KEYS='[\"<key of 16+ chars>\"]') or disable it "
+            "with RAKIS_VERIFIED__ENABLED=false"
+        )
 
 
 def check_models(settings: Any) -> None:
