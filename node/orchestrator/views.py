@@ -67,6 +67,7 @@ def reveals_view(m: q.QuorumMachine) -> list[dict[str, Any]]:
                 "output": r.output,
                 "model": r.model,
                 "model_hash": r.model_hash,
+                "output_tokens": list(r.output_tokens) if r.output_tokens else None,
                 "recheck": verdict.to_dict() if verdict is not None else None,
             }
         )
@@ -147,6 +148,8 @@ class RequestViews:
             "commits": [],
             "reveals": [],
             "prompt": getattr(body, "prompt", None),
+            "messages": [t.model_dump() for t in (getattr(body, "messages", None) or [])],
+            "stop": list(getattr(body, "stop", None) or []),
             "accepted_models": list(getattr(body, "accepted_models", []) or []),
             "temperature": getattr(body, "temperature", None),
             "max_tokens": getattr(body, "max_tokens", None),
