@@ -1,7 +1,7 @@
-"""Collusion below the threshold on real daemons: two `--fault off-topic` nodes give the
-*same* wrong answer (they collude perfectly) next to three honest ones; quorum 5 with
-`sec_percentage` 0.6 needs a cluster of 3. The honest answer wins on every node and the
-colluders are outside the winning cluster."""
+"""Collusion on real daemons: two `--fault off-topic` nodes give the *same* wrong answer
+(they collude perfectly) next to three honest ones. Their outputs fail the re-check on
+every node (the model would not write them), so the honest answer wins everywhere and
+the colluders are never members."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def test_two_colluders_below_the_threshold_do_not_change_the_answer(trio_net, da
             d.wait_ready()
         for d in (a, *colluders):
             d.wait_for(lambda d=d: d.peer_count() >= 4, 90, "five nodes meshed")
-        rid = a.submit(make_frame("Name a colour.", quorum=5, sec_percentage=0.6, max_time_ms=120_000))
+        # Quorum 3 of the 5 committers: the colluders' outputs fail their re-check on every
+        # node and do not count toward the quorum (proof of inference).
+        rid = a.submit(make_frame("Name a colour.", quorum=3, sec_percentage=0.6, max_time_ms=120_000))
         views = {d.data_dir.name: d.wait_final(rid, 150) for d in (a, b, c, *colluders)}
         honest_ids = {a.node_id, b.node_id, c.node_id}
         answers = set()
@@ -39,8 +41,8 @@ def test_two_colluders_below_the_threshold_do_not_change_the_answer(trio_net, da
         from node.orchestrator.compute import OFF_TOPIC_ANSWER
 
         assert answers != {OFF_TOPIC_ANSWER}
-        plot = {p["node_id"]: p["in_cluster"] for p in views["a"]["embedding_plot"]}
-        assert all(plot.get(d.node_id) is False for d in colluders), plot
+        verdicts = {r["node_id"]: (r.get("recheck") or {}).get("status") for r in views["a"]["reveals"]}
+        assert all(verdicts.get(d.node_id) == "failed" for d in colluders), views["a"]["reveals"]
     finally:
         for d in colluders:
             d.stop()
