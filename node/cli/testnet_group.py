@@ -221,6 +221,13 @@ def demo(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to ask the network.")] = DEMO_PROMPT,
     max_tokens: Annotated[int, typer.Option("--max-tokens")] = 32,
     max_time: Annotated[float, typer.Option("--max-time", help="Request deadline in seconds.")] = 180.0,
+    commit_window: Annotated[
+        float,
+        typer.Option(
+            "--commit-window",
+            help="Seconds the nodes have to commit; three local nodes answer one question in a few.",
+        ),
+    ] = 15.0,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the nodes.")] = 600.0,
 ) -> None:
     """Up 3 nodes, submit one signed request, print the answer and certificate path, down."""
@@ -246,7 +253,10 @@ def demo(
         url = tn.nodes()[0].api_url
         ident = load_or_create_client_key()
         frame = sign_request(
-            build_request(prompt, quorum=3, max_time_s=max_time, max_tokens=max_tokens), ident
+            build_request(
+                prompt, quorum=3, max_time_s=max_time, max_tokens=max_tokens, commit_window_s=commit_window
+            ),
+            ident,
         )
         with NodeClient(url) as client:
             request_id = client.submit(frame)
