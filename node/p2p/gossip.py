@@ -620,11 +620,19 @@ class GossipNode:
             body = make()
             if inspect.isawaitable(body):
                 body = await body
+            if isinstance(body, wire.PeerInfo) and not body.addrs:
+                body = self._with_addrs(body)
             if body is not None:
                 await self.publish_body(body)
         except Exception:  # noqa: BLE001 - a bad provider must not stop heartbeats
             self.counters.heartbeat_errors += 1
             log.warning("gossip_heartbeat_not_published", exc_info=True)
+
+    def _with_addrs(self, info: wire.PeerInfo) -> wire.PeerInfo:
+        """peer_info names the addresses we can be dialed on (bounded like any list in it)."""
+        limit = self.config.limits.max_accepted_models * 4
+        addrs = [a for a in self.announce_multiaddrs() if len(a) <= self.config.limits.max_name_chars][:limit]
+        return info.model_copy(update={"addrs": addrs})
 
     def _make_info(self) -> Any:
         if self.peer_info_provider is not None:
