@@ -43,6 +43,7 @@ from node.logs import get_logger, route_library_logs_to_root
 from node.p2p.addresses import dialable_addrs
 from node.p2p.bans import BanBook, SenderPolicy, mono_to_wall_ms, wall_ms_to_mono
 from node.p2p.config import GossipConfig
+from node.p2p.discovery import DhtDiscovery
 from node.p2p.libp2p_compat import (
     AddressError,
     blacklist,
@@ -204,6 +205,7 @@ class GossipNode:
         self._info_due = trio.Event()
         self._started_mono = time.monotonic()
         self._stack_scope: trio.CancelScope | None = None
+        self._discovery: DhtDiscovery | None = None
 
     # ---- identity / state ------------------------------------------------------------
     @property
@@ -339,6 +341,16 @@ class GossipNode:
                                 nursery.start_soon(self._heartbeat_loop)
                                 nursery.start_soon(self._maintenance_loop)
                                 nursery.start_soon(self._bootstrap_loop)
+                                if cfg.dht:
+                                    self._discovery = DhtDiscovery(
+                                        host,
+                                        cfg.topic,
+                                        interval_s=cfg.dht_interval_s,
+                                        max_peers=cfg.dht_max_peers,
+                                        should_dial=self._may_dial,
+                                        dial=lambda info: nursery.start_soon(self._dial, info),
+                                    )
+                                    await nursery.start(self._discovery.run)
                                 log.info("gossip_listening", peer_id=self.peer_id, listen_addrs=self.listen_multiaddrs())
                                 task_status.started()
                                 await stop.wait()
@@ -728,6 +740,15 @@ class GossipNode:
                         continue
                     self._nursery.start_soon(self._dial, info)
             await trio.sleep(self.config.reconnect_interval_s)
+
+    def _may_dial(self, peer: ID) -> bool:
+        """Discovery's veto: not banned, not held after disconnect(), not being dialed."""
+        return (
+            peer != self._libp2p_id
+            and peer not in self._dialing
+            and peer not in self._held
+            and not self._penalties.is_banned(peer, time.monotonic())
+        )
 
     async def _dial(self, info: Libp2pPeerInfo) -> None:
         host = self._host

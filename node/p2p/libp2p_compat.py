@@ -21,6 +21,8 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams
+from libp2p.stream_muxer.mplex.exceptions import MplexUnavailable
+from libp2p.stream_muxer.mplex.mplex import Mplex
 
 from node.logs import get_logger
 
@@ -99,6 +101,35 @@ def parse_peer_addr(addr: str) -> PeerInfo:
         ) from None
 
 
+def _harden_mplex_reads() -> None:
+    """Make an unreadable connection close itself instead of killing the whole host.
+
+    Mplex's read loop turns only I/O errors into ``MplexUnavailable`` (which closes that
+    one connection). Anything else its read raises, such as noise's
+    ``NoiseInvalidMessage`` when a frame fails authentication (seen when DHT lookups
+    and gossip dial the same peers at once), escapes the loop as an error of a
+    non-daemon Swarm task: the Swarm service stops and ``host.run()`` raises, taking
+    the node down with it. Here any such error is a reason to drop that connection
+    only; the bootstrap, discovery and maintenance loops redial and re-register.
+    Patched once, on the class (every Mplex connection of the process).
+    """
+    if getattr(Mplex, "_rakis_hardened", False):
+        return
+    original = Mplex.read_message
+
+    async def read_message(self: Mplex) -> tuple[int, int, bytes]:
+        try:
+            return await original(self)
+        except MplexUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Cancelled is a BaseException and passes
+            log.warning("p2p_connection_unreadable", error=f"{type(exc).__name__}: {exc}"[:200])
+            raise MplexUnavailable(f"unreadable connection: {type(exc).__name__}") from exc
+
+    Mplex.read_message = read_message  # type: ignore[method-assign]
+    Mplex._rakis_hardened = True  # type: ignore[attr-defined]
+
+
 def make_host(seed: bytes, listen: Sequence[multiaddr.Multiaddr], *, mdns: bool) -> IHost:
     """A TCP host keyed by the node's own key.
 
@@ -109,6 +140,7 @@ def make_host(seed: bytes, listen: Sequence[multiaddr.Multiaddr], *, mdns: bool)
     # mplex first (yamux still offered): py-libp2p's yamux sends a window update for
     # nearly every frame it reads; with mplex an idle 10-node network used 0.22 instead
     # of 0.33 of a core.
+    _harden_mplex_reads()
     host = new_host(
         key_pair=key_pair_from_seed(seed),
         listen_addrs=list(listen),
