@@ -259,6 +259,16 @@ class GossipNode:
             return []
         return sorted(str(p) for p in self._router.mesh.get(self.config.topic, ()))
 
+    @property
+    def host(self) -> IHost | None:
+        """The libp2p host while running (for protocols beside gossip, e.g. history sync)."""
+        return self._host
+
+    def penalize_peer(self, peer: ID, reason: str, points: float | None = None) -> None:
+        """Charge a peer for something invalid it sent outside gossip (a bad sync item),
+        the same way as a rejected gossip frame: enough points get it banned."""
+        self._reject(peer, reason, time.monotonic(), points=points)
+
     def banned_peers(self) -> list[str]:
         return sorted(str(p) for p in self._penalties.banned(time.monotonic()))
 
