@@ -15,6 +15,7 @@ Whom to dial is still decided here, not by libp2p's auto-connector (see
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,9 @@ from libp2p.tools.anyio_service import background_trio_service
 from node.logs import get_logger
 
 log = get_logger(__name__)
+# py-libp2p's DHT logs every unreachable peer and failed provider push at warning level:
+# in a network where nodes come and go that is noise, not news.
+logging.getLogger("libp2p.kad_dht").setLevel(logging.ERROR)
 
 __all__ = ["DhtDiscovery", "topic_key"]
 

@@ -88,3 +88,22 @@ def peers(node: NodeEntry) -> list[dict[str, Any]]:
         return httpx.get(node.api_url + "/v1/peers", timeout=5).json()["peers"]
     except (httpx.HTTPError, ValueError, KeyError):
         return []
+
+
+def succeeded_request(
+    entry: NodeEntry, watchers: list[NodeEntry], *, quorum: int, tries: int = 3, **kw: Any
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Submit until one request succeeds on every watcher; returns its id and views.
+
+    The random tiny model sometimes writes whitespace runs that re-tokenize to more than
+    ``max_tokens``: the proof-of-inference re-check then fails every reveal
+    (``too_long``) and the request fails for a reason no network test is about."""
+    views: dict[str, dict[str, Any]] = {}
+    for i in range(tries):
+        rid = submit(entry, f"Name a planet ({i}).", quorum=quorum, **kw)
+        views = wait_final(watchers, rid)
+        if len(views) == len(watchers) and {v["state"] for v in views.values()} == {"succeeded"}:
+            return rid, views
+    raise AssertionError(
+        {k: (v["state"], v.get("reason")) for k, v in views.items()}
+    )
