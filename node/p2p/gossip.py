@@ -46,7 +46,9 @@ from node.p2p.config import GossipConfig
 from node.p2p.discovery import DhtDiscovery
 from node.p2p.libp2p_compat import (
     AddressError,
+    allow_redial,
     blacklist,
+    drop_stale_streams,
     make_host,
     make_pubsub,
     make_router,
@@ -129,6 +131,7 @@ class GossipCounters:
     dials: int = 0
     dial_failures: int = 0
     heartbeat_errors: int = 0
+    stale_streams: int = 0  # pubsub streams found on a closed connection and replaced
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -451,6 +454,7 @@ class GossipNode:
             self._keep[info.peer_id] = info
         if self._held.pop(info.peer_id, None) is not None and self._pubsub is not None:
             unblacklist(self._pubsub, info.peer_id)
+        allow_redial(host, info.peer_id)
         try:
             with trio.fail_after(self.config.dial_timeout_s):
                 await host.connect(info)
@@ -692,6 +696,11 @@ class GossipNode:
                         self._hang_up_soon(peer)  # type: ignore[arg-type]
                 if _metrics is not None:
                     _metrics.PEERS.set(len(connected))
+            if self._pubsub is not None and host is not None:
+                stale = drop_stale_streams(self._pubsub, set(host.get_connected_peers()))
+                if stale:
+                    self.counters.stale_streams += len(stale)
+                    log.info("gossip_stale_streams_replaced", peers=[str(p) for p in stale])
             if self._pubsub is not None:
                 current = set(self._pubsub.peers)
                 if current - self._known_pubsub_peers:
@@ -765,6 +774,7 @@ class GossipNode:
         if host is None or info.peer_id in self._dialing or info.peer_id == self._libp2p_id:
             return
         self._dialing.add(info.peer_id)
+        allow_redial(host, info.peer_id)
         try:
             with trio.fail_after(self.config.dial_timeout_s):
                 await host.connect(info)

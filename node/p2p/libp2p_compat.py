@@ -349,6 +349,41 @@ def blacklist(pubsub: Pubsub, peer: ID) -> None:
     pubsub.blacklisted_peers.add(peer)
 
 
+def allow_redial(host: IHost, peer: ID) -> None:
+    """Forget a failed dial so the next one really dials.
+
+    The swarm keeps a 60 s "negative cache" of peers whose addresses all failed, and
+    ``dial_peer`` consults it before anything else: every dial within that minute fails
+    at once. A peer that was frozen (SIGSTOP) or cut off while we (re)started fails its
+    dials, then comes back, and for up to a minute we cannot reach it; if it does not
+    dial us itself (it may not have us in its bootstrap list), our gossip to it is cut
+    off for that minute. One cause of the restart-plus-frozen-neighbour stall. Our own
+    dial loop already paces redials (``reconnect_interval_s``), so the cache buys nothing.
+    """
+    unblock = getattr(host.get_network(), "unblock_peer", None)
+    if unblock is not None:
+        unblock(peer)
+
+
+def drop_stale_streams(pubsub: Pubsub, connected: set[ID]) -> list[ID]:
+    """Re-register peers whose pubsub stream sits on a closed connection.
+
+    When a peer restarts (or thaws from SIGSTOP) its new connection can be handled
+    before the old one's death: ``_handle_new_peer`` then skips it ("already has a
+    pubsub stream") and the dead-peer handler keeps the entry because a live connection
+    exists, so ``pubsub.peers`` keeps pointing at the stream of the dead connection.
+    Outgoing gossip to that peer then goes nowhere until a write fails. Dropping the
+    entry through pubsub's own dead-peer path makes it open a stream on the live one.
+    """
+    stale = []
+    for peer, stream in list(pubsub.peers.items()):
+        conn = getattr(stream, "muxed_conn", None)
+        if conn is not None and getattr(conn, "is_closed", False) and peer in connected:
+            stale.append(peer)
+            pubsub._handle_dead_peer(peer)
+    return stale
+
+
 def unblacklist(pubsub: Pubsub, peer: ID) -> None:
     pubsub.blacklisted_peers.discard(peer)
 

@@ -91,7 +91,7 @@ def peers(node: NodeEntry) -> list[dict[str, Any]]:
 
 
 def succeeded_request(
-    entry: NodeEntry, watchers: list[NodeEntry], *, quorum: int, tries: int = 3, **kw: Any
+    entry: NodeEntry, watchers: list[NodeEntry], *, quorum: int, tries: int = 5, **kw: Any
 ) -> tuple[str, dict[str, dict[str, Any]]]:
     """Submit until one request succeeds on every watcher; returns its id and views.
 
