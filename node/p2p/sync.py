@@ -205,8 +205,9 @@ async def _read_msg(stream: INetStream, max_bytes: int) -> Any | None:
 
 # Callbacks into the node (the daemon wires them to the orchestrator).
 PacketSink = Callable[[wire.SignedPacket], Awaitable[Any]]
-# (request packet, certificate dict) -> True when re-checked and adopted.
-CertificateSink = Callable[[wire.SignedPacket, dict[str, Any]], Awaitable[bool]]
+# (request packet, certificate dict) -> True when re-checked and adopted, False when it
+# fails the checks (charged to the peer), None when it could not be checked here.
+CertificateSink = Callable[[wire.SignedPacket, dict[str, Any]], Awaitable[bool | None]]
 Penalize = Callable[[ID, str, float], None]
 
 
@@ -344,6 +345,8 @@ class SyncService:
             if ok:
                 accepted += 1
                 self.counters.certificates_adopted += 1
+            elif ok is None:
+                self.counters.errors += 1
             else:
                 self._reject(peer, BAD_CERTIFICATE)
         log.info("sync_received", peer=str(peer), accepted=accepted, rejected=sum(self.counters.rejected.values()))

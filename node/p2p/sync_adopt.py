@@ -9,6 +9,7 @@ node can serve its final state and certificate like any node that took part.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -54,12 +55,15 @@ def outcome_from_certificate(data: dict[str, Any], facts: dict[str, Any]) -> dic
     }
 
 
-def certificate_sink(ingest: Ingest, embed: Embed) -> Callable[[wire.SignedPacket, dict[str, Any]], Awaitable[bool]]:
+def certificate_sink(
+    ingest: Ingest, embed: Embed
+) -> Callable[[wire.SignedPacket, dict[str, Any]], Awaitable[bool | None]]:
     """A ``SyncService`` certificate sink: re-check (in a worker thread, embeddings from
-    the node's own engine), then hand the outcome to ``ingest``. False when it fails."""
+    the node's own engine), then hand the outcome to ``ingest``. False when the
+    certificate fails its checks; None when it could not be checked here."""
     from node.certificates import verify_certificate_data
 
-    async def sink(req: wire.SignedPacket, data: dict[str, Any]) -> bool:
+    async def sink(req: wire.SignedPacket, data: dict[str, Any]) -> bool | None:
         assert isinstance(req.body, wire.InferenceRequest)
         model = req.body.security_frame.embedding_model
 
@@ -67,10 +71,12 @@ def certificate_sink(ingest: Ingest, embed: Embed) -> Callable[[wire.SignedPacke
             return trio.from_thread.run(embed, list(texts), model)
 
         try:
-            ok, problems, facts = await trio.to_thread.run_sync(verify_certificate_data, data, embed_fn=embed_fn)
-        except Exception as exc:  # noqa: BLE001 - a certificate we cannot check is not adopted
+            ok, problems, facts = await trio.to_thread.run_sync(
+                functools.partial(verify_certificate_data, data, embed_fn=embed_fn)
+            )
+        except Exception as exc:  # noqa: BLE001 - could not check it here: not the peer's fault
             log.warning("sync_certificate_unchecked", request_id=req.packet_id, error=str(exc)[:200])
-            return False
+            return None
         if not ok or facts.get("computed_request_id") != req.packet_id:
             log.warning("sync_certificate_rejected", request_id=req.packet_id, problems=problems[:3])
             return False
