@@ -85,8 +85,16 @@ async def _child(plan: dict[str, Any], i: int, out: Path) -> None:
             pkt = await node.publish_body(_body(f"bench-{i}-{k}"))
             sent[pkt.packet_id] = t
         await trio.sleep(max(0.0, plan["end_at"] - time.time()))
-        out.write_text(json.dumps({"sent": sent, "recv": recv, "counters": node.counters.as_dict(),
-                                   "topic_peers": len(node.topic_peers())}))
+        out.write_text(
+            json.dumps(
+                {
+                    "sent": sent,
+                    "recv": recv,
+                    "counters": node.counters.as_dict(),
+                    "topic_peers": len(node.topic_peers()),
+                }
+            )
+        )
         nursery.cancel_scope.cancel()
 
 
@@ -96,8 +104,17 @@ def child_main(plan_path: str, i: int, out: str) -> int:
     return 0
 
 
-def run(n: int, *, messages: int, rate: float, links: int, status_interval: float, drain: float,
-        seed: int, netns: bool | None) -> dict[str, Any]:
+def run(
+    n: int,
+    *,
+    messages: int,
+    rate: float,
+    links: int,
+    status_interval: float,
+    drain: float,
+    seed: int,
+    netns: bool | None,
+) -> dict[str, Any]:
     use_ns = (os.geteuid() == 0 and shutil.which("ip") is not None) if netns is None else netns
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="rakis-gossip-procs-"))
@@ -109,9 +126,15 @@ def run(n: int, *, messages: int, rate: float, links: int, status_interval: floa
         port = BASE_PORT if topo else BASE_PORT + i
         pid = str(peer_id_from_public_key(ident.public_key))
         earlier = list(range(i))
-        nodes.append({"seed": ident.seed.hex(), "host": host, "port": port,
-                      "addr": f"/ip4/{host}/tcp/{port}/p2p/{pid}",
-                      "dials": rng.sample(earlier, min(links, len(earlier)))})
+        nodes.append(
+            {
+                "seed": ident.seed.hex(),
+                "host": host,
+                "port": port,
+                "addr": f"/ip4/{host}/tcp/{port}/p2p/{pid}",
+                "dials": rng.sample(earlier, min(links, len(earlier))),
+            }
+        )
     setup_s = 10.0 + 0.4 * n
     start_at = time.time() + setup_s
     interval = 1.0 / rate if rate > 0 else 0.0
@@ -128,10 +151,22 @@ def run(n: int, *, messages: int, rate: float, links: int, status_interval: floa
             topo.create(n)
         for i in range(n):
             prefix = ["ip", "netns", "exec", topo.namespace(i)] if topo else []
-            cmd = prefix + [sys.executable, str(Path(__file__)), "--child", str(work / "plan.json"), str(i),
-                            str(work / f"out-{i}.json")]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / f"err-{i}.log", "wb"),
-                                          env={**os.environ, "PYTHONPATH": str(ROOT)}))
+            cmd = prefix + [
+                sys.executable,
+                str(Path(__file__)),
+                "--child",
+                str(work / "plan.json"),
+                str(i),
+                str(work / f"out-{i}.json"),
+            ]
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(work / f"err-{i}.log", "wb"),
+                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                )
+            )
         deadline = end_at + 60
         for p in procs:
             try:
@@ -162,10 +197,17 @@ def run(n: int, *, messages: int, rate: float, links: int, status_interval: floa
                 lat.append((t - sent[pid][1]) / 1e6)
     expected = len(sent) * (n - 1)
     return {
-        "processes": n, "netns": bool(topo), "messages": len(sent), "rate": rate, "links": links,
-        "expected": expected, "delivered": delivered,
+        "processes": n,
+        "netns": bool(topo),
+        "messages": len(sent),
+        "rate": rate,
+        "links": links,
+        "expected": expected,
+        "delivered": delivered,
         "delivered_ratio": round(delivered / expected, 4) if expected else 0.0,
-        "p50_ms": round(_pct(lat, 0.5), 1), "p99_ms": round(_pct(lat, 0.99), 1), "max_ms": round(max(lat), 1) if lat else None,
+        "p50_ms": round(_pct(lat, 0.5), 1),
+        "p99_ms": round(_pct(lat, 0.99), 1),
+        "max_ms": round(max(lat), 1) if lat else None,
         "children_reporting": sum(o is not None for o in outs),
         "outbound_dropped": sum((o or {}).get("counters", {}).get("outbound_dropped", 0) for o in outs),
         "work_dir": str(work),

@@ -59,8 +59,17 @@ def _state(http: httpx.Client, url: str, rid: str) -> dict[str, Any] | None:
     return r.json() if r.status_code == 200 else None
 
 
-def soak(*, minutes: float, nodes: int, netns: bool, interval: float, chaos_every: float, seed: int,
-         root: Path | None = None, log=print) -> dict[str, Any]:
+def soak(
+    *,
+    minutes: float,
+    nodes: int,
+    netns: bool,
+    interval: float,
+    chaos_every: float,
+    seed: int,
+    root: Path | None = None,
+    log=print,
+) -> dict[str, Any]:
     from tests.tiny_models import make_tiny_llama_dir
 
     rng = random.Random(seed)
@@ -117,8 +126,11 @@ def soak(*, minutes: float, nodes: int, netns: bool, interval: float, chaos_ever
                     )
                     submitted += 1
                     try:
-                        r = http.post(target.api_url + "/v1/requests", content=frame,
-                                      headers={"content-type": "application/octet-stream"})
+                        r = http.post(
+                            target.api_url + "/v1/requests",
+                            content=frame,
+                            headers={"content-type": "application/octet-stream"},
+                        )
                         if r.status_code == 200:
                             accepted[r.json()["request_id"]] = target.name
                         else:
@@ -151,9 +163,17 @@ def soak(*, minutes: float, nodes: int, netns: bool, interval: float, chaos_ever
             reasons = Counter(v.get("reason") or v["state"] for v in views)
             outcome[f"failed:{reasons.most_common(1)[0][0]}"] += 1
     return {
-        "minutes": minutes, "nodes": nodes, "netns": netns, "submitted": submitted,
-        "accepted": len(accepted), "refused": dict(refused), "succeeded": outcome.pop("succeeded", 0),
-        "failed": dict(outcome), "lost": len(lost), "lost_ids": lost[:20], "faults": dict(faults),
+        "minutes": minutes,
+        "nodes": nodes,
+        "netns": netns,
+        "submitted": submitted,
+        "accepted": len(accepted),
+        "refused": dict(refused),
+        "succeeded": outcome.pop("succeeded", 0),
+        "failed": dict(outcome),
+        "lost": len(lost),
+        "lost_ids": lost[:20],
+        "faults": dict(faults),
     }
 
 
@@ -168,8 +188,14 @@ def main() -> int:
     a = p.parse_args()
     if a.nodes < 3:
         p.error("need --nodes >= 3 (one may be down while a quorum of 2 stays possible)")
-    res = soak(minutes=a.minutes, nodes=a.nodes, netns=a.netns, interval=a.interval,
-               chaos_every=a.chaos_every, seed=a.seed)
+    res = soak(
+        minutes=a.minutes,
+        nodes=a.nodes,
+        netns=a.netns,
+        interval=a.interval,
+        chaos_every=a.chaos_every,
+        seed=a.seed,
+    )
     print(f"submitted {res['submitted']}  accepted {res['accepted']}  refused {res['refused'] or 'none'}")
     print(f"succeeded {res['succeeded']}  failed {res['failed'] or 'none'}  lost {res['lost']}")
     print(f"faults    {res['faults']}")

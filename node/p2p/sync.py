@@ -109,7 +109,9 @@ class SyncCounters:
 class HistorySource(Protocol):
     """What a node serves: items (``{"k": ...}`` maps) created at or after ``since_ms``."""
 
-    def history(self, since_ms: int, have: set[str], max_items: int, max_bytes: int) -> list[dict[str, Any]]: ...
+    def history(
+        self, since_ms: int, have: set[str], max_items: int, max_bytes: int
+    ) -> list[dict[str, Any]]: ...
 
     def final_ids(self, since_ms: int, limit: int) -> list[str]: ...
 
@@ -257,11 +259,17 @@ class SyncService:
                 if not isinstance(ask, dict):
                     return
                 floor = self._now_ms() - int(cfg.window_s * 1000)
-                since = max(floor, int(ask.get("since_ms", floor)) if isinstance(ask.get("since_ms"), int) else floor)
+                since = max(
+                    floor, int(ask.get("since_ms", floor)) if isinstance(ask.get("since_ms"), int) else floor
+                )
                 max_items = min(cfg.max_items, _pos_int(ask.get("max_items"), cfg.max_items))
                 max_bytes = min(cfg.max_bytes, _pos_int(ask.get("max_bytes"), cfg.max_bytes))
                 have_raw = ask.get("have") or []
-                have = {h for h in have_raw[: cfg.max_have] if isinstance(h, str)} if isinstance(have_raw, list) else set()
+                have = (
+                    {h for h in have_raw[: cfg.max_have] if isinstance(h, str)}
+                    if isinstance(have_raw, list)
+                    else set()
+                )
                 items = self.source.history(since, have, max_items, max_bytes)
                 for item in items:
                     await _write_msg(stream, item)
@@ -289,7 +297,8 @@ class SyncService:
             stream = await host.new_stream(peer, [SYNC_PROTOCOL])
             try:
                 await _write_msg(
-                    stream, {"since_ms": since, "max_items": cfg.max_items, "max_bytes": cfg.max_bytes, "have": have}
+                    stream,
+                    {"since_ms": since, "max_items": cfg.max_items, "max_bytes": cfg.max_bytes, "have": have},
                 )
                 per_item = max(self.limits.max_frame_bytes, cfg.max_certificate_bytes) + 64
                 while len(items) < cfg.max_items:
@@ -316,7 +325,9 @@ class SyncService:
             kind = item.get("k") if isinstance(item, dict) else None
             try:
                 if kind == PACKET:
-                    packets.append(check_packet(item.get("f"), limits=self.limits, window_ms=window_ms, now_ms=now))
+                    packets.append(
+                        check_packet(item.get("f"), limits=self.limits, window_ms=window_ms, now_ms=now)
+                    )
                 elif kind == CERTIFICATE and self.on_certificate is not None:
                     certificates.append(self._open_certificate(item.get("c"), window_ms, now))
                 elif kind != CERTIFICATE:
@@ -349,10 +360,14 @@ class SyncService:
                 self.counters.errors += 1
             else:
                 self._reject(peer, BAD_CERTIFICATE)
-        log.info("sync_received", peer=str(peer), accepted=accepted, rejected=sum(self.counters.rejected.values()))
+        log.info(
+            "sync_received", peer=str(peer), accepted=accepted, rejected=sum(self.counters.rejected.values())
+        )
         return accepted
 
-    def _open_certificate(self, raw: Any, window_ms: int, now: int) -> tuple[wire.SignedPacket, dict[str, Any]]:
+    def _open_certificate(
+        self, raw: Any, window_ms: int, now: int
+    ) -> tuple[wire.SignedPacket, dict[str, Any]]:
         if not isinstance(raw, bytes) or len(raw) > self.config.max_certificate_bytes:
             raise wire.WireError(wire.WireReason.OVERSIZE, "certificate missing or too large")
         try:

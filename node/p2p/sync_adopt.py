@@ -37,7 +37,11 @@ def outcome_from_certificate(data: dict[str, Any], facts: dict[str, Any]) -> dic
     for raw in data.get("reveal_frames", []):
         pkt = wire.decode(base64.b64decode(raw), check_time=False)
         body = pkt.body
-        by_iid[body.inference_id] = {"inference_id": body.inference_id, "node_id": pkt.sender_id, "output": body.output}
+        by_iid[body.inference_id] = {
+            "inference_id": body.inference_id,
+            "node_id": pkt.sender_id,
+            "output": body.output,
+        }
     members = [by_iid.get(iid, {"inference_id": iid, "node_id": None}) for iid in facts.get("members", [])]
     result = {
         "joint_hash": (data.get("result") or {}).get("joint_hash"),

@@ -38,7 +38,9 @@ def tiny_env(tiny_llama_dir: Path, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def netns_testnet(root: Path, n: int, env: dict[str, str], **up: Any) -> Iterator[tuple[Testnet, list[NodeEntry]]]:
+def netns_testnet(
+    root: Path, n: int, env: dict[str, str], **up: Any
+) -> Iterator[tuple[Testnet, list[NodeEntry]]]:
     """`Testnet.up(n, netns=True)`; everything it started is gone on exit, pass or fail."""
     net = Testnet(root)
     try:
@@ -53,10 +55,17 @@ def netns_testnet(root: Path, n: int, env: dict[str, str], **up: Any) -> Iterato
         net.topology().destroy()
 
 
-def submit(node: NodeEntry, prompt: str, *, quorum: int, max_time_ms: int = 60_000, commit_window_ms: int = 8_000) -> str:
-    frame = make_frame(prompt, model=TINY, quorum=quorum, max_time_ms=max_time_ms, commit_window_ms=commit_window_ms)
+def submit(
+    node: NodeEntry, prompt: str, *, quorum: int, max_time_ms: int = 60_000, commit_window_ms: int = 8_000
+) -> str:
+    frame = make_frame(
+        prompt, model=TINY, quorum=quorum, max_time_ms=max_time_ms, commit_window_ms=commit_window_ms
+    )
     r = httpx.post(
-        node.api_url + "/v1/requests", content=frame, headers={"content-type": "application/octet-stream"}, timeout=10
+        node.api_url + "/v1/requests",
+        content=frame,
+        headers={"content-type": "application/octet-stream"},
+        timeout=10,
     )
     assert r.status_code == 200, r.text
     return r.json()["request_id"]
@@ -104,6 +113,4 @@ def succeeded_request(
         views = wait_final(watchers, rid)
         if len(views) == len(watchers) and {v["state"] for v in views.values()} == {"succeeded"}:
             return rid, views
-    raise AssertionError(
-        {k: (v["state"], v.get("reason")) for k, v in views.items()}
-    )
+    raise AssertionError({k: (v["state"], v.get("reason")) for k, v in views.items()})

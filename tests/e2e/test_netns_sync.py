@@ -17,7 +17,9 @@ def test_a_node_down_during_a_request_gets_its_result_and_certificate_by_sync(tm
     with netns_testnet(tmp_path / "net", 4, tiny_env(tiny_llama_dir)) as (net, nodes):
         late = nodes[3]
         net.kill(late.name, signal.SIGTERM)
-        rid, views = succeeded_request(nodes[0], nodes[:3], quorum=2, max_time_ms=180_000, commit_window_ms=20_000)
+        rid, views = succeeded_request(
+            nodes[0], nodes[:3], quorum=2, max_time_ms=180_000, commit_window_ms=20_000
+        )
         net.restart(late.name)
         end = time.monotonic() + 90
         view = None

@@ -21,7 +21,9 @@ def test_wildcard_addresses_are_not_dialed():
     pid = ID.from_base58("12D3KooWEqF1ZPmBq1Qy9H8XBEWcfrbJJoW1JV9o5ogdQqr6WLF4")
     any_only = PeerInfo(pid, [multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/1")])
     assert dialable(any_only) is None
-    mixed = PeerInfo(pid, [multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/1"), multiaddr.Multiaddr("/ip4/10.0.0.2/tcp/1")])
+    mixed = PeerInfo(
+        pid, [multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/1"), multiaddr.Multiaddr("/ip4/10.0.0.2/tcp/1")]
+    )
     assert [str(a) for a in dialable(mixed).addrs] == ["/ip4/10.0.0.2/tcp/1"]
 
 
@@ -35,7 +37,11 @@ def test_star_bootstrap_becomes_a_full_mesh_through_the_dht():
             boot = first.listen_multiaddrs()[0]
             nodes = [first]
             for _ in range(4):
-                nodes.append(await net.start(new_node(Identity.generate(), dht=True, dht_interval_s=0.5, bootstrap=[boot])))
+                nodes.append(
+                    await net.start(
+                        new_node(Identity.generate(), dht=True, dht_interval_s=0.5, bootstrap=[boot])
+                    )
+                )
 
             def meshed() -> bool:
                 return all(len(n.connected_peers()) >= 4 for n in nodes)

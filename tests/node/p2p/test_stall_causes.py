@@ -21,7 +21,9 @@ def test_a_failed_dial_does_not_block_the_next_one():
             await net.start(b)
             addr = b.listen_multiaddrs()[0]
             swarm = a.host.get_network()
-            swarm._negative_peer_cache.mark_failed(str(parse_peer_addr(addr).peer_id))  # as after a failed dial
+            swarm._negative_peer_cache.mark_failed(
+                str(parse_peer_addr(addr).peer_id)
+            )  # as after a failed dial
             await a.connect(addr)
             assert b.peer_id in a.connected_peers()
             nursery.cancel_scope.cancel()

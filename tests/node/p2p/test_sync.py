@@ -81,7 +81,11 @@ def test_served_history_is_verified_and_bad_items_are_rejected_and_charged():
 
             server = SyncService(server_node, ListSource(served), on_packet=on_packet)
             client = SyncService(
-                client_node, ListSource([]), on_packet=on_packet, on_certificate=on_cert, config=SyncConfig(window_s=60)
+                client_node,
+                ListSource([]),
+                on_packet=on_packet,
+                on_certificate=on_cert,
+                config=SyncConfig(window_s=60),
             )
             await nursery.start(server.run)
             await nursery.start(client.run)
@@ -112,7 +116,12 @@ def test_asks_over_the_per_peer_rate_get_nothing():
             async def sink(pkt):
                 got.append(pkt)
 
-            server = SyncService(a, ListSource([{"k": PACKET, "f": frame("one")}]), on_packet=sink, config=SyncConfig(rate_per_min=2))
+            server = SyncService(
+                a,
+                ListSource([{"k": PACKET, "f": frame("one")}]),
+                on_packet=sink,
+                config=SyncConfig(rate_per_min=2),
+            )
             client = SyncService(b, ListSource([]), on_packet=sink)
             await nursery.start(server.run)
             await b.connect(a.listen_multiaddrs()[0])
