@@ -120,6 +120,10 @@ class Settings(BaseSettings):
         "addresses, with 0.0.0.0 expanded into this machine's interface addresses.",
     )
     mdns: bool = Field(True, description="Discover peers on the local network.")
+    dht: bool = Field(True, description="Discover peers beyond the bootstrap list through the Kademlia DHT.")
+    dht_interval_s: float = Field(10.0, gt=0, le=3600, description="Seconds between DHT discovery rounds.")
+    sync: bool = Field(True, description="Ask peers for the history this node missed (/rakis/sync/1).")
+    sync_window_s: float = Field(600.0, gt=0, le=86400, description="How far back history sync reaches.")
     rate_limit_per_peer: float = Field(50.0, gt=0, le=100_000, description="Messages/s per peer.")
     rate_limit_burst: int = Field(200, ge=1, le=1_000_000, description="Burst size per peer.")
 
@@ -269,6 +273,10 @@ listen_addrs = ["/ip4/0.0.0.0/tcp/4001"]
 bootstrap = []                # e.g. ["/ip4/203.0.113.5/tcp/4001/p2p/12D3KooW..."]
 announce_addrs = []           # what peers should dial, e.g. ["/ip4/203.0.113.7/tcp/4001"] behind NAT
 mdns = true                   # discover peers on the local network
+dht = true                    # find peers beyond the bootstrap list through the Kademlia DHT
+dht_interval_s = 10.0         # seconds between DHT discovery rounds
+sync = true                   # ask peers for requests missed while down (/rakis/sync/1)
+sync_window_s = 600.0         # how far back history sync reaches
 rate_limit_per_peer = 50.0    # messages per second per peer
 rate_limit_burst = 200
 

@@ -337,6 +337,16 @@ class Store:
             ).fetchall()
         return [_request_row(r) for r in rows]
 
+    def requests_since(self, since_ms: int, limit: int) -> list[RequestRow]:
+        """Requests created at or after ``since_ms`` (signed time), newest first: what
+        history sync serves (``node.p2p.sync``)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM requests WHERE created_at >= ? ORDER BY created_at DESC LIMIT ?",
+                (int(since_ms), int(limit)),
+            ).fetchall()
+        return [_request_row(r) for r in rows]
+
     def pending_requests(self) -> list[RequestRow]:
         with self._lock:
             rows = self._db.execute(

@@ -199,6 +199,8 @@ class Testnet:
     def __init__(self, root: Path | None = None) -> None:
         self.root = (root or default_testnet_dir()).expanduser().absolute()
         self._procs: dict[str, subprocess.Popen] = {}  # our children, reaped on down
+        # How `up` started the nodes, so `restart` starts one the same way.
+        self._launch: dict[str, Any] = {"models": None, "env": None, "bootstrap": "all"}
 
     # -- records --
 
@@ -320,8 +322,12 @@ class Testnet:
         env: dict[str, str] | None = None,
         progress: Progress | None = None,
         netns: bool = False,
+        bootstrap: str = "all",
     ) -> list[NodeEntry]:
         """Start n daemons and wait until every one is ready and sees the others.
+
+        ``bootstrap="all"`` gives each node every other as a bootstrap peer;
+        ``bootstrap="first"`` gives each only node-0 (the rest is up to DHT discovery).
 
         With ``netns`` each daemon runs in a network namespace of its own (see
         ``node.netns``): separate hosts with their own addresses on one bridge.
@@ -329,6 +335,8 @@ class Testnet:
         call started is stopped again (and the namespaces removed) and TestnetError
         names the node and its log tail.
         """
+        if bootstrap not in ("all", "first"):
+            raise TestnetError(f"bootstrap must be 'all' or 'first', got {bootstrap!r}")
         if running := self.running():
             raise TestnetError(
                 f"a testnet is already running in {self.root} ({len(running)} node(s)); "
@@ -343,15 +351,57 @@ class Testnet:
                 raise TestnetError(str(exc)) from None
         self._save(nodes)
         report = progress or (lambda *_: None)
+        self._launch = {"models": models, "env": env, "bootstrap": bootstrap}
         try:
             for node in nodes:
-                self._spawn(node, [o for o in nodes if o is not node], models, env)
+                self._spawn(node, self._bootstrap_of(node, nodes), models, env)
                 report(node.name, "loading models", self._procs[node.name].pid, None)
             self._wait_ready(nodes, timeout, report)
         except BaseException:
             self.down(nodes=nodes)
             raise
         return nodes
+
+    def _bootstrap_of(self, node: NodeEntry, nodes: list[NodeEntry]) -> list[NodeEntry]:
+        if self._launch["bootstrap"] == "first":
+            return [nodes[0]] if node is not nodes[0] else []
+        return [o for o in nodes if o is not node]
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send one node's daemon a signal (SIGKILL: a crash; SIGSTOP/SIGCONT: a freeze)."""
+        node = self._node(name)
+        rec = node.read_pid()
+        if rec is not None and _alive(*rec):
+            _signal(rec[0], sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            self._reap(name, block=True)
+
+    def restart(self, name: str, *, timeout: float = 120.0) -> NodeEntry:
+        """Start a stopped node again (same data dir, ports, namespace), as `up` did;
+        waits until its API is ready (not until it has peers)."""
+        nodes = self.nodes()
+        node = self._node(name)
+        if node.running_pid() is not None:
+            raise TestnetError(f"{name} is still running")
+        self._spawn(node, self._bootstrap_of(node, nodes), self._launch["models"], self._launch["env"])
+        end = time.monotonic() + timeout
+        proc = self._procs[name]
+        with httpx.Client(timeout=3.0) as http:
+            while time.monotonic() < end:
+                if proc.poll() is not None:
+                    raise TestnetError(f"{name} exited with code {proc.returncode}:\n{node.log_tail()}")
+                info = node.node_json()
+                if info is not None and info.get("pid") == proc.pid and _get_ok(http, node, "/readyz"):
+                    return node
+                time.sleep(0.3)
+        raise TestnetError(f"{name} not ready {timeout:.0f} s after restart:\n{node.log_tail()}")
+
+    def _node(self, name: str) -> NodeEntry:
+        nodes = self.nodes()
+        for node in nodes:
+            if node.name == name:
+                return node
+        raise TestnetError(f"no node named {name!r} here; nodes: {', '.join(n.name for n in nodes) or 'none'}")
 
     def _spawn(
         self, node: NodeEntry, others: list[NodeEntry], models: list[str] | None, env: dict[str, str] | None

@@ -405,6 +405,9 @@ class PeerInfo(_Body):
     version: Name
     api_url: str | None = None
     model_hashes: dict[Name, ModelHash] = Field(default_factory=dict)  # alias -> weights hash
+    # Multiaddrs (each ending in /p2p/<peer id>) others can dial this node on; optional so
+    # frames from nodes that predate it stay valid.
+    addrs: list[Name] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _hashes_of_listed_models(self) -> PeerInfo:
@@ -413,7 +416,7 @@ class PeerInfo(_Body):
             raise ValueError(f"model_hashes names models not in models: {unknown[:4]}")
         return self
 
-    @field_validator("models", "embedding_models", "workers", "model_hashes")
+    @field_validator("models", "embedding_models", "workers", "model_hashes", "addrs")
     @classmethod
     def _count_limit(cls, v: Any, info: ValidationInfo) -> Any:
         lim = _limits(info)

@@ -16,6 +16,11 @@ and throughput; with --json the last line is a JSON object.
 
     .venv/bin/python scripts/bench_gossip.py --nodes 10
     .venv/bin/python scripts/bench_gossip.py --nodes 20 --messages 400 --rate 0 --json
+
+With ``--processes N`` the N nodes are separate OS processes instead (in network
+namespaces of their own when run as root with iproute2; see scripts/gossip_procs.py):
+
+    sudo .venv/bin/python scripts/bench_gossip.py --processes 30 --messages 200 --rate 10
 """
 
 from __future__ import annotations
@@ -169,6 +174,8 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--nodes", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=0, help="N separate node processes (namespaces as root)")
+    parser.add_argument("--no-netns", action="store_true", help="with --processes: stay on 127.0.0.1")
     parser.add_argument("--messages", type=int, default=100, help="messages in total (round-robin senders)")
     parser.add_argument("--rate", type=float, default=5.0, help="publish rate, messages/s; 0 = unthrottled")
     parser.add_argument("--links", type=int, default=3, help="random earlier nodes each node dials")
@@ -182,6 +189,30 @@ def main() -> int:
     if args.nodes < 2 or args.messages < 1 or args.links < 1 or args.rate < 0:
         parser.error("need --nodes >= 2, --messages >= 1, --links >= 1, --rate >= 0")
     logging.basicConfig(level=logging.ERROR)
+    if args.processes:
+        from gossip_procs import run as run_processes
+
+        if args.processes < 2:
+            parser.error("need --processes >= 2")
+        res = run_processes(
+            args.processes,
+            messages=args.messages,
+            rate=args.rate,
+            links=args.links,
+            status_interval=args.status_interval,
+            drain=args.drain,
+            seed=args.seed,
+            netns=False if args.no_netns else None,
+        )
+        print(f"processes          {res['processes']} ({'network namespaces' if res['netns'] else '127.0.0.1'}), "
+              f"{res['children_reporting']} reported")
+        print(f"messages           {res['messages']} at {res['rate'] or 'unthrottled'} msg/s, {res['links']} links/node")
+        print(f"delivered          {res['delivered']}/{res['expected']} = {res['delivered_ratio']:.4f}")
+        print(f"latency            p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms  max {res['max_ms']} ms")
+        print(f"outbound dropped   {res['outbound_dropped']}")
+        if args.json:
+            print(json.dumps(res))
+        return 0
 
     result = trio.run(bench, args)
     print(
@@ -213,4 +244,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

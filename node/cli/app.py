@@ -103,18 +103,43 @@ def show_id(
     data_dir: DataDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Print this node's id and public key."""
+    """Print this node's id, its libp2p peer id and the multiaddrs it would announce."""
+    from node.config import ConfigError, load_settings
+    from node.p2p.addresses import dialable_addrs
+    from node.p2p.libp2p_compat import peer_id_from_public_key
+
     target = resolve_data_dir(data_dir)
     try:
         ident = identity_mod.load(target)
     except identity_mod.IdentityError as exc:
         raise fail(str(exc)) from None
+    try:
+        settings = load_settings(target)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    peer_id = str(peer_id_from_public_key(ident.public_key))
+    # From config, not a running node: a listen port of 0 is only known once it runs
+    # (its node.json then has the real ones).
+    addrs = dialable_addrs(settings.listen_addrs, peer_id=peer_id, announce=settings.announce_addrs)
     public_b64 = base64.b64encode(ident.public_key).decode("ascii")
     if as_json:
-        typer.echo(json.dumps({"node_id": ident.node_id, "public_key": public_b64, "data_dir": str(target)}))
+        typer.echo(
+            json.dumps(
+                {
+                    "node_id": ident.node_id,
+                    "peer_id": peer_id,
+                    "public_key": public_b64,
+                    "addrs": addrs,
+                    "data_dir": str(target),
+                }
+            )
+        )
     else:
         typer.echo(f"node id:     {ident.node_id}")
+        typer.echo(f"peer id:     {peer_id}")
         typer.echo(f"public key:  {public_b64} (base64; the node id is its hex)")
+        for a in addrs:
+            typer.echo(f"addr:        {a}")
 
 
 # Command groups, one module each (they import only ``node.cli.common``, never this file).

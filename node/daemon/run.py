@@ -95,10 +95,11 @@ async def serve(
         peer_info_provider=advert.peer_info,
         ban_book=store,
     )
+    compute = EngineCompute(llm, embeddings, settings.embedding_model)
     orchestrator = Orchestrator(
         identity=identity,
         store=store,
-        compute=EngineCompute(llm, embeddings, settings.embedding_model),
+        compute=compute,
         publish=gossip.publish,
         config=OrchestratorConfig.from_settings(settings),
         penalize=gossip.penalize_sender,
@@ -164,6 +165,8 @@ async def serve(
                 log.info("engines_loaded", seconds=round(time.monotonic() - t0, 2), torch_threads=threads)
 
                 await nursery.start(orchestrator.run, gossip.packets())
+                if settings.sync:
+                    await nursery.start(_history_sync(settings, gossip, store, orchestrator, compute).run)
                 facade.ready = True
                 info = {
                     "pid": os.getpid(),
@@ -211,6 +214,23 @@ async def serve(
         remove_node_json(data_dir)
         lock.close()
         log.info("stopped")
+
+
+def _history_sync(settings: Settings, gossip: Any, store: Store, orchestrator: Orchestrator, compute: Any) -> Any:
+    """``/rakis/sync/1``: serve our history, ask (re)connecting peers for what we missed."""
+    from node.p2p.sync import StoreHistory, SyncConfig, SyncService
+    from node.p2p.sync_adopt import certificate_sink
+
+    async def embed(texts: list[str], model: str) -> Any:
+        return await compute.embed(texts, model=model, consensus=False, deadline_s=None)
+
+    return SyncService(
+        gossip,
+        StoreHistory(store),
+        on_packet=orchestrator.ingest_synced,
+        on_certificate=certificate_sink(orchestrator.ingest_synced, embed),
+        config=SyncConfig(window_s=settings.sync_window_s),
+    )
 
 
 def _close_engines(llm: Any, embeddings: Any) -> None:

@@ -247,6 +247,29 @@ class Orchestrator:
             return
         await self._feed(rid, live, pkt, now_ms())
 
+    async def ingest_synced(self, pkt: wire.SignedPacket, outcome: dict[str, Any] | None = None) -> str:
+        """History sync (``node.p2p.sync``): a packet a peer served, verified like gossip.
+
+        Without ``outcome`` it takes the gossip path (``handle_packet``), except a request
+        too late to take part in, which is not started (it would only expire here).
+        With ``outcome`` (a certificate the caller re-checked end to end: ``answer``,
+        ``members``, ``result``, ``certificate`` bytes), ``pkt`` is that finished request
+        and its success is recorded from it. Returns what was done."""
+        rid = pkt.packet_id
+        if outcome is not None:
+            if self.store.get_request(rid) is None:
+                self._persist_request(pkt)
+            first = self.store.finish_request(rid, state="succeeded", reason=None, **outcome)
+            if first:
+                self.events.emit("finished", rid, state="succeeded", reason=None, answer=outcome.get("answer"))
+            return "adopted" if first else "known"
+        if pkt.type is wire.PacketType.INFERENCE_REQUEST and self.store.get_request(rid) is None:
+            _, actions = LiveRequest.start(pkt, own_pubkey=self.identity.public_key, config=self.config.quorum, now=now_ms())
+            if any(isinstance(a, q.Finished) for a in actions):
+                return "too_late"
+        await self.handle_packet(pkt)
+        return "handled"
+
     async def _feed(self, rid: str, live: LiveRequest, pkt: wire.SignedPacket, now: int) -> None:
         """Give one peer packet to the request's machine and carry out what it returns."""
         m = live.machine

@@ -26,6 +26,9 @@ class GossipConfig:
     announce_addrs: tuple[str, ...] = ()  # what peers should dial; default: expanded listen addrs
     bootstrap: tuple[str, ...] = ()  # /ip4/../tcp/../p2p/<peer id>; redialed when lost
     mdns: bool = True  # LAN discovery; tests turn it off
+    dht: bool = True  # Kademlia DHT discovery, seeded by the bootstrap peers
+    dht_interval_s: float = 10.0  # one lookup + provide + find_providers round this often
+    dht_max_peers: int = 32  # discovery dials no more once this many connections are open
     topic: str = DEFAULT_TOPIC
     limits: wire.WireLimits = wire.DEFAULT_LIMITS
     heartbeat_s: float = 1.0  # GossipSub mesh maintenance (libp2p default: 120 s)
@@ -86,12 +89,15 @@ class GossipConfig:
             "penalty_half_life_s",
             "ban_s",
             "shutdown_timeout_s",
+            "dht_interval_s",
         )
         if self.disconnect_hold_s < 0:
             raise ValueError(f"disconnect_hold_s must not be negative, got {self.disconnect_hold_s}")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.dht_max_peers < 1:
+            raise ValueError(f"dht_max_peers must be at least 1, got {self.dht_max_peers}")
         if self.queue_size < 1 or self.outbound_queue_size < 1:
             raise ValueError("queue_size and outbound_queue_size must be at least 1")
         if not 1 <= self.degree_low <= self.degree <= self.degree_high:
@@ -113,6 +119,8 @@ def config_from_settings(settings: Any, **overrides: Any) -> GossipConfig:
         ("bootstrap", "bootstrap"),
         ("announce_addrs", "announce_addrs"),
         ("mdns", "mdns"),
+        ("dht", "dht"),
+        ("dht_interval_s", "dht_interval_s"),
         ("limits", "wire"),
         ("seen_max_entries", "seen_cache_entries"),
         ("sender_rate", "rate_limit_per_peer"),
@@ -133,6 +141,7 @@ def local_config(**overrides: Any) -> GossipConfig:
     base: dict[str, Any] = {
         "listen_addrs": ("/ip4/127.0.0.1/tcp/0",),
         "mdns": False,
+        "dht": False,
         "reconnect_interval_s": 0.5,
     }
     base.update(overrides)

@@ -43,9 +43,12 @@ from node.logs import get_logger, route_library_logs_to_root
 from node.p2p.addresses import dialable_addrs
 from node.p2p.bans import BanBook, SenderPolicy, mono_to_wall_ms, wall_ms_to_mono
 from node.p2p.config import GossipConfig
+from node.p2p.discovery import DhtDiscovery
 from node.p2p.libp2p_compat import (
     AddressError,
+    allow_redial,
     blacklist,
+    drop_stale_streams,
     make_host,
     make_pubsub,
     make_router,
@@ -128,6 +131,7 @@ class GossipCounters:
     dials: int = 0
     dial_failures: int = 0
     heartbeat_errors: int = 0
+    stale_streams: int = 0  # pubsub streams found on a closed connection and replaced
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -204,6 +208,7 @@ class GossipNode:
         self._info_due = trio.Event()
         self._started_mono = time.monotonic()
         self._stack_scope: trio.CancelScope | None = None
+        self._discovery: DhtDiscovery | None = None
 
     # ---- identity / state ------------------------------------------------------------
     @property
@@ -256,6 +261,16 @@ class GossipNode:
         if self._router is None:
             return []
         return sorted(str(p) for p in self._router.mesh.get(self.config.topic, ()))
+
+    @property
+    def host(self) -> IHost | None:
+        """The libp2p host while running (for protocols beside gossip, e.g. history sync)."""
+        return self._host
+
+    def penalize_peer(self, peer: ID, reason: str, points: float | None = None) -> None:
+        """Charge a peer for something invalid it sent outside gossip (a bad sync item),
+        the same way as a rejected gossip frame: enough points get it banned."""
+        self._reject(peer, reason, time.monotonic(), points=points)
 
     def banned_peers(self) -> list[str]:
         return sorted(str(p) for p in self._penalties.banned(time.monotonic()))
@@ -339,6 +354,16 @@ class GossipNode:
                                 nursery.start_soon(self._heartbeat_loop)
                                 nursery.start_soon(self._maintenance_loop)
                                 nursery.start_soon(self._bootstrap_loop)
+                                if cfg.dht:
+                                    self._discovery = DhtDiscovery(
+                                        host,
+                                        cfg.topic,
+                                        interval_s=cfg.dht_interval_s,
+                                        max_peers=cfg.dht_max_peers,
+                                        should_dial=self._may_dial,
+                                        dial=lambda info: nursery.start_soon(self._dial, info),
+                                    )
+                                    await nursery.start(self._discovery.run)
                                 log.info("gossip_listening", peer_id=self.peer_id, listen_addrs=self.listen_multiaddrs())
                                 task_status.started()
                                 await stop.wait()
@@ -429,6 +454,7 @@ class GossipNode:
             self._keep[info.peer_id] = info
         if self._held.pop(info.peer_id, None) is not None and self._pubsub is not None:
             unblacklist(self._pubsub, info.peer_id)
+        allow_redial(host, info.peer_id)
         try:
             with trio.fail_after(self.config.dial_timeout_s):
                 await host.connect(info)
@@ -620,11 +646,19 @@ class GossipNode:
             body = make()
             if inspect.isawaitable(body):
                 body = await body
+            if isinstance(body, wire.PeerInfo) and not body.addrs:
+                body = self._with_addrs(body)
             if body is not None:
                 await self.publish_body(body)
         except Exception:  # noqa: BLE001 - a bad provider must not stop heartbeats
             self.counters.heartbeat_errors += 1
             log.warning("gossip_heartbeat_not_published", exc_info=True)
+
+    def _with_addrs(self, info: wire.PeerInfo) -> wire.PeerInfo:
+        """peer_info names the addresses we can be dialed on (bounded like any list in it)."""
+        limit = self.config.limits.max_accepted_models * 4
+        addrs = [a for a in self.announce_multiaddrs() if len(a) <= self.config.limits.max_name_chars][:limit]
+        return info.model_copy(update={"addrs": addrs})
 
     def _make_info(self) -> Any:
         if self.peer_info_provider is not None:
@@ -662,6 +696,11 @@ class GossipNode:
                         self._hang_up_soon(peer)  # type: ignore[arg-type]
                 if _metrics is not None:
                     _metrics.PEERS.set(len(connected))
+            if self._pubsub is not None and host is not None:
+                stale = drop_stale_streams(self._pubsub, set(host.get_connected_peers()))
+                if stale:
+                    self.counters.stale_streams += len(stale)
+                    log.info("gossip_stale_streams_replaced", peers=[str(p) for p in stale])
             if self._pubsub is not None:
                 current = set(self._pubsub.peers)
                 if current - self._known_pubsub_peers:
@@ -721,11 +760,21 @@ class GossipNode:
                     self._nursery.start_soon(self._dial, info)
             await trio.sleep(self.config.reconnect_interval_s)
 
+    def _may_dial(self, peer: ID) -> bool:
+        """Discovery's veto: not banned, not held after disconnect(), not being dialed."""
+        return (
+            peer != self._libp2p_id
+            and peer not in self._dialing
+            and peer not in self._held
+            and not self._penalties.is_banned(peer, time.monotonic())
+        )
+
     async def _dial(self, info: Libp2pPeerInfo) -> None:
         host = self._host
         if host is None or info.peer_id in self._dialing or info.peer_id == self._libp2p_id:
             return
         self._dialing.add(info.peer_id)
+        allow_redial(host, info.peer_id)
         try:
             with trio.fail_after(self.config.dial_timeout_s):
                 await host.connect(info)

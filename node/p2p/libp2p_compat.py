@@ -21,6 +21,8 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams
+from libp2p.stream_muxer.mplex.exceptions import MplexUnavailable
+from libp2p.stream_muxer.mplex.mplex import Mplex
 
 from node.logs import get_logger
 
@@ -99,6 +101,35 @@ def parse_peer_addr(addr: str) -> PeerInfo:
         ) from None
 
 
+def _harden_mplex_reads() -> None:
+    """Make an unreadable connection close itself instead of killing the whole host.
+
+    Mplex's read loop turns only I/O errors into ``MplexUnavailable`` (which closes that
+    one connection). Anything else its read raises, such as noise's
+    ``NoiseInvalidMessage`` when a frame fails authentication (seen when DHT lookups
+    and gossip dial the same peers at once), escapes the loop as an error of a
+    non-daemon Swarm task: the Swarm service stops and ``host.run()`` raises, taking
+    the node down with it. Here any such error is a reason to drop that connection
+    only; the bootstrap, discovery and maintenance loops redial and re-register.
+    Patched once, on the class (every Mplex connection of the process).
+    """
+    if getattr(Mplex, "_rakis_hardened", False):
+        return
+    original = Mplex.read_message
+
+    async def read_message(self: Mplex) -> tuple[int, int, bytes]:
+        try:
+            return await original(self)
+        except MplexUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Cancelled is a BaseException and passes
+            log.warning("p2p_connection_unreadable", error=f"{type(exc).__name__}: {exc}"[:200])
+            raise MplexUnavailable(f"unreadable connection: {type(exc).__name__}") from exc
+
+    Mplex.read_message = read_message  # type: ignore[method-assign]
+    Mplex._rakis_hardened = True  # type: ignore[attr-defined]
+
+
 def make_host(seed: bytes, listen: Sequence[multiaddr.Multiaddr], *, mdns: bool) -> IHost:
     """A TCP host keyed by the node's own key.
 
@@ -109,6 +140,7 @@ def make_host(seed: bytes, listen: Sequence[multiaddr.Multiaddr], *, mdns: bool)
     # mplex first (yamux still offered): py-libp2p's yamux sends a window update for
     # nearly every frame it reads; with mplex an idle 10-node network used 0.22 instead
     # of 0.33 of a core.
+    _harden_mplex_reads()
     host = new_host(
         key_pair=key_pair_from_seed(seed),
         listen_addrs=list(listen),
@@ -315,6 +347,41 @@ def blacklist(pubsub: Pubsub, peer: ID) -> None:
     the whole Pubsub service. Pubsub only consults the set, so we edit the set.
     """
     pubsub.blacklisted_peers.add(peer)
+
+
+def allow_redial(host: IHost, peer: ID) -> None:
+    """Forget a failed dial so the next one really dials.
+
+    The swarm keeps a 60 s "negative cache" of peers whose addresses all failed, and
+    ``dial_peer`` consults it before anything else: every dial within that minute fails
+    at once. A peer that was frozen (SIGSTOP) or cut off while we (re)started fails its
+    dials, then comes back, and for up to a minute we cannot reach it; if it does not
+    dial us itself (it may not have us in its bootstrap list), our gossip to it is cut
+    off for that minute. One cause of the restart-plus-frozen-neighbour stall. Our own
+    dial loop already paces redials (``reconnect_interval_s``), so the cache buys nothing.
+    """
+    unblock = getattr(host.get_network(), "unblock_peer", None)
+    if unblock is not None:
+        unblock(peer)
+
+
+def drop_stale_streams(pubsub: Pubsub, connected: set[ID]) -> list[ID]:
+    """Re-register peers whose pubsub stream sits on a closed connection.
+
+    When a peer restarts (or thaws from SIGSTOP) its new connection can be handled
+    before the old one's death: ``_handle_new_peer`` then skips it ("already has a
+    pubsub stream") and the dead-peer handler keeps the entry because a live connection
+    exists, so ``pubsub.peers`` keeps pointing at the stream of the dead connection.
+    Outgoing gossip to that peer then goes nowhere until a write fails. Dropping the
+    entry through pubsub's own dead-peer path makes it open a stream on the live one.
+    """
+    stale = []
+    for peer, stream in list(pubsub.peers.items()):
+        conn = getattr(stream, "muxed_conn", None)
+        if conn is not None and getattr(conn, "is_closed", False) and peer in connected:
+            stale.append(peer)
+            pubsub._handle_dead_peer(peer)
+    return stale
 
 
 def unblacklist(pubsub: Pubsub, peer: ID) -> None:

@@ -27,6 +27,7 @@ class PeerRecord:
     device: str | None = None
     version: str | None = None
     api_url: str | None = None
+    announce_addrs: tuple[str, ...] = ()  # the dialable multiaddrs its peer_info names
     # from peer_status
     load: float | None = None
     queue_depth: int | None = None
@@ -46,6 +47,7 @@ class PeerRecord:
         """JSON-ready view for the HTTP API and dashboard."""
         d = {k: v for k, v in self.__dict__.items() if k != "seen_mono"}
         d["addrs"] = list(self.addrs)
+        d["announce_addrs"] = list(self.announce_addrs)
         d["models"] = None if self.models is None else list(self.models)
         d["embedding_models"] = None if self.embedding_models is None else list(self.embedding_models)
         return d
@@ -95,6 +97,7 @@ class PeerTable:
                 device=body.device,
                 version=body.version,
                 api_url=body.api_url,
+                announce_addrs=tuple(body.addrs),
                 last_info_ts_ms=packet.ts_ms,
             )
         elif isinstance(body, PeerStatus):
