@@ -39,6 +39,7 @@ and hands each what it needs):
 - ``events``: event subscriptions (SSE), the node's event log, recent packets.
 - ``live``: ``LiveRequest``, the in-memory companion of a pending request's machine.
 - ``stages``: ``STAGES``, the stage names (no imports, so the CLI can read them).
+- ``admission``: what an API submission must pass before it is persisted or gossiped.
 - ``errors``: ``RequestRejected``, ``InferenceFailed`` (the API maps them to statuses).
 
 This package docstring is the map only: import from the modules.

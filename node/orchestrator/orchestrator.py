@@ -32,10 +32,10 @@ from node import metrics, wire
 from node.clock import now_ms
 from node.identity import Identity
 from node.logs import get_logger
+from node.orchestrator.admission import check_submission
 from node.orchestrator.checks import RevealChecks
 from node.orchestrator.compute import Compute, with_fault
 from node.orchestrator.config import OrchestratorConfig
-from node.orchestrator.errors import RequestRejected
 from node.orchestrator.events import NodeEvents
 from node.orchestrator.inference import OwnInference
 from node.orchestrator.live import LiveRequest
@@ -190,34 +190,13 @@ class Orchestrator:
             and self.store.get_request(pkt.packet_id) is not None
         ):
             return pkt.packet_id  # duplicate of an accepted request (even if finished since)
-        rid = self._check_submission(pkt)
+        embedding_models = self.compute.embedding_models() if self.compute is not None else None
+        rid = check_submission(pkt, accepting=self._accepting, embedding_models=embedding_models)
         self._persist_request(pkt)
         await self.outbox.send(pkt.frame, pkt.type)
         self.events.note_packet(pkt, "in", verdict="accepted (api)")
         await self._on_request(pkt)
         return rid
-
-    def _check_submission(self, pkt: wire.SignedPacket) -> str:
-        if pkt.type is not wire.PacketType.INFERENCE_REQUEST:
-            raise RequestRejected(
-                "not_a_request", f"POST /v1/requests takes an inference_request, got {pkt.type.value}"
-            )
-        if not self._accepting:
-            raise RequestRejected("not_ready", "the node is starting or shutting down")
-        body = pkt.body
-        assert isinstance(body, wire.InferenceRequest)
-        ending = pkt.ts_ms + body.security_frame.max_time_ms
-        if now_ms() >= ending:
-            raise RequestRejected(
-                "expired", f"the request's deadline passed {(now_ms() - ending) / 1000:.1f} s ago"
-            )
-        emb = body.security_frame.embedding_model
-        if self.compute is not None and emb not in self.compute.embedding_models():
-            raise RequestRejected(
-                "unsupported_embedding_model",
-                f"embedding model {emb!r} is not available here; available: {self.compute.embedding_models()}",
-            )
-        return pkt.packet_id
 
     async def handle_packet(self, pkt: wire.SignedPacket) -> None:
         """Gossip path: one verified packet (signature and schema already checked)."""
@@ -259,10 +238,7 @@ class Orchestrator:
         if outcome is not None:
             if self.store.get_request(rid) is None:
                 self._persist_request(pkt)
-            first = self.store.finish_request(rid, state="succeeded", reason=None, **outcome)
-            if first:
-                self.events.emit("finished", rid, state="succeeded", reason=None, answer=outcome.get("answer"))
-            return "adopted" if first else "known"
+            return self.results.adopt(rid, outcome, self.events.emit)
         if pkt.type is wire.PacketType.INFERENCE_REQUEST and self.store.get_request(rid) is None:
             _, actions = LiveRequest.start(pkt, own_pubkey=self.identity.public_key, config=self.config.quorum, now=now_ms())
             if any(isinstance(a, q.Finished) for a in actions):
@@ -277,9 +253,8 @@ class Orchestrator:
         emit = self.events.emit
         actions: list[q.Action] = []
         if isinstance(body, wire.InferenceCommit):
-            actions = m.commit_seen(
-                pkt.sender, body.inference_id, body.commit, now, model=body.model, model_hash=body.model_hash
-            )
+            model = {"model": body.model, "model_hash": body.model_hash}
+            actions = m.commit_seen(pkt.sender, body.inference_id, body.commit, now, **model)
             emit("commit", rid, node_id=pkt.sender_id, inference_id=body.inference_id, model=body.model)
         elif isinstance(body, wire.InferenceRevealRequest):
             refs = [q.CommitRef(c.node_id, c.inference_id, c.commit) for c in body.commits]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,14 @@ class ResultRecorder:
             )
         log.info("request_finished", request_id=rid, state=state, reason=reason, members=len(members))
         return Outcome(state=state, reason=reason, answer=fin.output, members=members)
+
+    def adopt(self, rid: str, outcome: dict[str, Any], emit: Callable[..., None]) -> str:
+        """Record a success learned by history sync from a certificate the caller re-checked
+        end to end (``answer``, ``members``, ``result``, ``certificate``); once."""
+        first = self.store.finish_request(rid, state="succeeded", reason=None, **outcome)
+        if first:
+            emit("finished", rid, state="succeeded", reason=None, answer=outcome.get("answer"))
+        return "adopted" if first else "known"
 
     def _record_reputation(self, rid: str, m: q.QuorumMachine, members: set[str]) -> None:
         for node_id, status in m.reveal_statuses().items():

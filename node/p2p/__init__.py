@@ -14,6 +14,13 @@
   whose outputs fail re-checks are throttled, then banned.
 - ``ratelimit``: per-sender and per-forwarder token buckets and the penalty box that
   turns invalid frames into bans.
+- ``discovery``: Kademlia DHT discovery: nodes beyond the bootstrap list are found by
+  providing and looking up the topic's key, then dialled.
+- ``sync``: ``/rakis/sync/1``, history sync: a node that (re)joins asks peers for the
+  requests and signed packets of the last ``sync_window_s``; bounded, rate-limited, every
+  frame re-verified like gossip.
+- ``sync_adopt``: finished requests learned by sync are adopted only from a certificate
+  re-checked end to end on this node.
 - ``libp2p_compat``: every reach into py-libp2p 0.8.1 beyond its documented API (host,
   pubsub, router, blacklist, seen-cache thread), so an upgrade has one file to re-check.
 
