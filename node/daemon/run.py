@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from node import identity as identity_mod
+from node import wire
 from node.config import Settings
 from node.daemon.advert import NodeAdvert
 from node.daemon.compute import EngineCompute
@@ -66,6 +67,12 @@ async def serve(
     data_dir = Path(settings.data_dir)
     identity = identity_mod.load_or_create(data_dir)
     lock = lock_data_dir(data_dir)
+    # The identity puzzle (node.puzzle): solved here once if `rakis init` did not; every
+    # frame this node signs then carries its nonce, and peers check it before any work.
+    solution = identity_mod.ensure_puzzle(identity, data_dir, settings.puzzle_difficulty)
+    if solution.solved:
+        log.info("identity_puzzle_solved", difficulty=solution.difficulty, seconds=round(solution.seconds, 2))
+    wire.register_puzzle(identity.public_key, solution.nonce)
     try:
         # Before anything slow: a wrong model name or a taken port must not cost an engine load.
         preflight(settings)
