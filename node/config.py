@@ -137,6 +137,14 @@ class Settings(BaseSettings):
         1.5, ge=1.0, le=8.0, description="Expected committee size = quorum x this (1-8)."
     )
 
+    sortition_slack: float = Field(
+        1.5,
+        ge=1.0,
+        le=4.0,
+        description="A verifier counts a commit whose ticket passes this many times the "
+        "sender's probability in its own view (absorbs differing views of the network).",
+    )
+
     @model_validator(mode="after")
     def _wire_demands_puzzle(self) -> Settings:
         # One source of truth: every consumer of ``wire`` limits (gossip validator,

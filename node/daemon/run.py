@@ -31,6 +31,8 @@ from node.daemon.datadir import lock_data_dir, remove_node_json, write_node_json
 from node.daemon.facade import DaemonFacade
 from node.daemon.startup_errors import StartupError, port_error, preflight
 from node.logs import get_logger
+from node.clock import now_ms
+from node.orchestrator.committee import Committees
 from node.orchestrator.config import OrchestratorConfig
 from node.orchestrator.orchestrator import Orchestrator
 from node.store import Store
@@ -98,6 +100,16 @@ async def serve(
         peer_info_provider=advert.peer_info,
         ban_book=store,
     )
+    committees = Committees(
+        node_id=identity.node_id,
+        peers=gossip.peers,
+        own_workers=advert.ready_workers,
+        reputation=store.reputation,
+        enabled=settings.sortition,
+        committee_factor=settings.committee_factor,
+        slack=settings.sortition_slack,
+        started_ms=now_ms(),
+    )
     orchestrator = Orchestrator(
         identity=identity,
         store=store,
@@ -105,6 +117,7 @@ async def serve(
         publish=gossip.publish,
         config=OrchestratorConfig.from_settings(settings),
         penalize=gossip.penalize_sender,
+        committees=committees,
     )
     facade = DaemonFacade(
         settings=settings,
