@@ -130,8 +130,7 @@ class Settings(BaseSettings):
     )
     sortition: bool = Field(
         True,
-        description="Run a request only when this node is in its committee (with few peers, "
-        "everyone is).",
+        description="Run a request only when this node is in its committee (with few peers, everyone is).",
     )
     committee_factor: float = Field(
         1.5, ge=1.0, le=8.0, description="Expected committee size = quorum x this (1-8)."

@@ -681,7 +681,9 @@ def _decode(
         if PUZZLE_KEY not in packet:
             raise WireError(WireReason.BAD_PUZZLE, "node packet carries no identity puzzle (pz)")
         if not _puzzle_ok(sender, packet[PUZZLE_KEY], difficulty):
-            raise WireError(WireReason.BAD_PUZZLE, f"pz does not solve the identity puzzle at difficulty {difficulty}")
+            raise WireError(
+                WireReason.BAD_PUZZLE, f"pz does not solve the identity puzzle at difficulty {difficulty}"
+            )
     if not nacl.bindings.crypto_core_ed25519_is_valid_point(sender):
         raise WireError(WireReason.BAD_KEY, "from is not a valid ed25519 public key")
     try:

@@ -123,8 +123,12 @@ def _solve_puzzle(ident: identity_mod.Identity, target: Path, difficulty: int) -
     from node.cli.progress import stderr_console
 
     with Progress(
-        "identity puzzle", BarColumn(), "{task.percentage:>3.0f}%", TimeElapsedColumn(),
-        console=stderr_console(), transient=True,
+        "identity puzzle",
+        BarColumn(),
+        "{task.percentage:>3.0f}%",
+        TimeElapsedColumn(),
+        console=stderr_console(),
+        transient=True,
     ) as bar:
         task = bar.add_task("puzzle", total=expected_hashes(difficulty))
         solution = identity_mod.ensure_puzzle(

@@ -25,7 +25,6 @@ class NodeAdvert:
         self.started_at = time.time()
         self.api_url: str | None = None  # set once the HTTP server is listening
 
-
     def ready_workers(self) -> dict[str, int]:
         """Ready LLM workers per model: the capacity peer_info advertises (and the
         committee sortition weighs)."""

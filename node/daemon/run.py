@@ -24,6 +24,7 @@ import trio
 
 from node import identity as identity_mod
 from node import wire
+from node.clock import now_ms
 from node.config import Settings
 from node.daemon.advert import NodeAdvert
 from node.daemon.compute import EngineCompute
@@ -31,7 +32,6 @@ from node.daemon.datadir import lock_data_dir, remove_node_json, write_node_json
 from node.daemon.facade import DaemonFacade
 from node.daemon.startup_errors import StartupError, port_error, preflight
 from node.logs import get_logger
-from node.clock import now_ms
 from node.orchestrator.committee import Committees
 from node.orchestrator.config import OrchestratorConfig
 from node.orchestrator.orchestrator import Orchestrator

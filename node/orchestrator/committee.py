@@ -115,7 +115,9 @@ class Committees:
         self.counts: Counter[str] = Counter()  # selected | not_selected | widened | ignored_commits
 
     # ------------------------------------------------------------------ building
-    def open(self, request_id: str, body: wire.InferenceRequest, created_ms: int, now_ms: int) -> RequestCommittee | None:
+    def open(
+        self, request_id: str, body: wire.InferenceRequest, created_ms: int, now_ms: int
+    ) -> RequestCommittee | None:
         """Build the request's view and first round (idempotent); None when sortition is off."""
         if not self.enabled:
             return None
@@ -143,7 +145,9 @@ class Committees:
         own_cap = sum(int(n) for m, n in self._own_workers().items() if m in accepted)
         if own_cap > 0:
             age_s = max(0.0, (now_ms - self.started_ms) / 1000)
-            weights[self.node_id], standings[self.node_id] = self._weight(self.node_id, own_cap, age_s, rep, cfg)
+            weights[self.node_id], standings[self.node_id] = self._weight(
+                self.node_id, own_cap, age_s, rep, cfg
+            )
             capacities[self.node_id] = own_cap
         quorum = body.security_frame.quorum
         view = so.CommitteeView(weights, so.committee_target(quorum, cfg), cfg)
@@ -161,10 +165,17 @@ class Committees:
         return rc
 
     def _weight(
-        self, node_id: str, cap: int, age_s: float, rep: Mapping[str, Mapping[str, int]], cfg: so.SortitionConfig
+        self,
+        node_id: str,
+        cap: int,
+        age_s: float,
+        rep: Mapping[str, Mapping[str, int]],
+        cfg: so.SortitionConfig,
     ) -> tuple[float, float]:
         counts = rep.get(node_id, {})
-        st = standing(age_s, int(counts.get("accepted", 0)), int(counts.get("failed_recheck", 0)), self.standing_config)
+        st = standing(
+            age_s, int(counts.get("accepted", 0)), int(counts.get("failed_recheck", 0)), self.standing_config
+        )
         return so.weight(cap, st, cfg), st
 
     # ------------------------------------------------------------------ our own work
@@ -199,7 +210,9 @@ class Committees:
         return {"sortition_round": rc.own_round or 0, "capacity": int(self_cap)}
 
     # ------------------------------------------------------------------ verifiers
-    def admit(self, request_id: str, sender: bytes, body: wire.InferenceCommit, now_ms: int) -> so.CommitVerdict | None:
+    def admit(
+        self, request_id: str, sender: bytes, body: wire.InferenceCommit, now_ms: int
+    ) -> so.CommitVerdict | None:
         """Count this commit only if its sender is in the committee (``check_commit``,
         with the slack rule). None: no plan for the request, so no check."""
         rc = self._live.get(request_id)
@@ -224,7 +237,9 @@ class Committees:
         else:
             rc.ignored[verdict.reason] += 1
             self.counts["ignored_commits"] += 1
-            log.info("commit_outside_committee", request_id=request_id, node_id=node_id, reason=verdict.reason)
+            log.info(
+                "commit_outside_committee", request_id=request_id, node_id=node_id, reason=verdict.reason
+            )
         return verdict
 
     # ------------------------------------------------------------------ views

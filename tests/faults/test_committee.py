@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -77,13 +76,15 @@ def test_each_request_is_computed_by_a_committee_and_load_spreads(six: dict[str,
             for i in range(REQUESTS // 2)
         ]
         views += _run_batch(six, frames)
-    assert all(v["state"] == "success" for v in views), [v["state"] for v in views]
+    assert all(v["state"] == "succeeded" for v in views), [v["state"] for v in views]
     sizes = [len(_committed(v)) for v in views]
+    print("committee sizes (nodes that committed):", sizes)
     assert all(s >= QUORUM for s in sizes), sizes
     assert sum(sizes) / len(sizes) <= 5.25, sizes  # about 4-5 of 6, not 6
     assert sum(1 for s in sizes if s == 6) <= len(sizes) // 4, sizes
     share = Counter(n for v in views for n in _committed(v))
     mean = sum(sizes) / len(six)
+    print("share per node:", sorted(share.values()), "mean", mean)
     for d in six.values():
         assert mean / 2 <= share[d.node_id] <= 2 * mean, (dict(share), mean)
     for v in views:
@@ -99,17 +100,26 @@ def test_commits_from_outside_the_committee_are_ignored_and_counted(six: dict[st
     rogue.start().wait_ready()
     a = six["a"]
     a.wait_for(lambda: rogue.peer_count() >= 5, 120, "rogue rejoined")
-    frames = [make_frame(f"rogue {i}", quorum=QUORUM, commit_window_ms=WINDOW_MS, max_tokens=4) for i in range(4)]
+    # Requests whose first round is 0 and where the rogue's ticket is above even the
+    # slack bound (0.75 x 1.1): the rogue is outside the committee in every view.
+    ids = [d.node_id for d in six.values()]
+    view = so.CommitteeView(dict.fromkeys(ids, 1.0), so.committee_target(QUORUM))
+    rogue_key = bytes.fromhex(rogue.node_id)
+    frames: list[bytes] = []
+    for i in range(2000):
+        frame = make_frame(f"rogue {i}", quorum=QUORUM, commit_window_ms=WINDOW_MS, max_tokens=4)
+        rid = _rid(frame)
+        if so.first_round(view, rid, QUORUM) == 0 and so.ticket(rid, rogue_key) > 0.9:
+            frames.append(frame)
+        if len(frames) == 2:
+            break
     views = _run_batch({k: v for k, v in six.items() if k != "f"}, frames)
-    ignored = 0
     for v in views:
-        assert v["state"] == "success"
-        c = v["committee"]
-        if rogue.node_id not in c["committee"]:
-            assert rogue.node_id not in _committed(v)  # the machine never counted it
-            ignored += c["ignored_commits"]
-    outside = sum(1 for v in views if rogue.node_id not in v["committee"]["committee"])
-    assert ignored >= 1 or outside == 0
+        assert v["state"] == "succeeded"
+        assert rogue.node_id not in v["committee"]["committee"]
+        assert rogue.node_id not in _committed(v)  # the machine never counted it
+        assert v["committee"]["ignored_commits"] >= 1, v["committee"]
+        assert "not_in_committee" in v["committee"]["ignored_by_reason"]
     rogue.stop()
     rogue.extra_env.pop("RAKIS_SORTITION")
     rogue.start().wait_ready()
@@ -134,7 +144,7 @@ def test_stopped_committee_members_make_the_committee_widen(six: dict[str, Daemo
     a = six["a"]
     rid = a.submit(frame)
     v = a.wait_final(rid)
-    assert v["state"] == "success", v.get("reason")
+    assert v["state"] == "succeeded", v.get("reason")
     committed = _committed(v)
     assert len(committed) >= QUORUM
     assert committed - members, (committed, members)  # someone outside round 1 ran it

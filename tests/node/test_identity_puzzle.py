@@ -17,7 +17,15 @@ from node import identity as identity_mod
 from node import wire
 from node.cli.app import app
 from node.identity import Identity
-from tests.node.p2p.conftest import Net, _no_leaked_threads, line, new_node, request_body, run_trio, wait_until  # noqa: F401
+from tests.node.p2p.conftest import (  # noqa: F401
+    Net,
+    _no_leaked_threads,
+    line,
+    new_node,
+    request_body,
+    run_trio,
+    wait_until,
+)
 
 DIFF = 8
 LIMITS = wire.WireLimits(min_puzzle_difficulty=DIFF)
@@ -110,15 +118,18 @@ def test_gossip_node_rejects_unpaid_identity_before_delivery() -> None:
             raw.remove_topic_validator(attacker.config.topic)
             unpaid = wire.encode(_commit_body("unpaid"), attacker.identity.signing_key)
             wrong = wire.encode(
-                _commit_body("wrong"), attacker.identity.signing_key,
+                _commit_body("wrong"),
+                attacker.identity.signing_key,
                 puzzle_nonce=_bad_nonce(attacker.identity.public_key),
             )
             ok = wire.encode(_commit_body("paid"), paid.signing_key, puzzle_nonce=paid_nonce)
             for frame in (unpaid, wrong, ok):
                 await raw.publish(attacker.config.topic, frame)
             await wait_until(
-                lambda: any(p.sender == paid.public_key for p in net.received[victim])
-                and victim.counters.rejected[wire.WireReason.BAD_PUZZLE] >= 2
+                lambda: (
+                    any(p.sender == paid.public_key for p in net.received[victim])
+                    and victim.counters.rejected[wire.WireReason.BAD_PUZZLE] >= 2
+                )
             )
             senders = {p.sender for p in net.received[victim]}
             assert attacker.identity.public_key not in senders

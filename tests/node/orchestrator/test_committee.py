@@ -41,8 +41,13 @@ def _committees(me: Identity, recs: list[PeerRecord], **kw) -> Committees:
 
 def _commit(rid: str, rnd: int | None, cap: int | None = 1) -> wire.InferenceCommit:
     return wire.InferenceCommit(
-        request_id=rid, inference_id=rid[:32], model="m", model_hash="sha256:" + "0" * 64,
-        commit=bytes(32), sortition_round=rnd, capacity=cap,
+        request_id=rid,
+        inference_id=rid[:32],
+        model="m",
+        model_hash="sha256:" + "0" * 64,
+        commit=bytes(32),
+        sortition_round=rnd,
+        capacity=cap,
     )
 
 
@@ -74,7 +79,9 @@ def test_few_peers_or_sortition_off_means_everyone_runs() -> None:
     assert rc.view.members("ab" * 32, 0) == sorted(i.node_id for i in ids)
     off = _committees(ids[0], recs, enabled=False)
     assert off.open("cd" * 32, _request(), NOW, NOW) is None and off.own_round("cd" * 32, NOW) == 0
-    lone = Committees(node_id=ids[0].node_id, peers=lambda: [], own_workers=lambda: {"m": 1}, reputation=lambda: {})
+    lone = Committees(
+        node_id=ids[0].node_id, peers=lambda: [], own_workers=lambda: {"m": 1}, reputation=lambda: {}
+    )
     lone.open("ef" * 32, _request(), NOW, NOW)
     assert lone.own_round("ef" * 32, NOW) is not None
 
