@@ -17,9 +17,8 @@ from node import identity as identity_mod
 from node import wire
 from node.cli.app import app
 from node.identity import Identity
-from tests.node.p2p.conftest import (  # noqa: F401
+from tests.node.p2p.conftest import (
     Net,
-    _no_leaked_threads,
     line,
     new_node,
     request_body,
