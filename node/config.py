@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from consensus.puzzle import DEFAULT_DIFFICULTY
 from node.wire import WireLimits
 
 CONFIG_FILENAME = "config.toml"
@@ -159,6 +160,39 @@ class Settings(BaseSettings):
         10_000, ge=1, le=10_000_000, description="Most packets kept for unseen requests at once (1-10^7)."
     )
 
+    # Identity puzzle and committee sortition (issue 20, docs/scale.md)
+    puzzle_difficulty: int = Field(
+        DEFAULT_DIFFICULTY,
+        ge=0,
+        le=40,
+        description="Leading zero bits of the identity puzzle this node solves and demands of "
+        "every peer's packets (0 = none; the default is about a minute of one core).",
+    )
+    sortition: bool = Field(
+        True,
+        description="Run a request only when this node is in its committee (with few peers, everyone is).",
+    )
+    committee_factor: float = Field(
+        1.5, ge=1.0, le=8.0, description="Expected committee size = quorum x this (1-8)."
+    )
+
+    sortition_slack: float = Field(
+        1.5,
+        ge=1.0,
+        le=4.0,
+        description="A verifier counts a commit whose ticket passes this many times the "
+        "sender's probability in its own view (absorbs differing views of the network).",
+    )
+
+    @model_validator(mode="after")
+    def _wire_demands_puzzle(self) -> Settings:
+        # One source of truth: every consumer of ``wire`` limits (gossip validator,
+        # orchestrator) then checks the puzzle at the node's difficulty.
+        if self.wire.min_puzzle_difficulty != self.puzzle_difficulty:
+            limits = self.wire.model_copy(update={"min_puzzle_difficulty": self.puzzle_difficulty})
+            object.__setattr__(self, "wire", limits)
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_level(cls, v: Any) -> Any:
@@ -292,6 +326,9 @@ reveal_grace_s = 1.0          # wait after quorum or deadline before asking for 
 reveal_window_s = 10.0        # time allowed for reveals
 hamming_tolerance = 8         # bits a revealed binary embedding may differ from ours
 fault = "honest"              # honest | garbage | off-topic | silent (testing only)
+# puzzle_difficulty = 26      # identity puzzle bits (about a minute of one core); peers must match
+sortition = true              # only a committee of ~quorum x committee_factor nodes runs each request
+committee_factor = 1.5        # 1-8
 orphan_packet_ttl_s = 600.0   # how long a packet for a request not seen yet waits for it
 max_orphan_packets = 10000    # most such packets kept at once; more are dropped
 

@@ -4,18 +4,29 @@ The node id is the lowercase hex of the 32-byte public key, so anyone can check 
 packet's sender against a node id without a directory service. The key file holds the
 32-byte seed as 64 hex characters plus a newline: readable by a human, easy to back up,
 and the same seed the gossip layer turns into the libp2p key.
+
+Beside the key, ``node.puzzle`` holds the identity puzzle's solution (``consensus.puzzle``:
+a proof of work over the public key, so identities cost something). It is public, JSON
+``{"difficulty": d, "nonce": n}``, computed by ``rakis init`` or at the first start
+(``ensure_puzzle``), and carried in the ``pz`` header of every packet the node signs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nacl.signing
 
+from consensus import puzzle
+
 KEY_FILENAME = "node.key"
+PUZZLE_FILENAME = "node.puzzle"
 SEED_BYTES = 32
 
 
@@ -145,4 +156,69 @@ def load_or_create(data_dir: str | os.PathLike[str]) -> Identity:
     return identity
 
 
-__all__ = ["KEY_FILENAME", "Identity", "IdentityError", "key_path", "load", "load_or_create", "save"]
+def puzzle_path(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(data_dir) / PUZZLE_FILENAME
+
+
+def load_puzzle(data_dir: str | os.PathLike[str], public_key: bytes, difficulty: int) -> int | None:
+    """The stored nonce if it solves this key's puzzle at ``difficulty`` (a nonce solved
+    at a higher difficulty also does), else ``None`` (missing, corrupt, other key, too easy)."""
+    try:
+        data = json.loads(puzzle_path(data_dir).read_text(encoding="utf-8"))
+        nonce = data["nonce"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(nonce, int) or isinstance(nonce, bool):
+        return None
+    return nonce if puzzle.verify(public_key, nonce, difficulty) else None
+
+
+def save_puzzle(data_dir: str | os.PathLike[str], nonce: int, difficulty: int) -> Path:
+    path = puzzle_path(data_dir)
+    tmp = path.with_name(f".{PUZZLE_FILENAME}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"difficulty": difficulty, "nonce": nonce}) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass(frozen=True)
+class PuzzleSolution:
+    nonce: int
+    difficulty: int
+    seconds: float  # time spent solving now (0 when it was loaded)
+    solved: bool  # True when computed now, False when loaded from node.puzzle
+
+
+def ensure_puzzle(
+    identity: Identity,
+    data_dir: str | os.PathLike[str],
+    difficulty: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> PuzzleSolution:
+    """Load the identity's puzzle solution, or solve and store it (about
+    ``2**difficulty`` SHA-256 hashes; ``progress(tried, expected)`` for a progress bar)."""
+    nonce = load_puzzle(data_dir, identity.public_key, difficulty)
+    if nonce is not None:
+        return PuzzleSolution(nonce, difficulty, 0.0, False)
+    t0 = time.perf_counter()
+    nonce = puzzle.solve(identity.public_key, difficulty, progress)
+    seconds = time.perf_counter() - t0
+    save_puzzle(data_dir, nonce, difficulty)
+    return PuzzleSolution(nonce, difficulty, seconds, True)
+
+
+__all__ = [
+    "KEY_FILENAME",
+    "PUZZLE_FILENAME",
+    "Identity",
+    "IdentityError",
+    "PuzzleSolution",
+    "ensure_puzzle",
+    "key_path",
+    "load",
+    "load_or_create",
+    "load_puzzle",
+    "puzzle_path",
+    "save",
+    "save_puzzle",
+]

@@ -53,6 +53,7 @@ from pydantic import (
     model_validator,
 )
 
+from consensus import puzzle
 from consensus.models import MODEL_HASH_PATTERN, AcceptedModels, check_alias
 from consensus.windows import commit_window_ms
 from node import clock
@@ -63,6 +64,7 @@ PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 COMMIT_BYTES = 32
 HEADER_KEYS = frozenset({"v", "type", "from", "ts", "nonce", "body"})
+PUZZLE_KEY = "pz"  # optional header field: the sender identity's puzzle nonce (consensus.puzzle)
 
 
 class PacketType(StrEnum):
@@ -89,6 +91,9 @@ class WireReason(StrEnum):
     # replaced `from` (key of another sender) and forged signature bytes all land
     # here: ed25519 does not let a verifier tell them apart (no key recovery).
     BAD_SIGNATURE = "bad_signature"
+    # A node packet whose sender carries no puzzle nonce, or one that does not solve the
+    # identity puzzle at the receiver's ``min_puzzle_difficulty`` (client requests are exempt).
+    BAD_PUZZLE = "bad_puzzle"
     CLOCK_SKEW = "clock_skew"  # ts further than max_clock_skew_ms from now
     REPLAY = "replay"  # payload already accepted (SeenCache)
     SCHEMA = "schema"  # body misses fields, has extra ones, or has wrong types/ranges
@@ -122,6 +127,9 @@ class WireLimits(BaseModel):
     max_clock_skew_ms: int = Field(60_000, ge=1, le=86_400_000)
     max_messages: int = Field(64, ge=0, le=1024)  # turns before the prompt in one request
     max_stop: int = Field(4, ge=0, le=64)  # stop strings in one request
+    # Identity puzzle every non-request packet's sender must prove (0 = not checked).
+    # The daemon sets it from ``Settings.puzzle_difficulty``.
+    min_puzzle_difficulty: int = Field(0, ge=0, le=64)
 
 
 DEFAULT_LIMITS = WireLimits()
@@ -293,6 +301,11 @@ class InferenceCommit(_Body):
     model: Name  # the alias the request accepted (no "@")
     model_hash: ModelHash  # the weights the output came from
     commit: Commit
+    # Committee sortition (consensus.sortition): the ticket inputs a verifier recomputes.
+    # Optional, so a frame without them stays valid (it is then checked as round 0 at
+    # the verifier's own view of the sender's capacity).
+    sortition_round: int | None = Field(None, ge=0, le=64)
+    capacity: int | None = Field(None, ge=0, le=1_000_000)
 
     _model_is_alias = field_validator("model")(_alias)
 
@@ -536,6 +549,39 @@ class SeenCache:
             del entries[first_id]
 
 
+# Puzzle nonces of the identities this process signs for (``register_puzzle``), so that
+# every ``encode`` call site (gossip, outbox) carries the nonce without threading it
+# through; and the (key, nonce, difficulty) triples already verified, so a receiver
+# hashes once per identity, not once per packet.
+_OWN_PUZZLES: dict[bytes, int] = {}
+_VERIFIED_PUZZLES: OrderedDict[tuple[bytes, int, int], None] = OrderedDict()
+_VERIFIED_PUZZLES_MAX = 65_536
+
+
+def register_puzzle(public_key: bytes, nonce: int | None) -> None:
+    """Make every frame this process signs with ``public_key`` carry ``nonce`` in the
+    ``pz`` header field (``None`` stops it). Called once at daemon start."""
+    if nonce is None:
+        _OWN_PUZZLES.pop(bytes(public_key), None)
+    else:
+        _OWN_PUZZLES[bytes(public_key)] = int(nonce)
+
+
+def _puzzle_ok(sender: bytes, nonce: Any, difficulty: int) -> bool:
+    if not _is_int(nonce):
+        return False
+    key = (sender, nonce, difficulty)
+    if key in _VERIFIED_PUZZLES:
+        _VERIFIED_PUZZLES.move_to_end(key)
+        return True
+    if not puzzle.verify(sender, nonce, difficulty):
+        return False
+    _VERIFIED_PUZZLES[key] = None
+    while len(_VERIFIED_PUZZLES) > _VERIFIED_PUZZLES_MAX:
+        _VERIFIED_PUZZLES.popitem(last=False)
+    return True
+
+
 def _packet_type_of(body: BaseModel) -> PacketType:
     ptype = getattr(type(body), "packet_type", None)
     if not isinstance(ptype, PacketType) or BODY_MODELS.get(ptype) is not type(body):
@@ -561,8 +607,12 @@ def encode(
     ts_ms: int | None = None,
     nonce: bytes | None = None,
     limits: WireLimits = DEFAULT_LIMITS,
+    puzzle_nonce: int | None = None,
 ) -> bytes:
     """Sign ``body`` as a packet from ``signing_key`` and return the wire frame.
+
+    ``puzzle_nonce`` (default: the one registered for this key, ``register_puzzle``)
+    goes into the optional ``pz`` header field, inside the signature.
 
     Raises ``WireError(OVERSIZE)`` when the frame would be rejected by receivers using
     ``limits``: better to fail at the sender than to be dropped silently by everyone.
@@ -580,6 +630,10 @@ def encode(
         "nonce": bytes(nonce),
         "body": _body_dict(body),
     }
+    if puzzle_nonce is None:
+        puzzle_nonce = _OWN_PUZZLES.get(bytes(signing_key.verify_key))
+    if puzzle_nonce is not None:
+        packet[PUZZLE_KEY] = int(puzzle_nonce)
     try:
         payload = msgpack.packb(packet, use_bin_type=True)
     except (ValueError, OverflowError, TypeError) as exc:  # e.g. a lone surrogate in a str
@@ -670,8 +724,9 @@ def _decode(
     version = packet.get("v")
     if not _is_int(version) or version != PROTOCOL_VERSION:
         raise WireError(WireReason.BAD_VERSION, f"version {version!r} is not {PROTOCOL_VERSION}")
-    if set(packet) != HEADER_KEYS:
-        raise WireError(WireReason.MALFORMED, f"packet keys must be {sorted(HEADER_KEYS)}")
+    keys = set(packet)
+    if keys != HEADER_KEYS and keys != HEADER_KEYS | {PUZZLE_KEY}:
+        raise WireError(WireReason.MALFORMED, f"packet keys must be {sorted(HEADER_KEYS)} (+ optional pz)")
     try:
         ptype = PacketType(packet["type"])
     except (ValueError, TypeError):
@@ -686,6 +741,17 @@ def _decode(
     if not isinstance(raw_body, dict):
         raise WireError(WireReason.MALFORMED, "body must be a map")
 
+    # The identity puzzle before the signature: one cached SHA-256 is cheaper than an
+    # ed25519 verification, so a packet from an unpaid identity costs the least work.
+    # Client requests are exempt (clients are not committee members).
+    difficulty = limits.min_puzzle_difficulty
+    if difficulty and ptype is not PacketType.INFERENCE_REQUEST:
+        if PUZZLE_KEY not in packet:
+            raise WireError(WireReason.BAD_PUZZLE, "node packet carries no identity puzzle (pz)")
+        if not _puzzle_ok(sender, packet[PUZZLE_KEY], difficulty):
+            raise WireError(
+                WireReason.BAD_PUZZLE, f"pz does not solve the identity puzzle at difficulty {difficulty}"
+            )
     if not nacl.bindings.crypto_core_ed25519_is_valid_point(sender):
         raise WireError(WireReason.BAD_KEY, "from is not a valid ed25519 public key")
     try:
@@ -786,6 +852,8 @@ __all__ = [
     "SEED_MAX",
     "NONCE_BYTES",
     "PROTOCOL_VERSION",
+    "PUZZLE_KEY",
+    "register_puzzle",
     "Body",
     "CommitRef",
     "InferenceCommit",

@@ -71,6 +71,8 @@ class DaemonOptions:
             RAKIS_TORCH_THREADS="1",
             RAKIS_REVEAL_GRACE_S="0.5",
             RAKIS_REVEAL_WINDOW_S=str(self.reveal_window_s),
+            # No identity puzzle unless a test asks (attacker keys in tests/faults have none).
+            RAKIS_PUZZLE_DIFFICULTY="0",
         )
         if self.model_dir is not None:
             env["RAKIS_MODEL_PATHS"] = json.dumps({self.model: str(self.model_dir)})

@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import json
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from consensus.puzzle import DEFAULT_DIFFICULTY
 from node import identity as identity_mod
 from node.cli.client_group import logs, result, submit, verify, workers_app
 from node.cli.common import DataDirOption, fail, resolve_data_dir
@@ -78,8 +80,18 @@ def init(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing node key (the node gets a new id).")
     ] = False,
+    puzzle_difficulty: Annotated[
+        int,
+        typer.Option(
+            "--puzzle-difficulty",
+            envvar="RAKIS_PUZZLE_DIFFICULTY",
+            min=0,
+            max=40,
+            help="Identity puzzle bits (peers refuse packets from identities without one).",
+        ),
+    ] = DEFAULT_DIFFICULTY,
 ) -> None:
-    """Create the node key and a commented default config.toml in the data directory."""
+    """Create the node key, solve its identity puzzle, and write a commented default config.toml."""
     target = resolve_data_dir(data_dir)
     if identity_mod.key_path(target).exists() and not force:
         raise fail(
@@ -93,9 +105,37 @@ def init(
         raise fail(str(exc)) from None
     existed = (target / CONFIG_FILENAME).exists()
     config_file = write_default_config(target)
+    solution = _solve_puzzle(ident, target, puzzle_difficulty)
     typer.echo(f"node id:  {ident.node_id}")
     typer.echo(f"key:      {key_file}")
     typer.echo(f"config:   {config_file}{' (kept existing)' if existed else ''}")
+    typer.echo(
+        f"puzzle:   {identity_mod.puzzle_path(target)} (difficulty {solution.difficulty}, "
+        f"solved in {solution.seconds:.1f} s)"
+    )
+
+
+def _solve_puzzle(ident: identity_mod.Identity, target: Path, difficulty: int) -> identity_mod.PuzzleSolution:
+    """Solve the identity puzzle with a progress bar on stderr (the bar tracks the
+    mean number of hashes; the real count is geometric, so it may end early or late)."""
+    from rich.progress import BarColumn, Progress, TimeElapsedColumn
+
+    from consensus.puzzle import expected_hashes
+    from node.cli.progress import stderr_console
+
+    with Progress(
+        "identity puzzle",
+        BarColumn(),
+        "{task.percentage:>3.0f}%",
+        TimeElapsedColumn(),
+        console=stderr_console(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("puzzle", total=expected_hashes(difficulty))
+        solution = identity_mod.ensure_puzzle(
+            ident, target, difficulty, progress=lambda tried, _exp: bar.update(task, completed=tried)
+        )
+    return solution
 
 
 @app.command("id")

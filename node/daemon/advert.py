@@ -26,12 +26,18 @@ class NodeAdvert:
         self.started_at = time.time()
         self.api_url: str | None = None  # set once the HTTP server is listening
 
-    def peer_info(self) -> wire.PeerInfo | None:
+    def ready_workers(self) -> dict[str, int]:
+        """Ready LLM workers per model: the capacity peer_info advertises (and the
+        committee sortition weighs)."""
         workers: dict[str, int] = {}
         if self.llm is not None:
             for w in self.llm.worker_states():
                 if w.state == "ready":
                     workers[w.model] = workers.get(w.model, 0) + 1
+        return workers
+
+    def peer_info(self) -> wire.PeerInfo | None:
+        workers = self.ready_workers()
         return wire.PeerInfo(
             models=self.llm.available_models() if self.llm is not None else [],
             embedding_models=self.embeddings.available_models() if self.embeddings is not None else [],

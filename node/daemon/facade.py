@@ -136,3 +136,8 @@ class DaemonFacade:
 
     def is_ready(self) -> bool:
         return self.ready and self.gossip.is_running and self.orchestrator.accepting
+
+    def committee_stats(self) -> dict[str, Any] | None:
+        """This node's share of the work under committee sortition (for ``/v1/node`` and
+        the dashboard): ``ran``, ``not_selected``, ``widened``, ``share``, ``ignored_commits``."""
+        return self.orchestrator.committee_stats()

@@ -23,6 +23,8 @@ from typing import Any
 import trio
 
 from node import identity as identity_mod
+from node import wire
+from node.clock import now_ms
 from node.config import Settings
 from node.daemon.advert import NodeAdvert
 from node.daemon.compute import EngineCompute
@@ -30,6 +32,7 @@ from node.daemon.datadir import lock_data_dir, remove_node_json, write_node_json
 from node.daemon.facade import DaemonFacade
 from node.daemon.startup_errors import StartupError, port_error, preflight
 from node.logs import get_logger
+from node.orchestrator.committee import Committees
 from node.orchestrator.config import OrchestratorConfig
 from node.orchestrator.orchestrator import Orchestrator
 from node.store import Store
@@ -66,6 +69,12 @@ async def serve(
     data_dir = Path(settings.data_dir)
     identity = identity_mod.load_or_create(data_dir)
     lock = lock_data_dir(data_dir)
+    # The identity puzzle (node.puzzle): solved here once if `rakis init` did not; every
+    # frame this node signs then carries its nonce, and peers check it before any work.
+    solution = identity_mod.ensure_puzzle(identity, data_dir, settings.puzzle_difficulty)
+    if solution.solved:
+        log.info("identity_puzzle_solved", difficulty=solution.difficulty, seconds=round(solution.seconds, 2))
+    wire.register_puzzle(identity.public_key, solution.nonce)
     try:
         # Before anything slow: a wrong model name or a taken port must not cost an engine load.
         preflight(settings)
@@ -96,6 +105,16 @@ async def serve(
         ban_book=store,
     )
     compute = EngineCompute(llm, embeddings, settings.embedding_model)
+    committees = Committees(
+        node_id=identity.node_id,
+        peers=gossip.peers,
+        own_workers=advert.ready_workers,
+        reputation=store.reputation,
+        enabled=settings.sortition,
+        committee_factor=settings.committee_factor,
+        slack=settings.sortition_slack,
+        started_ms=now_ms(),
+    )
     orchestrator = Orchestrator(
         identity=identity,
         store=store,
@@ -103,6 +122,7 @@ async def serve(
         publish=gossip.publish,
         config=OrchestratorConfig.from_settings(settings),
         penalize=gossip.penalize_sender,
+        committees=committees,
     )
     facade = DaemonFacade(
         settings=settings,

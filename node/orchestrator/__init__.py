@@ -31,6 +31,8 @@ and hands each what it needs):
 - ``inference``: ``OwnInference``: generate, embed, and keep our inference in the store.
 - ``checks``: ``RevealChecks``: each revealed output's embedding (clustering) and its
   proof-of-inference re-check, run as tasks; a failed re-check charges the revealer.
+- ``committee``: ``Committees``, committee sortition per request (consensus.sortition):
+  whether this node runs it, in which round, and which peers' commits count.
 - ``outbox``: persist, then publish: stage, flush, re-send unsent frames on resume.
 - ``reveals``: rate-limited repeats of reveal requests and reveals (lost packets).
 - ``orphans``: packets for requests not seen yet: kept under a cap and a TTL.

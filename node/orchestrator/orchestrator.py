@@ -34,6 +34,7 @@ from node.identity import Identity
 from node.logs import get_logger
 from node.orchestrator.admission import check_submission
 from node.orchestrator.checks import RevealChecks
+from node.orchestrator.committee import Committees
 from node.orchestrator.compute import Compute, with_fault
 from node.orchestrator.config import OrchestratorConfig
 from node.orchestrator.events import NodeEvents
@@ -68,11 +69,14 @@ class Orchestrator:
         publish: Callable[[bytes], Awaitable[None]],
         config: OrchestratorConfig | None = None,
         penalize: Callable[[str, str], object] | None = None,
+        committees: Committees | None = None,
     ) -> None:
         """``penalize(node_id, reason)`` is called when a peer's revealed output fails
         its re-check: the daemon throttles, then bans, that key
-        (``GossipNode.penalize_sender``)."""
+        (``GossipNode.penalize_sender``). ``committees``: committee sortition
+        (``node.orchestrator.committee``); ``None`` runs every request."""
         self.identity = identity
+        self.committees = committees
         self.store = store
         self.config = cfg = config or OrchestratorConfig()
         self.compute = with_fault(compute, cfg.fault)
@@ -170,6 +174,8 @@ class Orchestrator:
             now = now_ms()
             for rid, live in list(self._live.items()):
                 try:
+                    if self.committees is not None and not live.inferring and live.machine.own is None:
+                        self._start_inference(rid, live)  # the committee may have widened to us
                     await self._apply(rid, live.machine.tick(now), save_if_idle=False)
                     await self.reveals.maybe_resend_reveal_request(rid, live, now)
                 except Exception:
@@ -252,7 +258,9 @@ class Orchestrator:
         body = pkt.body
         emit = self.events.emit
         actions: list[q.Action] = []
-        if isinstance(body, wire.InferenceCommit):
+        if isinstance(body, wire.InferenceCommit) and self._outside_committee(rid, pkt, now):
+            pass  # ignored and counted: not a committee member for the round it claims
+        elif isinstance(body, wire.InferenceCommit):
             model = {"model": body.model, "model_hash": body.model_hash}
             actions = m.commit_seen(pkt.sender, body.inference_id, body.commit, now, **model)
             emit("commit", rid, node_id=pkt.sender_id, inference_id=body.inference_id, model=body.model)
@@ -271,6 +279,16 @@ class Orchestrator:
         elif isinstance(body, wire.InferenceQuorumComputed):
             emit("quorum_computed", rid, by=pkt.sender_id, success=body.success, reason=body.reason)
         await self._apply(rid, actions)
+
+    def _outside_committee(self, rid: str, pkt: wire.SignedPacket, now: int) -> bool:
+        if self.committees is None:
+            return False
+        assert isinstance(pkt.body, wire.InferenceCommit)
+        verdict = self.committees.admit(rid, pkt.sender, pkt.body, now)
+        if verdict is None or verdict.accepted:
+            return False
+        self.events.emit("commit_ignored", rid, node_id=pkt.sender_id, reason=verdict.reason)
+        return True
 
     # ================================================================ requests
 
@@ -299,6 +317,8 @@ class Orchestrator:
             pkt, own_pubkey=self.identity.public_key, config=self.config.quorum, now=now
         )
         self._live[rid] = live
+        if self.committees is not None:
+            self.committees.open(rid, live.body, pkt.ts_ms, now)
         metrics.REQUESTS_ACTIVE.set(len(self._live))
         self.events.emit("request", rid, client_id=pkt.sender_id, prompt=live.body.prompt[:200])
         await self._apply(rid, actions)
@@ -333,6 +353,8 @@ class Orchestrator:
         ]
         if not models or live.body.security_frame.embedding_model not in self.compute.embedding_models():
             return  # we could not commit to an embedding others can check
+        if self.committees is not None and self.committees.own_round(rid, now_ms()) is None:
+            return  # not in the committee (yet): the ticker asks again as rounds widen
         live.inferring = True
         self._nursery.start_soon(self._infer, rid, live, models)
 
@@ -404,6 +426,8 @@ class Orchestrator:
             elif isinstance(a, q.Finished):
                 finished = a
             body = body_for(rid, a, node_id=self.node_id)
+            if isinstance(body, wire.InferenceCommit) and self.committees is not None:
+                body = body.model_copy(update=self.committees.commit_fields(rid))
             staged = self.outbox.stage(rid, body) if body is not None else None
             if staged is not None:
                 outgoing.append(staged)
@@ -423,6 +447,8 @@ class Orchestrator:
     async def _finish(self, rid: str, live: LiveRequest, fin: q.Finished) -> None:
         out = self.results.finish(rid, live.packet.frame, live.machine, fin)
         self._live.pop(rid, None)
+        if self.committees is not None:
+            self.committees.close(rid)
         metrics.REQUESTS_ACTIVE.set(len(self._live))
         self.events.emit(
             "finished", rid, state=out.state, reason=out.reason, answer=out.answer, members=out.members
@@ -449,6 +475,8 @@ class Orchestrator:
             live = LiveRequest.restore(pkt, snap, inf.model if inf is not None else None)
             machine = live.machine
             self._live[row.request_id] = live
+            if self.committees is not None:
+                self.committees.open(row.request_id, live.body, pkt.ts_ms, now)
             await self.outbox.resend_unsent(row.request_id)  # persisted, not sent before the stop
             # Verifications and re-checks that were in flight.
             for work in machine.pending_work():
@@ -466,7 +494,14 @@ class Orchestrator:
     # ================================================================ what the API reads
 
     def get_request(self, request_id: str) -> dict[str, Any] | None:
-        return self.views.get(request_id, self._live.get(request_id))
+        view = self.views.get(request_id, self._live.get(request_id))
+        if view is not None and self.committees is not None:
+            view["committee"] = self.committees.view(request_id)
+        return view
+
+    def committee_stats(self) -> dict[str, Any] | None:
+        """This node's share of the work under sortition (None when it is off)."""
+        return None if self.committees is None else self.committees.stats()
 
     def list_requests(self, limit: int = 50) -> list[dict[str, Any]]:
         return self.views.list(limit, self._live)

@@ -350,6 +350,7 @@ def test_every_reason_is_covered_here() -> None:
         "replay",
         "schema",
         "limit",
+        "bad_puzzle",  # tests/node/test_identity_puzzle.py
     }
     assert {r.value for r in WireReason} == tested
 
