@@ -16,6 +16,11 @@ echoed back by gossip are ignored.
 This module keeps only the life cycle; each other job has a module of its own (see
 the package docstring, ``node/orchestrator/__init__.py``), built here and handed what
 it needs, so none of them imports this module back.
+
+Why this module is long: the life cycle's steps (inputs, feeding the machine, our
+inference and its committee round, applying actions, resume, history-sync ingest) all
+read and write the same live record and machine; every other job (admission, checks,
+committees, outbox, reveals, results, views, events, orphans) is already its own module.
 """
 
 from __future__ import annotations
