@@ -308,6 +308,9 @@ class Testnet:
             MKL_NUM_THREADS=str(threads),
             RAKIS_TORCH_THREADS=str(threads),
         )
+        # A local testnet's identities need no costly puzzle (minutes of CPU per node at
+        # the network default); every node of the testnet uses the same difficulty.
+        env.setdefault("RAKIS_PUZZLE_DIFFICULTY", "12")
         env.update(extra or {})
         return env
 
