@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -47,6 +48,7 @@ TESTNET_FILE = "testnet.json"
 PID_FILE = "daemon.pid"
 NODE_JSON = "node.json"
 LOG_FILE = "daemon.log"
+API_KEY_FILE = "api.key"
 DEFAULT_DIR_NAME = ".rakis-testnet"
 TESTNET_DIR_ENV = "RAKIS_TESTNET_DIR"
 
@@ -297,6 +299,24 @@ class Testnet:
             args += ["--model", m]
         return args
 
+    def api_key(self) -> str:
+        """This testnet's Bearer key for ``/verified/v1`` (made once, kept in its directory):
+        namespaced nodes bind beyond loopback, where a node requires one."""
+        path = self.root / API_KEY_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            key = f"testnet-{secrets.token_hex(16)}"
+            self.root.mkdir(parents=True, exist_ok=True)
+            path.write_text(key + "\n")
+            path.chmod(0o600)
+            return key
+
+    def _netns_env(self, node: NodeEntry) -> dict[str, str]:
+        if node.netns is None or os.environ.get("RAKIS_API_KEYS"):
+            return {}
+        return {"RAKIS_API_KEYS": json.dumps([self.api_key()])}
+
     def _env(self, threads: int, extra: dict[str, str] | None) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("RAKIS_DATA_DIR", None)  # every node has its own, given by flag
@@ -416,7 +436,7 @@ class Testnet:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self._env(node.torch_threads, env),
+                env=self._env(node.torch_threads, {**self._netns_env(node), **(env or {})}),
                 cwd=node.dir,
                 start_new_session=True,  # keeps running after `rakis testnet up` exits; no Ctrl-C
             )
