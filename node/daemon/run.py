@@ -183,6 +183,7 @@ async def serve(
                         await llm.scale_workers(model, n)
                 await embeddings.scale_workers(settings.embedding_model, settings.embedding_workers)
                 log.info("engines_loaded", seconds=round(time.monotonic() - t0, 2), torch_threads=threads)
+                gossip.announce_info()  # peers learn our models now, not at the next interval
 
                 await nursery.start(orchestrator.run, gossip.packets())
                 if settings.sync:

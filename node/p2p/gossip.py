@@ -561,6 +561,11 @@ class GossipNode:
         if self._nursery is not None:
             self._nursery.start_soon(self._hang_up, peer)
 
+    def announce_info(self) -> None:
+        """Publish ``peer_info`` now rather than at the next interval (e.g. once the
+        engines have loaded: peers then count this node's models at once)."""
+        self._info_due.set()
+
     def penalize_sender(self, node_id: str, reason: str) -> bool:
         """A packet signed by ``node_id`` failed a check only the node can make (a
         proof-of-inference re-check): throttle that key, and ban it after repeated
