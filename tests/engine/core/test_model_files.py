@@ -41,7 +41,8 @@ def test_concurrent_conversion_is_atomic(tmp_path):
     assert outs[0] == outs[1]
     d = Path(outs[0])
     assert d.parent == tmp_path
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [d.name]
+    # The finished directory, plus the weights-hash cache; no temporary directory left.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted([d.name, "hashes"])
     assert (d / "model.safetensors").is_file() and (d / "tokenizer.json").is_file()
     assert "quantization_config" not in json.loads((d / "config.json").read_text())
     from transformers import AutoModelForCausalLM
