@@ -26,7 +26,7 @@ openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.timeout(900)
 
 TINY = "tiny-llama"
-FAST = {"commit_window_s": 5, "max_time_s": 60, "sec_distance": 0.15}
+FAST = {"commit_window_s": 10, "max_time_s": 60, "sec_distance": 0.15}
 
 
 @pytest.fixture(scope="module")
