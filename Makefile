@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 	@# The dashboard's browser test drives Debian's chromium; the test skips with a reason if this fails.
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "note: chromium could not be installed; the dashboard browser test will be skipped"
+	@# The network-namespace testnet and its tests use iproute2 (ip, ss); they skip without it.
+	command -v ip >/dev/null 2>&1 && command -v ss >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq iproute2) \
+		|| echo "note: iproute2 could not be installed; the network-namespace tests will be skipped"
 	touch $(STAMP)
 
 test: setup
