@@ -34,6 +34,9 @@ def daemon_options(tiny_llama_dir: Path) -> DaemonOptions:
         ready_timeout_s=240,
         final_timeout_s=150,
         keep_p2p_port=True,
+        # These tests are about faults and attacks, not committees: every node runs every
+        # request (test_committee.py starts its own daemons with sortition on).
+        env={"RAKIS_SORTITION": "false"},
     )
 
 
