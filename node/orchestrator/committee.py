@@ -150,13 +150,7 @@ class Committees:
             )
             capacities[self.node_id] = own_cap
         quorum = body.security_frame.quorum
-        target = so.committee_target(quorum, cfg)
-        if len(weights) <= target:
-            # Every eligible node this node knows would be selected: no plan, no checks.
-            # A view still filling up (peers whose peer_info has not arrived) must not make
-            # a node claim a late round that fuller views would refuse.
-            return None
-        view = so.CommitteeView(weights, target, cfg)
+        view = so.CommitteeView(weights, so.committee_target(quorum, cfg), cfg)
         rc = RequestCommittee(
             request_id=request_id,
             view=view,

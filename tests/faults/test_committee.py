@@ -40,7 +40,12 @@ def six(tmp_path_factory: pytest.TempPathFactory, daemon_options: DaemonOptions)
         final_timeout_s=150,
         keep_p2p_port=True,
         # Slack 1.1 (not 1.5): at p = 4.5/6 = 0.75, 1.5x slack would admit every commit.
-        env={"RAKIS_PUZZLE_DIFFICULTY": "8", "RAKIS_COMMITTEE_FACTOR": "1.5", "RAKIS_SORTITION_SLACK": "1.1"},
+        env={
+            "RAKIS_PUZZLE_DIFFICULTY": "8",
+            "RAKIS_SORTITION": "true",
+            "RAKIS_COMMITTEE_FACTOR": "1.5",
+            "RAKIS_SORTITION_SLACK": "1.1",
+        },
     )
     daemons = start_network(tmp_path_factory.mktemp("committee-net"), opts, NAMES)
     try:

@@ -72,11 +72,11 @@ def test_six_nodes_select_a_committee_of_four_or_more_and_agree() -> None:
 def test_few_peers_or_sortition_off_means_everyone_runs() -> None:
     ids, recs = _net(3)
     c = _committees(ids[0], recs)
-    # No more eligible nodes than the committee's target: no plan at all, so this node
-    # runs (round 0) and checks no commit (a view still filling up claims no late round).
-    assert c.open("ab" * 32, _request(), NOW, NOW) is None
-    assert c.own_round("ab" * 32, NOW) == 0
-    assert c.admit("ab" * 32, ids[1].public_key, None, NOW) is None
+    rc = c.open("ab" * 32, _request(), NOW, NOW)
+    # Fewer eligible nodes than quorum + spare: every round selects everyone, and
+    # ``first_round`` is the last one (the run-everywhere fallback) at once.
+    assert c.own_round("ab" * 32, NOW) == rc.first
+    assert rc.view.members("ab" * 32, 0) == sorted(i.node_id for i in ids)
     off = _committees(ids[0], recs, enabled=False)
     assert off.open("cd" * 32, _request(), NOW, NOW) is None and off.own_round("cd" * 32, NOW) == 0
     lone = Committees(
