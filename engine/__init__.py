@@ -15,6 +15,11 @@ stay cheap and free of import cycles with the engine core):
 - `EngineConfig`: how each worker is built (KV cache, batching, prefix cache, weight
   mode), validated once; `env_switches()`: the one reader of the engine's documented
   environment overrides (engine.config).
+
+Subpackages: `engine.native` (C++ CPU kernels built on first use) and `engine.kernels`
+(the op contract: plain-torch references, Triton ops for CUDA, the CUDA-graph runner).
+`engine.kernels` was a top-level `kernels` package until transformers 5.25 began to
+depend on Hugging Face's own `kernels` distribution, which a top-level name of ours shadowed.
 """
 
 from __future__ import annotations

@@ -345,7 +345,7 @@ def cpu_ops(native: bool = True):
     """The engine's CPU op set (a `kernels.Ops`); decode attention on the native kernel
     when it can be built here (engine.native), else on gather + SDPA."""
     from engine import native as native_kernels
-    from kernels import Ops, reference
+    from engine.kernels import Ops, reference
 
     lib = native_kernels.load() if native else None
     return Ops(
@@ -364,7 +364,7 @@ def engine_ops(device: str | torch.device):
     dev = torch.device(device)
     if dev.type == "cuda":
         try:
-            from kernels import get_ops
+            from engine.kernels import get_ops
 
             ops = get_ops(dev)
             if ops.backend != "reference":

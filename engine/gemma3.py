@@ -159,7 +159,7 @@ class Gemma3Runner:
         if self.device.type == "cpu" and not self.lm_head.packed:
             self.lm_head_chunks = head_w.split(2048)
 
-        from kernels.reference import rotary_cos_sin
+        from engine.kernels.reference import rotary_cos_sin
 
         rot = base.rotary_emb
         self.rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

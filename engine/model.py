@@ -197,7 +197,7 @@ class LlamaRunner:
         if self.device.type == "cpu" and not self.lm_head.packed:
             self.lm_head_chunks = head_w.split(2048)
         rot = base.rotary_emb
-        from kernels.reference import rotary_cos_sin
+        from engine.kernels.reference import rotary_cos_sin
 
         cos, sin = rotary_cos_sin(rot.inv_freq.float().cpu(), self.max_position, float(rot.attention_scaling))
         self.cos = cos.to(dev)

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_kernels.py --device cpu --batch 1,4 --context 128,1024
 
 Shapes default to SmolLM2-135M (9 q heads, 3 kv heads, head_dim 64, hidden 576, vocab
-49152). On CUDA it times the Triton ops (`kernels.get_ops("cuda")`) against the torch
+49152). On CUDA it times the Triton ops (`engine.kernels.get_ops("cuda")`) against the torch
 baseline a model runner would otherwise use: gather each sequence's K/V blocks into a dense
 tensor and call `scaled_dot_product_attention`. On CPU it times the torch reference ops
 only (the Triton interpreter is a correctness tool, not a speed one) and says that GPU
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels import get_ops
-from kernels import reference as ref
+from engine.kernels import get_ops
+from engine.kernels import reference as ref
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ class SyntheticDecoder:
 def bench_decode_step(
     shape: ModelShape, ops, dtype, device, batches, context: int, block_size: int, iters: int
 ):
-    from kernels.cuda_graphs import DecodeGraphRunner
+    from engine.kernels.cuda_graphs import DecodeGraphRunner
 
     cuda = device.type == "cuda"
     model = SyntheticDecoder(

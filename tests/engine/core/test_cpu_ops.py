@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from engine import attention as eng_ops
-from kernels import reference as ref
+from engine.kernels import reference as ref
 
 
 def _cache(num_blocks=12, bs=4, hkv=2, d=8, seed=0):

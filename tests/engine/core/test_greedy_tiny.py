@@ -108,7 +108,7 @@ def test_preemption_recomputes_exactly(make_engine, tiny_hf):
 def test_kernels_reference_op_set_plugs_in(make_engine, tiny_hf):
     """The runner is written against the kernels op contract: the kernels package's own
     reference set (what CUDA's Triton set mirrors) gives the same greedy tokens."""
-    from kernels import get_ops
+    from engine.kernels import get_ops
 
     eng = make_engine()
     eng.ops = get_ops("cpu")

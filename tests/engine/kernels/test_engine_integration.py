@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from kernels import reference as ref
-from kernels.cuda_graphs import DecodeGraphRunner
+import engine.kernels as kernels
+from engine.kernels import reference as ref
+from engine.kernels.cuda_graphs import DecodeGraphRunner
 
 BLOCK, NUM_BLOCKS = 4, 16
 

@@ -1,4 +1,4 @@
-"""rakis kernels: paged attention, RMSNorm, rotary and sampling ops for the engine.
+"""engine.kernels: paged attention, RMSNorm, rotary and sampling ops for the engine.
 
 `get_ops(device)` returns one `Ops` set: the Triton kernels on CUDA (when triton imports),
 the plain-torch references everywhere else. Both sets share signatures (docs/CONTRACTS.md),
@@ -49,12 +49,12 @@ def get_ops(device: str | torch.device = "cpu") -> Ops:
     or broken triton falls back to the references rather than failing the engine.
     """
     dev = torch.device(device)
-    from kernels import reference
+    from engine.kernels import reference
 
     if dev.type != "cuda" or os.environ.get("RAKIS_KERNELS", "").lower() == "reference":
         return _from_module("reference", reference)
     try:
-        from kernels import triton_ops
+        from engine.kernels import triton_ops
     except ImportError:
         return _from_module("reference", reference)
     return _from_module("triton", triton_ops)

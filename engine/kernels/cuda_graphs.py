@@ -18,7 +18,7 @@ How the engine uses it (decode only; prefill stays eager because its shapes vary
     logits = lm_head(hidden)    # or let the forward return logits; then sample
 
 With engine.model.LlamaRunner the forward is a closure over the op set and the per-layer
-caches (tests/kernels/test_engine_integration.py runs exactly this):
+caches (tests/engine/kernels/test_engine_integration.py runs exactly this):
 
     def model_decode_forward(input_ids, positions, slot_mapping, block_tables, seq_lens):
         attn = AttnBatch(num_decode=input_ids.shape[0], decode_block_tables=block_tables,

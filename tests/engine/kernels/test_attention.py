@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import reference as ref
-from tests.kernels.helpers import random_paged_cache, tol
+from engine.kernels import reference as ref
+from tests.engine.kernels.helpers import random_paged_cache, tol
 
 HEAD_DIM = 16
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -33,7 +33,7 @@ def dense_oracle(q, k_cache, v_cache, table, ctx, q_len, scale):
 @pytest.mark.parametrize("group", [1, 2, 4])
 @pytest.mark.parametrize("block_size", [1, 4, 16])
 def test_decode_matches_reference_and_oracle(tops, monkeypatch, block_size, group, dtype, partition):
-    from kernels import triton_ops  # the module itself: `tops` may be a device proxy
+    from engine.kernels import triton_ops  # the module itself: `tops` may be a device proxy
 
     if partition is None:
         monkeypatch.setattr(triton_ops, "SPLIT_BELOW_PROGRAMS", 0)

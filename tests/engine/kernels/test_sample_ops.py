@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from kernels import reference as ref
+import engine.kernels as kernels
+from engine.kernels import reference as ref
 
 
 def test_greedy_and_top_k_one_are_argmax():
@@ -69,7 +69,7 @@ def test_get_ops_picks_backend(tops, monkeypatch):
     assert kernels.get_ops("cpu").backend == "reference"
     assert kernels.get_ops(torch.device("cpu")).paged_attention_decode is ref.paged_attention_decode
     cuda = kernels.get_ops("cuda")
-    from kernels import triton_ops
+    from engine.kernels import triton_ops
 
     assert cuda.backend == "triton" and cuda.rms_norm is triton_ops.rms_norm
     monkeypatch.setenv("RAKIS_KERNELS", "reference")

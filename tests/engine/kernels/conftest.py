@@ -66,7 +66,7 @@ class _OnDevice:
 def tops():
     """The Triton op module (interpreted on CPU, compiled on a GPU), or skip without triton."""
     pytest.importorskip("triton")
-    from kernels import triton_ops
+    from engine.kernels import triton_ops
 
     return triton_ops if KERNEL_DEVICE == "cpu" else _OnDevice(triton_ops, KERNEL_DEVICE)
 

@@ -15,7 +15,7 @@ Design notes (why, not what):
   caller's `max_seqlen_q`, so decode can be captured in a CUDA graph.
 - Sampling stays in torch (`reference.sample`): see docs/benchmarks.md for the reasoning.
 
-Tested on CPU under TRITON_INTERPRET=1 (tests/kernels); GPU timings in docs/benchmarks.md.
+Tested on CPU under TRITON_INTERPRET=1 (tests/engine/kernels); GPU timings in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import reference as _ref
-from kernels.reference import sample  # noqa: F401  (torch sampling is the CUDA path too)
+from engine.kernels import reference as _ref
+from engine.kernels.reference import sample  # noqa: F401  (torch sampling is the CUDA path too)
 
 __all__ = [
     "store_kv",

@@ -3,7 +3,7 @@
 The CPU interpreter checks numerics but not what only the GPU compiler enforces (tl.dot
 minimum tile sizes, early returns, dynamic loop bounds, dtype rules). triton ships ptxas,
 so the kernels can be lowered all the way to sm_90 machine code here. It must run in a
-process without TRITON_INTERPRET, whence `python -m tests.kernels.aot_compile`.
+process without TRITON_INTERPRET, whence `python -m tests.engine.kernels.aot_compile`.
 Prints one line per kernel variant; exits non-zero on the first compile error.
 """
 
@@ -18,7 +18,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels import triton_ops as T  # noqa: E402
+from engine.kernels import triton_ops as T  # noqa: E402
 
 ATTN_INTS = "stride_qt stride_qh stride_ot stride_oh stride_kb stride_ks stride_kh stride_vb stride_vs stride_vh stride_bt block_size"
 _compiled = 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference as ref
-from kernels.cuda_graphs import DecodeGraphRunner, default_buckets
-from tests.kernels.helpers import random_paged_cache
+from engine.kernels import reference as ref
+from engine.kernels.cuda_graphs import DecodeGraphRunner, default_buckets
+from tests.engine.kernels.helpers import random_paged_cache
 
 HKV, HQ, D, VOCAB = 2, 4, 8, 11
 
@@ -102,7 +102,7 @@ def test_bad_arguments_are_rejected():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_graph_replay_matches_eager_on_cuda():
-    import kernels
+    import engine.kernels as kernels
 
     ops = kernels.get_ops("cuda")
     block_size = 4

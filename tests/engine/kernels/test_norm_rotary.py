@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
-from kernels import reference as ref
-from tests.kernels.helpers import tol
+from engine.kernels import reference as ref
+from tests.engine.kernels.helpers import tol
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_kernels_compile_for_h100(tmp_path):
@@ -18,7 +18,7 @@ def test_kernels_compile_for_h100(tmp_path):
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")  # no stale cubins, nothing left behind
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.aot_compile", "90"],
+        [sys.executable, "-m", "tests.engine.kernels.aot_compile", "90"],
         cwd=ROOT,
         env=env,
         capture_output=True,
