@@ -94,6 +94,7 @@ def request_body(
     model: str = TINY_MODEL,
     max_tokens: int = 8,
     limits: wire.WireLimits = wire.DEFAULT_LIMITS,
+    commit_window_ms: int | None = None,
 ) -> wire.InferenceRequest:
     """A request body; `limits` lets a test build one over a receiver's limits."""
     raw = {
@@ -107,6 +108,7 @@ def request_body(
             "sec_distance": 0.2,
             "sec_percentage": 0.6,
             "embedding_model": EMBEDDING,
+            "commit_window_ms": commit_window_ms,
         },
     }
     return wire.InferenceRequest.model_validate(raw, context={"limits": limits})

@@ -40,7 +40,11 @@ def _useless(i: int, key) -> bytes:
         body: wire.Body = wire.PeerStatus(load=0.0, queue_depth=i, tokens_per_s=0.0)
     else:
         body = wire.InferenceCommit(
-            request_id=f"{i:064x}", inference_id=f"{i:032x}", model="m", commit=i.to_bytes(32, "big")
+            request_id=f"{i:064x}",
+            inference_id=f"{i:032x}",
+            model="m",
+            model_hash="sha256:" + "ab" * 32,
+            commit=i.to_bytes(32, "big"),
         )
     return wire.encode(body, key.signing_key)
 

@@ -5,8 +5,9 @@ the clock-skew window, and it is empty after a restart; beyond that the orchestr
 and its SQLite store must recognise the request id. The node here is the daemon's
 stack without HTTP: a real libp2p `GossipNode`, the `Orchestrator`, a `Store` on disk
 and real engines (tiny random Llama, MiniLM), wired as `node.daemon.run.serve` wires them.
-The node accepts frames up to 10 minutes old (`max_clock_skew_ms`), and the request
-was signed 2.5 minutes before the replay.
+The node accepts frames up to 10 minutes old (`max_clock_skew_ms`). The request was
+signed 20 s before it first arrives, inside its 30 s commit window (commits are
+time-boxed from the signing time, protocol 2), and is replayed after that window closed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .conftest import TINY_MODEL, request_body
 pytestmark = pytest.mark.timeout(180)
 
 WINDOW = wire.WireLimits(max_clock_skew_ms=600_000)
-AGE_MS = 150_000  # the frame was signed 2.5 minutes before it is replayed
+AGE_MS = 20_000  # the frame was signed 20 s before it first arrives
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def _commits_from(net: Net, peer: Any, node_id: str, rid: str) -> int:
 def test_request_replayed_minutes_later_from_another_peer_is_processed_once(tmp_path, engines):
     client = Identity.generate()
     frame = wire.encode(
-        request_body("What colour is the sky?", quorum=1, max_time_ms=600_000),
+        request_body("What colour is the sky?", quorum=1, max_time_ms=600_000, commit_window_ms=30_000),
         client.signing_key,
         ts_ms=now_ms() - AGE_MS,
     )
@@ -142,8 +143,8 @@ def test_request_replayed_minutes_later_from_another_peer_is_processed_once(tmp_
             await early.publish(frame)
             await wait_until(lambda: node.gossip.counters.rejected["replay"] == replays_before + 1)
 
-            # The node restarts (its replay cache is gone); minutes after the request
-            # was signed, another peer that captured the frame publishes it again.
+            # The node restarts (its replay cache is gone); after the request's commit
+            # window closed, another peer that captured the frame publishes it again.
             await node.stop()
             node = await StackNode(net, tmp_path / "node", node_identity, engines).start()
             replayer = await net.start(new_node(limits=WINDOW))
