@@ -175,6 +175,21 @@ REVEALS_VERIFIED = Counter(
     registry=REGISTRY,
 )
 
+COMMITTEE_DECISIONS = Counter(
+    "rakis_committee_decisions",
+    "Requests this node saw under committee sortition, by its own part in them "
+    "(selected: first round | widened: a later round | not_selected: never ran it).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+COMMITS_IGNORED = Counter(
+    "rakis_commits_ignored",
+    "Commits this node did not count because their sender was outside the committee, by reason "
+    "(not_in_committee|round_too_early|bad_claim).",
+    ["reason"],
+    registry=REGISTRY,
+)
+
 ORPHAN_PACKETS = Gauge(
     "rakis_orphan_packets",
     "Stored packets whose request this node has not seen yet (bounded by max_orphan_packets).",

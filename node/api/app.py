@@ -86,6 +86,12 @@ def _admin_token(facade: NodeFacade) -> str | None:
     return token or None
 
 
+def _committee_stats(facade: NodeFacade) -> dict[str, Any] | None:
+    """The daemon facade's ``committee_stats()``; None for facades without sortition."""
+    stats = getattr(facade, "committee_stats", None)
+    return stats() if callable(stats) else None
+
+
 def _known_models(facade: NodeFacade) -> set[str] | None:
     """Every model name the node's engines could load (their registries), or None when
     the engines do not say (then the facade decides)."""
@@ -289,6 +295,8 @@ def create_app(node: NodeFacade, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
             "outcomes": _outcome_counts(),
             "peer_count": len(node.peers()),
             "admin_enabled": _admin_token(node) is not None,
+            # Committee sortition: this node's share of the work (None without sortition).
+            "committee": _committee_stats(node),
         }
         return JSONSafeResponse(info)
 

@@ -26,7 +26,7 @@ from typing import Any
 from consensus import sortition as so
 from consensus.models import AcceptedModels
 from consensus.standing import StandingConfig, standing
-from node import wire
+from node import metrics, wire
 from node.logs import get_logger
 
 log = get_logger(__name__)
@@ -195,7 +195,9 @@ class Committees:
         for r in range(rc.first, current + 1):
             if rc.view.selected(request_id, self.node_id, r):
                 rc.own_round = r
-                self.counts["selected" if r == rc.first else "widened"] += 1
+                outcome = "selected" if r == rc.first else "widened"
+                self.counts[outcome] += 1
+                metrics.COMMITTEE_DECISIONS.labels(outcome=outcome).inc()
                 log.info("committee_selected", request_id=request_id, round=r, first_round=rc.first)
                 return r
         return None
@@ -237,6 +239,7 @@ class Committees:
         else:
             rc.ignored[verdict.reason] += 1
             self.counts["ignored_commits"] += 1
+            metrics.COMMITS_IGNORED.labels(reason=verdict.reason).inc()
             log.info(
                 "commit_outside_committee", request_id=request_id, node_id=node_id, reason=verdict.reason
             )
@@ -249,6 +252,7 @@ class Committees:
             return
         if rc.own_round is None:
             self.counts["not_selected"] += 1
+            metrics.COMMITTEE_DECISIONS.labels(outcome="not_selected").inc()
         self._done[request_id] = rc.as_dict()
         while len(self._done) > self._keep:
             self._done.popitem(last=False)

@@ -111,9 +111,11 @@ class ResultRecorder:
         return "adopted" if first else "known"
 
     def _record_reputation(self, rid: str, m: q.QuorumMachine, members: set[str]) -> None:
+        """Count each committer's outcome, this node's own included: committee sortition
+        weighs a node by these counts (``consensus.standing``), and a node that never
+        counted its own passes would see itself lighter than every peer sees it and so
+        select itself less often than they expect it to (smaller committees, more widening)."""
         for node_id, status in m.reveal_statuses().items():
-            if node_id == self.node_id:
-                continue
             iid = m.commits[node_id].inference_id if node_id in m.commits else None
             deltas: dict[str, int] = {}
             if status == "accepted":

@@ -6,8 +6,9 @@ nodes, not 6. Also: a node that ignores sortition has its commits ignored (and
 counted) by the others; two stopped members of a 4-member committee make it widen and
 the request still succeeds. Identity puzzles are on (difficulty 8) for every daemon.
 
-Fewer than 30 requests (12) to keep the suite short; the share check is then loose
-(within 2x of the mean), as the issue asks.
+30 requests in 3 batches of 10, as the issue asks; every node's share of the work must be
+within 2x of the mean. Every request waits for its full commit window, so the batches,
+not the request count, set the test's duration.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tests.faults.conftest import make_frame
 NAMES = ("a", "b", "c", "d", "e", "f")
 QUORUM = 3
 WINDOW_MS = 45_000  # round_ms = 15 s: on 2 loaded cores a commit can take > 8 s
-REQUESTS = 12
+REQUESTS = 30
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +74,6 @@ def _run_batch(net: dict[str, Daemon], frames: list[bytes]) -> list[dict[str, An
         return list(pool.map(lambda r: net["a"].wait_final(r), rids))
 
 
-@pytest.mark.xfail(
-    reason="passed 3/3 on its own branch; after the merge with DHT discovery and history sync it failed "
-    "twice on the loaded machine (committee sizes / an outsider's commit counted); not yet diagnosed, "
-    "see the closing note. The rules are covered by tests/node/orchestrator/test_committee.py",
-    strict=False,
-)
 def test_each_request_is_computed_by_a_committee_and_load_spreads(six: dict[str, Daemon]) -> None:
     views: list[dict[str, Any]] = []
     for batch in range(3):
@@ -98,18 +93,19 @@ def test_each_request_is_computed_by_a_committee_and_load_spreads(six: dict[str,
     print("share per node:", sorted(share.values()), "mean", mean)
     for d in six.values():
         assert mean / 2 <= share[d.node_id] <= 2 * mean, (dict(share), mean)
+        # Each node reports its own share on /v1/node (the dashboard shows it).
+        def stats(d: Daemon = d) -> dict[str, Any]:
+            return d.get("/v1/node").json()["committee"]
+
+        d.wait_for(lambda: stats()["ran"] + stats()["not_selected"] >= REQUESTS, 60, "every request closed")
+        mine = stats()
+        assert mine["enabled"] is True and mine["share"] is not None and 0.0 < mine["share"] <= 1.0, mine
     for v in views:
         c = v["committee"]
-        assert c["eligible"] == 6 and c["target"] == pytest.approx(4.5)
-        assert c["ignored_commits"] == 0
+        assert c["eligible"] == 6 and c["target"] == pytest.approx(4.5), c
+        assert c["ignored_commits"] == 0, c
 
 
-@pytest.mark.xfail(
-    reason="passed 3/3 on its own branch; after the merge with DHT discovery and history sync it failed "
-    "twice on the loaded machine (committee sizes / an outsider's commit counted); not yet diagnosed, "
-    "see the closing note. The rules are covered by tests/node/orchestrator/test_committee.py",
-    strict=False,
-)
 def test_commits_from_outside_the_committee_are_ignored_and_counted(six: dict[str, Daemon]) -> None:
     rogue = six["f"]
     rogue.stop()
@@ -117,16 +113,19 @@ def test_commits_from_outside_the_committee_are_ignored_and_counted(six: dict[st
     rogue.start().wait_ready()
     a = six["a"]
     a.wait_for(lambda: rogue.peer_count() >= 5, 120, "rogue rejoined")
-    # Requests whose first round is 0 and where the rogue's ticket is above even the
-    # slack bound (0.75 x 1.1): the rogue is outside the committee in every view.
+    # Requests whose first round is 0 and where the rogue's ticket is above 0.99. With
+    # equal weights the rogue's round-0 probability is 0.75 (x 1.1 slack = 0.825). Views
+    # differ (standing counts the passes each node saw), so the margin is wide: while the
+    # rogue weighs no more than the others, even a view where one node weighs nothing
+    # leaves it at 4.5 / 5 = 0.9 (x 1.1 = 0.99).
     ids = [d.node_id for d in six.values()]
     view = so.CommitteeView(dict.fromkeys(ids, 1.0), so.committee_target(QUORUM))
     rogue_key = bytes.fromhex(rogue.node_id)
     frames: list[bytes] = []
-    for i in range(2000):
+    for i in range(5000):
         frame = make_frame(f"rogue {i}", quorum=QUORUM, commit_window_ms=WINDOW_MS, max_tokens=4)
         rid = _rid(frame)
-        if so.first_round(view, rid, QUORUM) == 0 and so.ticket(rid, rogue_key) > 0.9:
+        if so.first_round(view, rid, QUORUM) == 0 and so.ticket(rid, rogue_key) > 0.99:
             frames.append(frame)
         if len(frames) == 2:
             break

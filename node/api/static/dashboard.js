@@ -240,6 +240,15 @@ async function refreshNode() {
   document.getElementById("queues").replaceChildren(...(queues.length ? queues : [el("div", {}, el("b", { text: 0 }), "queued")]));
   document.getElementById("outcomes").replaceChildren(...kv(info.outcomes));
   document.getElementById("scale-form").hidden = !info.admin_enabled;
+  const committee = info.committee;
+  const share = document.getElementById("committee-share");
+  share.hidden = !(committee && committee.enabled);
+  if (committee && committee.enabled) {
+    const pct = committee.share == null ? "–" : `${Math.round(committee.share * 100)}%`;
+    document.getElementById("committee-share-value").textContent = pct;
+    share.title = `committee sortition: ran ${committee.ran} (widened ${committee.widened}), ` +
+      `not selected ${committee.not_selected}, commits ignored ${committee.ignored_commits}`;
+  }
 }
 
 function verdictClass(v) {

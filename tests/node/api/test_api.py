@@ -214,6 +214,7 @@ async def test_dashboard_feeds(facade: MemoryFacade) -> None:
         info = (await c.get("/v1/node")).json()
         assert info["node_id"] == facade.identity.node_id and info["peer_count"] == 2
         assert info["admin_enabled"] is True
+        assert info["committee"] is None  # this facade runs no committee sortition
         html = await c.get("/")
         assert html.status_code == 200 and "<html" in html.text.lower()
         for asset in ("dashboard.js", "dashboard.css"):

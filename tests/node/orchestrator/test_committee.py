@@ -4,7 +4,7 @@ check of commits (and its counting), the share statistics."""
 from __future__ import annotations
 
 from consensus import sortition as so
-from node import wire
+from node import metrics, wire
 from node.identity import Identity
 from node.orchestrator.committee import Committees
 from node.p2p.peers import PeerRecord
@@ -98,6 +98,7 @@ def test_outsider_commits_are_ignored_and_counted_members_widen_in_time() -> Non
             break
     members = rc.view.members(rid, rc.first)
     outsider = ids[0]
+    ignored_before = metrics.REGISTRY.get_sample_value("rakis_commits_ignored_total", {"reason": "round_too_early"})
     # In the first round the outsider's commit is ignored (round too early / not member).
     v = c.admit(rid, outsider.public_key, _commit(rid, rc.first), NOW)
     assert v is not None and not v.accepted
@@ -106,6 +107,9 @@ def test_outsider_commits_are_ignored_and_counted_members_widen_in_time() -> Non
     v = c.admit(rid, outsider.public_key, _commit(rid, rc.first + 2), NOW)
     assert v is not None and not v.accepted and v.reason == "round_too_early"
     assert c.stats()["ignored_commits"] == 2 and c.view(rid)["ignored_commits"] == 2
+    # ...and Prometheus counts them by reason.
+    ignored_after = metrics.REGISTRY.get_sample_value("rakis_commits_ignored_total", {"reason": "round_too_early"})
+    assert (ignored_after or 0) - (ignored_before or 0) >= 1
     # A member's commit counts.
     member = next(i for i in ids if i.node_id in members)
     assert c.admit(rid, member.public_key, _commit(rid, rc.first), NOW).accepted
@@ -120,6 +124,9 @@ def test_outsider_commits_are_ignored_and_counted_members_widen_in_time() -> Non
     assert c.admit(rid, outsider.public_key, _commit(rid, rc.first + 1), NOW + rc.config.round_ms).accepted
     oc.close(rid)
     assert oc.stats()["widened"] == 1 and oc.view(rid)["own_round"] == rc.first + 1
+    assert oc.stats()["share"] == 1.0
+    widened = metrics.REGISTRY.get_sample_value("rakis_committee_decisions_total", {"outcome": "widened"})
+    assert widened is not None and widened >= 1
 
 
 def test_no_widening_once_the_quorum_committed() -> None:
