@@ -158,3 +158,14 @@ def test_settings_reach_the_gossip_config():
     settings = Settings(relay_service=True, relays=[addr], mdns=False)
     cfg = config_from_settings(settings)
     assert cfg.relay_service is True and cfg.relays == (addr,)
+
+
+def test_a_testnet_refuses_relayed_nodes_without_namespaces(tmp_path):
+    from node.testnet import Testnet, TestnetError
+
+    net = Testnet(tmp_path / "net")
+    with pytest.raises(TestnetError, match="--netns"):
+        net.up(3, relayed=(2,))
+    with pytest.raises(TestnetError, match="node-1"):
+        net.up(3, netns=True, relayed=(0,))  # node-0 is the relay itself
+    assert net.nodes() == []  # nothing was planned or started
