@@ -120,7 +120,9 @@ class Settings(BaseSettings):
         description="Addresses peers should dial (public or NAT-mapped); default: the listen "
         "addresses, with 0.0.0.0 expanded into this machine's interface addresses.",
     )
-    relay_service: bool = Field(False, description="Serve as a circuit relay (v2 hop) for nodes that cannot be dialed.")
+    relay_service: bool = Field(
+        False, description="Serve as a circuit relay (v2 hop) for nodes that cannot be dialed."
+    )
     relays: list[str] = Field(
         default_factory=list,
         description="Relay nodes (multiaddrs with /p2p/<id>) to reserve a slot on when this node cannot "

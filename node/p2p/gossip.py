@@ -63,8 +63,8 @@ from node.p2p.libp2p_compat import (
     unblacklist,
 )
 from node.p2p.peers import PeerRecord, PeerTable
-from node.p2p.relay import RelayClient, circuit_addr, dial_via_relay, is_circuit_addr, make_relay_protocol
 from node.p2p.ratelimit import KeyedRateLimiter, PenaltyBox
+from node.p2p.relay import RelayClient, circuit_addr, dial_via_relay, is_circuit_addr, make_relay_protocol
 from node.version import package_version
 
 route_library_logs_to_root()  # libp2p detaches its logger on import
@@ -364,7 +364,9 @@ class GossipNode:
         on_discovered = self._discovery_handler(discovered_send) if cfg.mdns else None
         # Circuit relay: the STOP side (accept relayed connections) on nodes that reserve
         # on a relay, plus the hop side on relay nodes; nothing on other nodes.
-        relay_protocol = make_relay_protocol(host, hop=cfg.relay_service) if (cfg.relays or cfg.relay_service) else None
+        relay_protocol = None
+        if cfg.relays or cfg.relay_service:
+            relay_protocol = make_relay_protocol(host, hop=cfg.relay_service)
         try:
             with trio.CancelScope(shield=True) as scope:
                 self._stack_scope = scope

@@ -40,12 +40,11 @@ Built on py-libp2p 0.8.1's ``libp2p.relay.circuit_v2``, with these sharp edges:
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
-
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import multiaddr
 import trio
@@ -65,6 +64,10 @@ from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_ms
 from node.logs import get_logger
 
 log = get_logger(__name__)
+# py-libp2p's relay logs at error level what is ordinary churn: every reservation (the
+# client closes its hop stream after the answer, and the relay reports the EOF as a read
+# error) and every circuit that ends. Our own events say what failed.
+logging.getLogger("libp2p.relay.circuit_v2").setLevel(logging.CRITICAL)
 
 __all__ = [
     "RELAY_LIMITS",
@@ -107,7 +110,9 @@ def circuit_addr(relay_addr: str, peer_id: str) -> str:
     dialed through that relay. The relay address must name the relay's peer id."""
     ma = multiaddr.Multiaddr(relay_addr)
     if ma.get_peer_id() is None or is_circuit_addr(ma):
-        raise ValueError(f"a relay address must be a direct address ending in /p2p/<relay id>, got {relay_addr!r}")
+        raise ValueError(
+            f"a relay address must be a direct address ending in /p2p/<relay id>, got {relay_addr!r}"
+        )
     return f"{relay_addr.rstrip('/')}/{CIRCUIT}/p2p/{peer_id}"
 
 
@@ -185,10 +190,13 @@ def make_relay_protocol(host: IHost, *, hop: bool) -> CircuitV2Protocol:
     """The circuit v2 protocol service: always the STOP side (accept relayed
     connections); with ``hop``, also serve as a relay for others. Run it with
     ``background_trio_service``."""
-    return _DuplexRelayProtocol(_DuplexHost(host), limits=RELAY_LIMITS, allow_hop=hop)  # type: ignore[arg-type]
+    duplex_host: Any = _DuplexHost(host)
+    return _DuplexRelayProtocol(duplex_host, limits=RELAY_LIMITS, allow_hop=hop)
 
 
-async def _hop_exchange(host: IHost, relay: ID, message: HopMessage, timeout_s: float) -> tuple[Any, HopMessage]:
+async def _hop_exchange(
+    host: IHost, relay: ID, message: HopMessage, timeout_s: float
+) -> tuple[Any, HopMessage]:
     stream = full_duplex(await host.new_stream(relay, [HOP_PROTOCOL_ID]))
     try:
         with trio.fail_after(timeout_s):
@@ -235,7 +243,9 @@ async def dial_via_relay(host: IHost, addr: multiaddr.Multiaddr, target: ID, *, 
         await host.connect(relay)
         msg = HopMessage(type=HopMessage.CONNECT, peer=CircuitPeerId(id=target.to_bytes()))
         stream, _ = await _hop_exchange(host, relay.peer_id, msg, timeout_s)
-        raw = RawConnection(stream=stream, initiator=True, connection_type=ConnectionType.RELAYED, addresses=[full])
+        raw = RawConnection(
+            stream=stream, initiator=True, connection_type=ConnectionType.RELAYED, addresses=[full]
+        )
         try:
             await host.upgrade_outbound_connection(raw, target)
         except BaseException:
@@ -304,7 +314,8 @@ class RelayClient:
                 self.failures += 1
                 if self._reserved.pop(relay.peer_id, None) is not None:
                     changed = True
-                log.info("relay_reservation_failed", relay=str(relay.peer_id), error=f"{type(exc).__name__}: {exc}"[:200])
+                error = f"{type(exc).__name__}: {exc}"[:200]
+                log.info("relay_reservation_failed", relay=str(relay.peer_id), error=error)
                 continue
             self.reservations += 1
             if relay.peer_id not in self._reserved:

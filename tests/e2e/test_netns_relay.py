@@ -31,7 +31,8 @@ def _tcp_peers(namespace: str, exclude: str) -> set[str]:
 
 def _can_connect(prefix: list[str], host: str, port: int) -> bool:
     code = f"import socket; socket.create_connection(({host!r}, {port}), timeout=2).close()"
-    return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, timeout=30).returncode == 0
+    res = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, timeout=30)
+    return res.returncode == 0
 
 
 def test_a_node_reachable_only_through_a_relay_is_a_quorum_member(tmp_path, tiny_llama_dir):

@@ -130,7 +130,8 @@ def test_circuit_addresses_are_built_and_split():
     with pytest.raises(ValueError):
         circuit_addr("/ip4/10.0.0.1/tcp/4001", target)  # no relay peer id
     with pytest.raises(RelayError):  # the address names another target
-        split_circuit_addr(multiaddr.Multiaddr(addr), parse_peer_addr(f"/ip4/10.0.0.1/tcp/1/p2p/{relay}").peer_id)
+        other = parse_peer_addr(f"/ip4/10.0.0.1/tcp/1/p2p/{relay}").peer_id
+        split_circuit_addr(multiaddr.Multiaddr(addr), other)
     with pytest.raises(RelayError):  # not a circuit address at all
         split_circuit_addr(multiaddr.Multiaddr(f"/ip4/10.0.0.1/tcp/1/p2p/{relay}"), info.peer_id)
 
@@ -169,3 +170,42 @@ def test_a_testnet_refuses_relayed_nodes_without_namespaces(tmp_path):
     with pytest.raises(TestnetError, match="node-1"):
         net.up(3, netns=True, relayed=(0,))  # node-0 is the relay itself
     assert net.nodes() == []  # nothing was planned or started
+
+
+def test_the_reservation_is_renewed_after_the_relay_connection_is_lost():
+    async def body():
+        async with trio.open_nursery() as nursery:
+            net = Net(nursery)
+            relay = await net.start(new_node(relay_service=True, topic=RELAY_ONLY_TOPIC))
+            relay_addr = relay.listen_multiaddrs()[0]
+            hidden = await net.start(new_node(relays=[relay_addr]))
+            client = hidden._relay_client
+            await wait_until(lambda: client.reservations == 1)
+            await trio.sleep(1.0)
+            assert client.reservations == 1  # not renewed while the connection holds
+            await hidden.host.disconnect(relay.host.get_id())
+            # The relay is redialed like a bootstrap peer and reserved on again.
+            await wait_until(lambda: client.reservations >= 2 and hidden.circuit_multiaddrs() != [])
+            caller = await net.start(new_node())
+            await caller.connect(circuit_addr(relay_addr, hidden.peer_id))
+            await caller.wait_for_topic_peers(1)
+            nursery.cancel_scope.cancel()
+
+    run_trio(body)
+
+
+def test_a_relayed_node_announces_its_circuit_and_announce_addrs_only():
+    async def body():
+        async with trio.open_nursery() as nursery:
+            net = Net(nursery)
+            relay = await net.start(new_node(relay_service=True, topic=RELAY_ONLY_TOPIC))
+            relay_addr = relay.listen_multiaddrs()[0]
+            hidden = await net.start(new_node(relays=[relay_addr], announce_addrs=["/ip4/203.0.113.7/tcp/4001"]))
+            await wait_until(lambda: hidden.circuit_multiaddrs() != [])
+            assert hidden.announce_multiaddrs() == [
+                circuit_addr(relay_addr, hidden.peer_id),
+                f"/ip4/203.0.113.7/tcp/4001/p2p/{hidden.peer_id}",
+            ]
+            nursery.cancel_scope.cancel()
+
+    run_trio(body)
