@@ -484,7 +484,9 @@ class GossipNode:
 
     # ---- connections ------------------------------------------------------------------
     async def connect(self, addr: str, *, keep: bool = False) -> str:
-        """Dial `/ip4/../tcp/../p2p/<id>`; with `keep`, redial it whenever it is lost.
+        """Dial `/ip4/../tcp/../p2p/<id>`, or a circuit address
+        `<relay addr>/p2p/<relay id>/p2p-circuit/p2p/<id>` through that relay; with `keep`,
+        redial it whenever it is lost.
 
         Returns the peer id. Raises `AddressError` for a bad address, `GossipError` when
         the dial fails or the peer is banned.
