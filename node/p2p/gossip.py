@@ -64,7 +64,15 @@ from node.p2p.libp2p_compat import (
 )
 from node.p2p.peers import PeerRecord, PeerTable
 from node.p2p.ratelimit import KeyedRateLimiter, PenaltyBox
-from node.p2p.relay import RelayClient, circuit_addr, dial_via_relay, is_circuit_addr, make_relay_protocol
+from node.p2p.relay import (
+    RelayClient,
+    RelayError,
+    circuit_addr,
+    dial_via_relay,
+    is_circuit_addr,
+    make_relay_protocol,
+    split_circuit_addr,
+)
 from node.version import package_version
 
 route_library_logs_to_root()  # libp2p detaches its logger on import
@@ -869,7 +877,11 @@ class GossipNode:
         """A peer that can only be reached through a relay is not found by the DHT
         (py-libp2p's routing table drops ``/p2p-circuit`` addresses): its signed
         ``peer_info`` names its circuit addresses, and we dial one when not connected,
-        within the discovery budget (``dht_max_peers`` connections)."""
+        within the discovery budget (``dht_max_peers`` connections).
+
+        Only through relays we are already connected to: the relay part of the address
+        is whatever the sender wrote, and a node dialing it on a stranger's word would
+        let one signed frame aim every node of the network at any host and port."""
         body = packet.body
         if not isinstance(body, wire.PeerInfo) or self._host is None or self._nursery is None:
             return
@@ -884,9 +896,10 @@ class GossipNode:
         for addr in relayed:
             try:
                 info = parse_peer_addr(addr)
-            except AddressError:
+                relay_id = split_circuit_addr(info.addrs[0], peer)[0].peer_id
+            except (AddressError, RelayError):
                 continue
-            if info.peer_id == peer:
+            if info.peer_id == peer and relay_id in connected:
                 infos.extend(info.addrs)
         if infos:
             self._nursery.start_soon(self._dial, Libp2pPeerInfo(peer, infos))

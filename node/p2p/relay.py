@@ -77,6 +77,7 @@ __all__ = [
     "dial_via_relay",
     "is_circuit_addr",
     "make_relay_protocol",
+    "split_circuit_addr",
 ]
 
 CIRCUIT = "p2p-circuit"

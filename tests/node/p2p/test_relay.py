@@ -209,3 +209,36 @@ def test_a_relayed_node_announces_its_circuit_and_announce_addrs_only():
             nursery.cancel_scope.cancel()
 
     run_trio(body)
+
+
+def test_a_circuit_address_heard_in_peer_info_is_dialed_only_through_a_connected_relay():
+    """C hears B's peer_info through M but is not connected to B's relay R: C must not
+    dial R on B's word. Once C is connected to R, it reaches B through it."""
+
+    async def body():
+        async with trio.open_nursery() as nursery:
+            net = Net(nursery)
+            relay = await net.start(new_node(relay_service=True, topic=RELAY_ONLY_TOPIC))
+            relay_addr = relay.listen_multiaddrs()[0]
+            middle = await net.start(new_node(info_interval_s=1.0))
+            hidden = await net.start(new_node(relays=[relay_addr], info_interval_s=1.0))
+            await wait_until(lambda: hidden.circuit_multiaddrs() != [])
+            caller = await net.start(new_node(info_interval_s=1.0))
+            await hidden.connect(middle.listen_multiaddrs()[0])
+            await caller.connect(middle.listen_multiaddrs()[0])
+
+            def heard() -> bool:
+                rec = {p.node_id: p for p in caller.peers()}.get(hidden.node_id)
+                return rec is not None and any("p2p-circuit" in a for a in rec.announce_addrs)
+
+            await wait_until(heard)
+            await trio.sleep(2.5)  # two more peer_info rounds
+            assert relay.peer_id not in caller.connected_peers()
+            assert hidden.peer_id not in caller.connected_peers()
+
+            await caller.connect(relay_addr)
+            await wait_until(lambda: hidden.peer_id in caller.connected_peers())
+            assert any("p2p-circuit" in a for a in _relayed_conn_addrs(caller, hidden.peer_id))
+            nursery.cancel_scope.cancel()
+
+    run_trio(body)
