@@ -120,6 +120,14 @@ class Settings(BaseSettings):
         description="Addresses peers should dial (public or NAT-mapped); default: the listen "
         "addresses, with 0.0.0.0 expanded into this machine's interface addresses.",
     )
+    relay_service: bool = Field(
+        False, description="Serve as a circuit relay (v2 hop) for nodes that cannot be dialed."
+    )
+    relays: list[str] = Field(
+        default_factory=list,
+        description="Relay nodes (multiaddrs with /p2p/<id>) to reserve a slot on when this node cannot "
+        "be dialed (behind NAT); it then announces its /p2p-circuit addresses through them.",
+    )
     mdns: bool = Field(True, description="Discover peers on the local network.")
     dht: bool = Field(True, description="Discover peers beyond the bootstrap list through the Kademlia DHT.")
     dht_interval_s: float = Field(10.0, gt=0, le=3600, description="Seconds between DHT discovery rounds.")
@@ -198,7 +206,7 @@ class Settings(BaseSettings):
     def _lower_level(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
 
-    @field_validator("listen_addrs", "bootstrap", "announce_addrs")
+    @field_validator("listen_addrs", "bootstrap", "announce_addrs", "relays")
     @classmethod
     def _multiaddrs(cls, v: list[str]) -> list[str]:
         for addr in v:
@@ -306,6 +314,9 @@ api_port = 8420               # 1-65535
 listen_addrs = ["/ip4/0.0.0.0/tcp/4001"]
 bootstrap = []                # e.g. ["/ip4/203.0.113.5/tcp/4001/p2p/12D3KooW..."]
 announce_addrs = []           # what peers should dial, e.g. ["/ip4/203.0.113.7/tcp/4001"] behind NAT
+relay_service = false         # serve as a circuit relay for nodes that cannot be dialed
+relays = []                   # behind NAT with no port mapping: relay nodes to be reached through,
+                              # e.g. ["/ip4/203.0.113.5/tcp/4001/p2p/12D3KooW..."]
 mdns = true                   # discover peers on the local network
 dht = true                    # find peers beyond the bootstrap list through the Kademlia DHT
 dht_interval_s = 10.0         # seconds between DHT discovery rounds

@@ -5,6 +5,9 @@ bridge in the caller's namespace; the bridge holds the ``.254`` address, so the 
 reaches every node's HTTP API while the nodes see each other only through the bridge
 (no loopback shortcut: inside a namespace, 127.0.0.1 is that namespace's own). A node is
 cut off by taking its bridge-side link down, and healed by bringing it up again.
+A node can also be fenced in (``isolate``): it keeps its link but routes only to the
+nodes it is allowed to reach (and the bridge, for its API), like a host behind NAT
+whose only way out is one relay node.
 
 Everything is made with ``ip`` (iproute2) as root and named from one short prefix, so
 ``destroy`` removes exactly what ``create`` made, even after a crash (the names are
@@ -147,6 +150,20 @@ class NetnsTopology:
     def heal(self, i: int) -> None:
         check_netns_support()
         _ip("link", "set", self.host_link(i), "up")
+
+    def isolate(self, i: int, reachable: list[int]) -> None:
+        """Let node i reach only the nodes in ``reachable`` (and the bridge address).
+
+        Routing alone: its /24 address becomes a /32, so it has no route to the subnet,
+        only host routes to the allowed nodes and to the bridge. Packets from any other
+        node may still arrive, but its answers have no route back, so no connection to
+        or from them can be made. Undone by ``destroy`` (the namespace goes)."""
+        check_netns_support()
+        ns, link, address = self.namespace(i), self.node_link(i), self.address(i)
+        _ip("-n", ns, "addr", "del", f"{address}/24", "dev", link)
+        _ip("-n", ns, "addr", "add", f"{address}/32", "dev", link)
+        for target in [self.bridge_address] + [self.address(j) for j in reachable if j != i]:
+            _ip("-n", ns, "route", "add", f"{target}/32", "dev", link)
 
     def exec_prefix(self, i: int) -> list[str]:
         """Prepend to a command to run it inside node i's namespace."""

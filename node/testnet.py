@@ -202,7 +202,7 @@ class Testnet:
         self.root = (root or default_testnet_dir()).expanduser().absolute()
         self._procs: dict[str, subprocess.Popen] = {}  # our children, reaped on down
         # How `up` started the nodes, so `restart` starts one the same way.
-        self._launch: dict[str, Any] = {"models": None, "env": None, "bootstrap": "all"}
+        self._launch: dict[str, Any] = {"models": None, "env": None, "bootstrap": "all", "relayed": ()}
 
     # -- records --
 
@@ -346,6 +346,7 @@ class Testnet:
         progress: Progress | None = None,
         netns: bool = False,
         bootstrap: str = "all",
+        relayed: tuple[int, ...] = (),
     ) -> list[NodeEntry]:
         """Start n daemons and wait until every one is ready and sees the others.
 
@@ -354,12 +355,20 @@ class Testnet:
 
         With ``netns`` each daemon runs in a network namespace of its own (see
         ``node.netns``): separate hosts with their own addresses on one bridge.
+        ``relayed`` (netns only) names nodes that can reach node-0 and nothing else, as
+        behind a NAT: node-0 then serves as a circuit relay, and each of them reserves
+        on it, bootstraps from it alone, and is reached by the others through it.
         On any failure (a daemon exits, the timeout passes, Ctrl-C) every daemon this
         call started is stopped again (and the namespaces removed) and TestnetError
         names the node and its log tail.
         """
         if bootstrap not in ("all", "first"):
             raise TestnetError(f"bootstrap must be 'all' or 'first', got {bootstrap!r}")
+        relayed = tuple(sorted(set(relayed)))
+        if relayed and not netns:
+            raise TestnetError("relayed nodes need --netns (on loopback every node reaches every other)")
+        if any(not 0 < i < n for i in relayed):
+            raise TestnetError(f"relayed nodes must be among node-1..node-{n - 1}, got {list(relayed)}")
         if running := self.running():
             raise TestnetError(
                 f"a testnet is already running in {self.root} ({len(running)} node(s)); "
@@ -370,11 +379,13 @@ class Testnet:
         if netns:
             try:
                 self.topology().create(n)
+                for i in relayed:
+                    self.topology().isolate(i, [0])
             except NetnsError as exc:
                 raise TestnetError(str(exc)) from None
         self._save(nodes)
         report = progress or (lambda *_: None)
-        self._launch = {"models": models, "env": env, "bootstrap": bootstrap}
+        self._launch = {"models": models, "env": env, "bootstrap": bootstrap, "relayed": relayed}
         try:
             for node in nodes:
                 self._spawn(node, self._bootstrap_of(node, nodes), models, env)
@@ -385,7 +396,24 @@ class Testnet:
             raise
         return nodes
 
+    def _relayed(self, node: NodeEntry, nodes: list[NodeEntry]) -> bool:
+        return node.name in {nodes[i].name for i in self._launch.get("relayed", ()) if i < len(nodes)}
+
+    def _relay_env(self, node: NodeEntry, nodes: list[NodeEntry]) -> dict[str, str]:
+        """node-0 relays for the relayed nodes; each of those reserves on node-0."""
+        if not self._launch.get("relayed"):
+            return {}
+        if node.name == nodes[0].name:
+            return {"RAKIS_RELAY_SERVICE": "true"}
+        if self._relayed(node, nodes):
+            return {"RAKIS_RELAYS": json.dumps([nodes[0].multiaddr])}
+        return {}
+
     def _bootstrap_of(self, node: NodeEntry, nodes: list[NodeEntry]) -> list[NodeEntry]:
+        if self._relayed(node, nodes):
+            return [nodes[0]]  # the only node it can reach
+        if self._launch.get("relayed"):
+            nodes = [o for o in nodes if not self._relayed(o, nodes)]  # not dialable directly
         if self._launch["bootstrap"] == "first":
             return [nodes[0]] if node is not nodes[0] else []
         return [o for o in nodes if o is not node]
@@ -429,6 +457,7 @@ class Testnet:
     def _spawn(
         self, node: NodeEntry, others: list[NodeEntry], models: list[str] | None, env: dict[str, str] | None
     ) -> None:
+        env = {**self._relay_env(node, self.nodes()), **(env or {})}
         (node.dir / NODE_JSON).unlink(missing_ok=True)
         with open(node.dir / LOG_FILE, "ab") as log:
             proc = subprocess.Popen(

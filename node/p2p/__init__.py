@@ -14,6 +14,9 @@
   whose outputs fail re-checks are throttled, then banned.
 - ``ratelimit``: per-sender and per-forwarder token buckets and the penalty box that
   turns invalid frames into bans.
+- ``relay``: circuit relay v2: a node serves as a relay (``relay_service``); a node
+  nobody can dial reserves on ``relays`` and announces its ``/p2p-circuit`` addresses;
+  circuit addresses are dialed through the relay (the swarm skips them).
 - ``discovery``: Kademlia DHT discovery: nodes beyond the bootstrap list are found by
   providing and looking up the topic's key, then dialled.
 - ``sync``: ``/rakis/sync/1``, history sync: a node that (re)joins asks peers for the

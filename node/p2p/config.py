@@ -25,6 +25,13 @@ class GossipConfig:
     listen_addrs: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
     announce_addrs: tuple[str, ...] = ()  # what peers should dial; default: expanded listen addrs
     bootstrap: tuple[str, ...] = ()  # /ip4/../tcp/../p2p/<peer id>; redialed when lost
+    # Circuit relay v2 (node/p2p/relay.py). relay_service: serve as a relay (hop) for
+    # nodes that cannot be dialed. relays: relay nodes (/ip4/../tcp/../p2p/<relay id>)
+    # this node keeps a reservation on; it then announces its /p2p-circuit addresses
+    # through them instead of its own (undialable) listen addresses.
+    relay_service: bool = False
+    relays: tuple[str, ...] = ()
+    relay_refresh_s: float = 300.0  # renew reservations this often (relay TTL: 3600 s)
     mdns: bool = True  # LAN discovery; tests turn it off
     dht: bool = True  # Kademlia DHT discovery, seeded by the bootstrap peers
     dht_interval_s: float = 10.0  # one lookup + provide + find_providers round this often
@@ -60,7 +67,7 @@ class GossipConfig:
     disconnect_hold_s: float = 30.0  # after disconnect(): keep the peer off pubsub this long
 
     def __post_init__(self) -> None:
-        for name in ("listen_addrs", "bootstrap", "announce_addrs"):
+        for name in ("listen_addrs", "bootstrap", "announce_addrs", "relays"):
             value = getattr(self, name)
             if isinstance(value, str):
                 raise ValueError(f"{name} must be a list of multiaddrs, not one string")
@@ -73,6 +80,10 @@ class GossipConfig:
             parse_peer_addr(addr)
         for addr in self.announce_addrs:
             parse_listen_addr(addr)
+        for addr in self.relays:
+            parse_peer_addr(addr)
+            if "/p2p-circuit" in addr:
+                raise ValueError(f"a relay must be dialed directly, not through another relay: {addr}")
         positive = (
             "heartbeat_s",
             "status_interval_s",
@@ -90,6 +101,7 @@ class GossipConfig:
             "ban_s",
             "shutdown_timeout_s",
             "dht_interval_s",
+            "relay_refresh_s",
         )
         if self.disconnect_hold_s < 0:
             raise ValueError(f"disconnect_hold_s must not be negative, got {self.disconnect_hold_s}")
@@ -121,6 +133,8 @@ def config_from_settings(settings: Any, **overrides: Any) -> GossipConfig:
         ("mdns", "mdns"),
         ("dht", "dht"),
         ("dht_interval_s", "dht_interval_s"),
+        ("relay_service", "relay_service"),
+        ("relays", "relays"),
         ("limits", "wire"),
         ("seen_max_entries", "seen_cache_entries"),
         ("sender_rate", "rate_limit_per_peer"),

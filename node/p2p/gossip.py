@@ -64,6 +64,15 @@ from node.p2p.libp2p_compat import (
 )
 from node.p2p.peers import PeerRecord, PeerTable
 from node.p2p.ratelimit import KeyedRateLimiter, PenaltyBox
+from node.p2p.relay import (
+    RelayClient,
+    RelayError,
+    circuit_addr,
+    dial_via_relay,
+    is_circuit_addr,
+    make_relay_protocol,
+    split_circuit_addr,
+)
 from node.version import package_version
 
 route_library_logs_to_root()  # libp2p detaches its logger on import
@@ -194,6 +203,14 @@ class GossipNode:
             info = parse_peer_addr(addr)
             if info.peer_id != self._libp2p_id:
                 self._keep[info.peer_id] = info
+        # Relays we reserve on are kept connected like bootstrap peers.
+        self._relay_addrs: dict[ID, str] = {}
+        for addr in cfg.relays:
+            info = parse_peer_addr(addr)
+            if info.peer_id != self._libp2p_id:
+                self._keep[info.peer_id] = info
+                self._relay_addrs[info.peer_id] = addr
+        self._relay_client: RelayClient | None = None
         # Set while running.
         self._host: IHost | None = None
         self._pubsub: Pubsub | None = None
@@ -232,12 +249,28 @@ class GossipNode:
 
     def announce_multiaddrs(self) -> list[str]:
         """The addresses peers should dial (``announce_addrs``, else the listen addresses
-        with 0.0.0.0 expanded into this machine's interfaces), each with ``/p2p/<id>``."""
+        with 0.0.0.0 expanded into this machine's interfaces), each with ``/p2p/<id>``.
+
+        A node with ``relays`` is one nobody can dial directly: it announces the
+        ``/p2p-circuit`` address of each relay it holds a reservation on, then any
+        ``announce_addrs``, and not its own listen addresses."""
         if self._host is None:
             return []
+        if self.config.relays:
+            out = self.circuit_multiaddrs()
+            if self.config.announce_addrs:
+                out += dialable_addrs((), peer_id=self.peer_id, announce=self.config.announce_addrs)
+            return out
         return dialable_addrs(
             self.listen_multiaddrs(), peer_id=self.peer_id, announce=self.config.announce_addrs
         )
+
+    def circuit_multiaddrs(self) -> list[str]:
+        """Our ``/p2p-circuit`` addresses: one per relay that holds a reservation for us."""
+        client = self._relay_client
+        if client is None:
+            return []
+        return [circuit_addr(self._relay_addrs[r], self.peer_id) for r in client.reserved()]
 
     def peers(self) -> list[PeerRecord]:
         """Peers heard from recently (peer_info / peer_status), with connection state."""
@@ -337,12 +370,21 @@ class GossipNode:
             blacklist(pubsub, peer)  # type: ignore[arg-type]
         discovered_send, discovered_recv = trio.open_memory_channel[Libp2pPeerInfo](256)
         on_discovered = self._discovery_handler(discovered_send) if cfg.mdns else None
+        # Circuit relay: the STOP side (accept relayed connections) on nodes that reserve
+        # on a relay, plus the hop side on relay nodes; nothing on other nodes.
+        relay_protocol = None
+        if cfg.relays or cfg.relay_service:
+            relay_protocol = make_relay_protocol(host, hop=cfg.relay_service)
         try:
             with trio.CancelScope(shield=True) as scope:
                 self._stack_scope = scope
                 async with host.run(listen):
                     try:
-                        async with background_trio_service(pubsub), background_trio_service(router):
+                        async with (
+                            background_trio_service(pubsub),
+                            background_trio_service(router),
+                            _maybe_service(relay_protocol),
+                        ):
                             await pubsub.wait_until_ready()
                             await subscribe_direct(pubsub, cfg.topic, self._deliver)
                             async with trio.open_nursery() as nursery:
@@ -354,6 +396,16 @@ class GossipNode:
                                 nursery.start_soon(self._heartbeat_loop)
                                 nursery.start_soon(self._maintenance_loop)
                                 nursery.start_soon(self._bootstrap_loop)
+                                if self._relay_addrs:
+                                    self._relay_client = RelayClient(
+                                        host,
+                                        [self._keep[r] for r in self._relay_addrs],
+                                        refresh_s=cfg.relay_refresh_s,
+                                        check_s=cfg.reconnect_interval_s,
+                                        timeout_s=cfg.dial_timeout_s,
+                                        on_change=lambda: self._info_due.set(),
+                                    )
+                                    await nursery.start(self._relay_client.run)
                                 if cfg.dht:
                                     self._discovery = DhtDiscovery(
                                         host,
@@ -392,6 +444,7 @@ class GossipNode:
             self._nursery = None
             self._stack_scope = None
             self._known_pubsub_peers.clear()
+            self._relay_client = None
             self._dialing.clear()
             self._registering.clear()
             self._held.clear()
@@ -439,7 +492,9 @@ class GossipNode:
 
     # ---- connections ------------------------------------------------------------------
     async def connect(self, addr: str, *, keep: bool = False) -> str:
-        """Dial `/ip4/../tcp/../p2p/<id>`; with `keep`, redial it whenever it is lost.
+        """Dial `/ip4/../tcp/../p2p/<id>`, or a circuit address
+        `<relay addr>/p2p/<relay id>/p2p-circuit/p2p/<id>` through that relay; with `keep`,
+        redial it whenever it is lost.
 
         Returns the peer id. Raises `AddressError` for a bad address, `GossipError` when
         the dial fails or the peer is banned.
@@ -456,8 +511,7 @@ class GossipNode:
             unblacklist(self._pubsub, info.peer_id)
         allow_redial(host, info.peer_id)
         try:
-            with trio.fail_after(self.config.dial_timeout_s):
-                await host.connect(info)
+            await self._connect_info(host, info)
         except trio.TooSlowError:
             self.counters.dial_failures += 1
             raise GossipError(f"dialing {addr} timed out after {self.config.dial_timeout_s} s") from None
@@ -616,6 +670,8 @@ class GossipNode:
                 return
         self._table.observe(packet)
         own = bytes(msg.from_id) == self._libp2p_id.to_bytes()
+        if not own and packet.type == wire.PacketType.PEER_INFO:
+            self._dial_relayed_peer(packet)
         if own and not self.config.deliver_own:
             return
         if _metrics is not None and not own:
@@ -781,14 +837,72 @@ class GossipNode:
         self._dialing.add(info.peer_id)
         allow_redial(host, info.peer_id)
         try:
-            with trio.fail_after(self.config.dial_timeout_s):
-                await host.connect(info)
+            await self._connect_info(host, info)
             self.counters.dials += 1
         except Exception as exc:  # noqa: BLE001 - the peer may simply be down; retried later
             self.counters.dial_failures += 1
             log.debug("gossip_dial_failed", peer=str(info.peer_id), error=str(exc))
         finally:
             self._dialing.discard(info.peer_id)
+
+    async def _connect_info(self, host: IHost, info: Libp2pPeerInfo) -> None:
+        """Dial a peer: its direct addresses through the swarm, its ``/p2p-circuit``
+        addresses through their relays (the swarm skips those), each kind within
+        ``dial_timeout_s``; the first that connects wins, else the last error is raised."""
+        direct = [a for a in info.addrs if not is_circuit_addr(a)]
+        relayed = [a for a in info.addrs if is_circuit_addr(a)]
+        error: BaseException | None = None
+        if direct or not relayed:
+            try:
+                with trio.fail_after(self.config.dial_timeout_s):
+                    await host.connect(Libp2pPeerInfo(info.peer_id, direct))
+                return
+            except (Exception, trio.TooSlowError) as exc:  # noqa: BLE001 - then try the relays
+                if not relayed:
+                    raise
+                error = exc
+        for addr in relayed:
+            if info.peer_id in set(host.get_connected_peers()):
+                return
+            try:
+                await dial_via_relay(host, addr, info.peer_id, timeout_s=self.config.dial_timeout_s)
+                log.info("gossip_dialed_via_relay", peer=str(info.peer_id), addr=str(addr))
+                return
+            except (Exception, trio.TooSlowError) as exc:  # noqa: BLE001 - next relay
+                error = exc
+        assert error is not None
+        raise error
+
+    def _dial_relayed_peer(self, packet: wire.SignedPacket) -> None:
+        """A peer that can only be reached through a relay is not found by the DHT
+        (py-libp2p's routing table drops ``/p2p-circuit`` addresses): its signed
+        ``peer_info`` names its circuit addresses, and we dial one when not connected,
+        within the discovery budget (``dht_max_peers`` connections).
+
+        Only through relays we are already connected to: the relay part of the address
+        is whatever the sender wrote, and a node dialing it on a stranger's word would
+        let one signed frame aim every node of the network at any host and port."""
+        body = packet.body
+        if not isinstance(body, wire.PeerInfo) or self._host is None or self._nursery is None:
+            return
+        relayed = [a for a in body.addrs if is_circuit_addr(a)]
+        if not relayed:
+            return
+        peer = peer_id_from_public_key(packet.sender)
+        connected = set(self._host.get_connected_peers())
+        if peer in connected or not self._may_dial(peer) or len(connected) >= self.config.dht_max_peers:
+            return
+        infos = []
+        for addr in relayed:
+            try:
+                info = parse_peer_addr(addr)
+                relay_id = split_circuit_addr(info.addrs[0], peer)[0].peer_id
+            except (AddressError, RelayError):
+                continue
+            if info.peer_id == peer and relay_id in connected:
+                infos.extend(info.addrs)
+        if infos:
+            self._nursery.start_soon(self._dial, Libp2pPeerInfo(peer, infos))
 
     def _discovery_handler(
         self, send: trio.MemorySendChannel[Libp2pPeerInfo]
@@ -831,6 +945,16 @@ class GossipNode:
         if self._host is None:
             raise GossipError("gossip node is not running")
         return self._host
+
+
+@asynccontextmanager
+async def _maybe_service(service: Any) -> AsyncIterator[None]:
+    """``background_trio_service(service)``, or nothing when ``service`` is None."""
+    if service is None:
+        yield
+        return
+    async with background_trio_service(service):
+        yield
 
 
 __all__ = ["PENALTY_POINTS", "GossipCounters", "GossipError", "GossipNode"]
