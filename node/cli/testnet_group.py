@@ -71,6 +71,7 @@ def _bring_up(
     timeout: float,
     faults: dict[int, str] | None = None,
     netns: bool = False,
+    relayed: tuple[int, ...] = (),
 ) -> None:
     from node.cli.progress import NodesProgress
 
@@ -85,6 +86,7 @@ def _bring_up(
                 timeout=timeout,
                 progress=lambda name, status, pid, url: table.update(name, status, pid=pid, url=url),
                 netns=netns,
+                relayed=relayed,
             )
     finally:
         table.console.line()  # a non-terminal Live leaves the cursor after the table
@@ -111,14 +113,23 @@ def up(
             "--netns", help="Each node in its own network namespace and address (separate hosts; needs root)."
         ),
     ] = False,
+    relayed: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--relayed",
+            help="With --netns: node INDEX can reach only node-0, which serves as its relay (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Start N daemons (on 127.0.0.1, or each on its own host with --netns), bootstrapped
-    to each other; wait until all are ready."""
+    to each other; wait until all are ready. ``--relayed I`` hides node I behind node-0."""
     from node.netns import NetnsError, check_netns_support
     from node.testnet import TestnetError
 
     quiet_library_logs()
     faults = parse_faults(fault, n)
+    if relayed and not netns:
+        raise fail("--relayed needs --netns (a relayed node is a host with a route to node-0 only)")
     if netns:
         try:
             check_netns_support()
@@ -126,7 +137,7 @@ def up(
             raise fail(str(exc)) from None
     tn = _testnet(dir)
     try:
-        _bring_up(tn, n, model, torch_threads, timeout, faults, netns=netns)
+        _bring_up(tn, n, model, torch_threads, timeout, faults, netns=netns, relayed=tuple(relayed or ()))
     except TestnetError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""``rakis testnet`` options that need no running daemons: --netns refusals, partition of
+"""``rakis testnet`` options that need no running daemons: --netns and --relayed refusals, partition of
 an unknown or non-namespace node."""
 
 from __future__ import annotations
@@ -30,3 +30,9 @@ def test_partition_names_the_problem(tmp_path) -> None:
     assert r.exit_code == 1 and "--netns" in r.output
     r = CliRunner().invoke(app, ["testnet", "heal", "node-9", "--dir", str(tn.root)])
     assert r.exit_code == 1 and "no node named 'node-9'" in r.output
+
+
+def test_relayed_without_netns_is_refused_before_anything_starts(tmp_path) -> None:
+    r = CliRunner().invoke(app, ["testnet", "up", "--relayed", "1", "--dir", str(tmp_path / "net")])
+    assert r.exit_code == 1 and "--relayed needs --netns" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "net" / "testnet.json").exists()
