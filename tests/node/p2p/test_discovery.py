@@ -50,7 +50,10 @@ def test_star_bootstrap_becomes_a_full_mesh_through_the_dht():
             for n in nodes:
                 assert set(n.connected_peers()) == {m.peer_id for m in nodes if m is not n}
             await wait_until(lambda: all(len(n.topic_peers()) == 4 for n in nodes), timeout_s=15)
-            assert all(n._discovery is not None and n._discovery.lookups > 0 for n in nodes)
+            # Signed peer_info announcements can complete the mesh before every node's
+            # first DHT round (0.5 s in); each node still runs its lookups.
+            assert all(n._discovery is not None for n in nodes)
+            await wait_until(lambda: all(n._discovery.lookups > 0 for n in nodes), timeout_s=10)
             nursery.cancel_scope.cancel()
 
     run_trio(body, timeout_s=60)
