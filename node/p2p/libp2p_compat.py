@@ -6,6 +6,7 @@ Each helper says which trap of the library it works around and why.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -288,7 +289,23 @@ def make_pubsub(
     pubsub = Pubsub(host, router, seen_ttl=seen_ttl_s, strict_signing=True)
     pubsub.validation_cache = _NoValidationCache()  # type: ignore[assignment]
     pubsub.peer_queues = _SizedQueues(outbound_queue_size, on_outbound_drop)
+    pubsub.counter = first_seqno()
     return pubsub
+
+
+def first_seqno() -> int:
+    """Where a fresh Pubsub starts numbering its messages: nanoseconds since the epoch.
+
+    The restart stall (issue 19). A message's id is ``from_id + seqno`` and py-libp2p
+    starts ``seqno`` at ``int(time.time())``, whole *seconds*, then adds one per message.
+    A node that published more messages than the seconds it lived therefore restarts
+    with seqnos it already used, and every peer still holding those ids in its seen
+    cache (``seen_ttl_s``) drops the new messages silently as duplicates: the restarted
+    node receives everything and is heard by nobody, for as long as its old ids stay
+    seen. Go libp2p starts at nanoseconds, which a restart cannot catch up with (one
+    message per nanosecond); the value fits the uint64 on the wire until the year 2554.
+    """
+    return time.time_ns()
 
 
 class _SubscriptionSink:

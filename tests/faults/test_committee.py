@@ -1,8 +1,8 @@
 """Committee sortition on a 6-node testnet of real daemons (tiny random Llama).
 
 Quorum 3, committee_factor 1.5: the expected committee is 4.5 of 6, and the first
-round needs quorum + 1 spare = 4 members, so each request is computed by about 4-5
-nodes, not 6. Also: a node that ignores sortition has its commits ignored (and
+round needs quorum + 1 spare = 4 members (else the next round, where all 6 are
+selected), so each request is computed by about 5 nodes on average, not always 6. Also: a node that ignores sortition has its commits ignored (and
 counted) by the others; two stopped members of a 4-member committee make it widen and
 the request still succeeds. Identity puzzles are on (difficulty 8) for every daemon.
 
@@ -86,8 +86,12 @@ def test_each_request_is_computed_by_a_committee_and_load_spreads(six: dict[str,
     sizes = [len(_committed(v)) for v in views]
     print("committee sizes (nodes that committed):", sizes)
     assert all(s >= QUORUM for s in sizes), sizes
-    assert sum(sizes) / len(sizes) <= 5.25, sizes  # about 4-5 of 6, not 6
-    assert sum(1 for s in sizes if s == 6) <= len(sizes) // 4, sizes
+    # What the rule predicts at 6 nodes (p = 0.75 each in round 0; the first round needs
+    # quorum + 1 spare = 4 members, else round 1 selects all 6): P(all 6) = P(<4 in round
+    # 0) + P(6 in round 0) = 0.17 + 0.18 = 0.35, mean size 5.06. Bounds at about +3 sd
+    # over 30 requests: a network that ran every request everywhere fails both.
+    assert sum(sizes) / len(sizes) <= 5.5, sizes
+    assert sum(1 for s in sizes if s == 6) <= 0.6 * len(sizes), sizes
     share = Counter(n for v in views for n in _committed(v))
     mean = sum(sizes) / len(six)
     print("share per node:", sorted(share.values()), "mean", mean)

@@ -102,6 +102,15 @@ def test_killed_while_owing_a_reveal_reveals_after_restart(trio_net):
         "c committed",
         step=0.02,
     )
+    # c's store says "committed" a moment before its outbox has gossiped the commit: wait
+    # until a holds it, or the freeze would keep the commit itself from the network (then
+    # the request fails with not_enough_commits, which is not what this test is about).
+    a.wait_for(
+        lambda: c.node_id in {x["node_id"] for x in (a.request(rid) or {}).get("commits") or []},
+        30,
+        "a has c's commit",
+        step=0.02,
+    )
     c.signal(signal.SIGSTOP)  # frozen right after its commit: it cannot answer the reveal request
     try:
         a.wait_for(

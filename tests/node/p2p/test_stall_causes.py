@@ -1,12 +1,16 @@
-"""The two library traps behind "outgoing gossip stopped reaching a peer" after a restart
-with a frozen neighbour (see libp2p_compat.allow_redial / drop_stale_streams)."""
+"""The library traps behind "outgoing gossip stopped reaching a peer" after a restart
+(see libp2p_compat.allow_redial / drop_stale_streams / first_seqno). The last one was the
+stall itself: a restarted node reused message ids its peers had already seen."""
 
 from __future__ import annotations
 
+import time
+
 import trio
 
-from node.p2p.libp2p_compat import drop_stale_streams, parse_peer_addr
-from tests.node.p2p.conftest import Net, new_node, run_trio, wait_until
+from node.identity import Identity
+from node.p2p.libp2p_compat import drop_stale_streams, first_seqno, parse_peer_addr
+from tests.node.p2p.conftest import Net, new_node, request_body, run_trio, wait_until
 
 
 def test_a_failed_dial_does_not_block_the_next_one():
@@ -58,3 +62,37 @@ def test_a_pubsub_stream_left_on_a_closed_connection_is_replaced():
             nursery.cancel_scope.cancel()
 
     run_trio(body)
+
+
+def test_a_restarted_node_that_was_busy_is_heard_at_once():
+    """py-libp2p numbers messages from the start time in whole seconds; a node that sent
+    more messages than the seconds it lived restarted with message ids its peers had
+    seen, and they dropped everything it said as duplicates (the restart stall). Message
+    numbers now start from nanoseconds."""
+    assert abs(first_seqno() - time.time_ns()) < 10**9
+
+    async def body():
+        async with trio.open_nursery() as nursery:
+            net = Net(nursery)
+            ids = [Identity.generate() for _ in range(3)]
+            a = await net.start(new_node(ids[0]))
+            b = await net.start(new_node(ids[1], bootstrap=[a.listen_multiaddrs()[0]]))
+            c = await net.start(new_node(ids[2], bootstrap=[a.listen_multiaddrs()[0], b.listen_multiaddrs()[0]]))
+            await wait_until(lambda: all(len(n.topic_peers()) >= 2 for n in (a, b, c)), timeout_s=30)
+            for k in range(200):  # a busy first life: far more messages than seconds lived
+                await c.publish_body(request_body(f"early-{k}"))
+            await wait_until(lambda: all("early-199" in net.prompts(n) for n in (a, b)), timeout_s=30)
+            port = c.listen_multiaddrs()[0].split("/")[4]
+            await net.stop(c)
+            c2 = new_node(
+                ids[2],
+                listen_addrs=[f"/ip4/127.0.0.1/tcp/{port}"],
+                bootstrap=[a.listen_multiaddrs()[0], b.listen_multiaddrs()[0]],
+            )
+            await net.start(c2)
+            await wait_until(lambda: len(c2.topic_peers()) >= 2, timeout_s=30)
+            await c2.publish_body(request_body("after-restart"))
+            await wait_until(lambda: all("after-restart" in net.prompts(n) for n in (a, b)), timeout_s=10)
+            nursery.cancel_scope.cancel()
+
+    run_trio(body, timeout_s=90)
