@@ -659,8 +659,9 @@ def _unpack(data: bytes, *, limits: WireLimits, what: str) -> Any:
             max_bin_len=limits.max_frame_bytes,
             max_str_len=limits.max_frame_bytes,
             # Twice the schema's largest list/map, so a slightly-too-long list is reported
-            # by the schema as LIMIT while an absurd one never gets allocated.
-            max_array_len=2 * max(limits.max_commits, limits.max_accepted_models * 4) + 16,
+            # by the schema as LIMIT while an absurd one never gets allocated. The largest
+            # list is a reveal's output_tokens (max_tokens + 1 ids).
+            max_array_len=2 * max(limits.max_commits, limits.max_accepted_models * 4, limits.max_tokens + 1) + 16,
             max_map_len=2 * limits.max_accepted_models * 4 + 32,
             max_ext_len=0,
         )

@@ -42,28 +42,9 @@ from engine.model_files import default_llm_dir  # noqa: E402
 from engine.recheck import RecheckTolerance  # noqa: E402
 from engine.types import GenerationRequest, RecheckRequest, SamplingParams  # noqa: E402
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about autumn.",
-    "Explain photosynthesis briefly.",
-    "List three prime numbers.",
-    "Who wrote Hamlet?",
-    "How do I boil an egg?",
-    "Translate 'thank you' into German.",
-    "What is 7 times 8?",
-    "Give me a tip for learning Python.",
-    "Why is the sky blue?",
-    "Name a famous painting by Van Gogh.",
-    "What does a CPU do?",
-    "Suggest a name for a pet turtle.",
-    "Describe the taste of a lemon.",
-    "What is the boiling point of water in Celsius?",
-    "Summarize the plot of Cinderella in one sentence.",
-    "What are the three primary colors?",
-    "How many continents are there?",
-    "Write a short greeting for a birthday card.",
-    "What is machine learning?",
-]
+# The same 20 prompts as the SmolLM2 greedy-identity test and quant_quality.py.
+from tests.engine.core.test_smollm2 import PROMPTS  # noqa: E402
+
 SETTINGS = [(0.0, 1.0), (0.7, 1.0), (1.0, 1.0), (0.0, 0.9), (0.7, 0.9), (1.0, 0.9)]
 # Measuring, not judging: every mismatch counts as suspect (none fails), so each
 # honest disagreement between configurations is seen with its distance.

@@ -4,11 +4,18 @@ Only those two packet types create entries: clients also sign packets (requests)
 are not nodes. Entries are keyed by node id (the sender's public key), which the
 signature proves, rather than by the libp2p connection the packet arrived on, so a
 peer relayed through others is known just the same. Silent peers expire.
+
+An expired peer is remembered (bounded): when it is heard again its record comes back
+with what it last announced (models, workers) and its first sighting. Otherwise a peer
+whose heartbeats were late for a while (a busy machine) would return with no models
+until its next ``peer_info`` (up to ``info_interval_s``), and committee views built in
+that gap would leave it out; and its standing's age (first sighting) would restart.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -64,6 +71,7 @@ class PeerTable:
         peer_id_of: Callable[[str], str] | None = None,
         mono: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        remember_departed: int = 10_000,
     ) -> None:
         if expiry_s <= 0:
             raise ValueError(f"peer expiry must be positive, got {expiry_s}")
@@ -73,6 +81,8 @@ class PeerTable:
         self._mono = mono
         self._wall_ms = wall_ms
         self._peers: dict[str, PeerRecord] = {}
+        self._departed: OrderedDict[str, PeerRecord] = OrderedDict()  # expired, newest last
+        self._remember = remember_departed
 
     def observe(self, packet: SignedPacket) -> PeerRecord | None:
         """Update from a verified packet; returns the new record, or None if ignored."""
@@ -83,6 +93,8 @@ class PeerTable:
             return None
         now_ms = self._wall_ms()
         old = self._peers.get(node_id)
+        if old is None:
+            old = self._departed.pop(node_id, None)
         if old is None:
             old = PeerRecord(node_id=node_id, peer_id=self._peer_id_of(node_id), first_seen_ms=now_ms)
         body = packet.body
@@ -131,7 +143,10 @@ class PeerTable:
         cutoff = self._mono() - self.expiry_s
         gone = [nid for nid, rec in self._peers.items() if rec.seen_mono < cutoff]
         for nid in gone:
-            del self._peers[nid]
+            self._departed[nid] = replace(self._peers.pop(nid), connected=False)
+            self._departed.move_to_end(nid)
+        while len(self._departed) > self._remember:
+            self._departed.popitem(last=False)
         return gone
 
     def get(self, node_id: str) -> PeerRecord | None:

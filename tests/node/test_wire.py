@@ -296,6 +296,28 @@ def test_other_type_limits(key: SigningKey) -> None:
     assert reason_of(frame, limits=WireLimits(max_b_bytes=9)) is WireReason.LIMIT
 
 
+def test_a_reveal_carries_as_many_token_ids_as_max_tokens_allows(key: SigningKey) -> None:
+    """A long answer's reveal decodes: msgpack's array bound once sat at 528 elements,
+    below a 1,500-token answer's ids, and such a reveal could not be published at all."""
+
+    def reveal(n: int) -> bytes:
+        body = wire.InferenceReveal(
+            request_id=REQ_ID,
+            inference_id=INF_ID,
+            output="y",
+            b=b"\1",
+            model="m",
+            model_hash=MODEL_HASH,
+            output_tokens=[7] * n,
+        )
+        return wire.encode(body, key)
+
+    limit = WireLimits().max_tokens + 1  # ids of max_tokens tokens plus EOS
+    assert len(wire.decode(reveal(1500)).body.output_tokens) == 1500
+    assert len(wire.decode(reveal(limit)).body.output_tokens) == limit
+    assert reason_of(reveal(1500), limits=WireLimits(max_tokens=1000)) is WireReason.LIMIT
+
+
 @pytest.mark.parametrize(
     ("body", "bad"),
     [

@@ -76,6 +76,24 @@ def test_peer_table_from_heartbeats_and_expiry():
     assert table.expire() == [] and len(table) == 1
     clock[0] += 2.0
     assert table.expire() == [other.node_id] and len(table) == 0
+    # Heard again after expiry: what it announced and its first sighting come back at
+    # once (a committee view built before its next peer_info still counts it).
+    back = table.observe(_signed(wire.PeerStatus(load=0.1, queue_depth=0, tokens_per_s=1.0), other))
+    assert back.models == ("a",) and back.workers == {"a": 2} and back.load == 0.1
+    assert back.first_seen_ms == rec.first_seen_ms and len(table) == 1
+
+
+def test_peer_table_remembers_a_bounded_number_of_departed_peers():
+    clock = [0.0]
+    table = PeerTable(1.0, mono=lambda: clock[0], remember_departed=2)
+    info = wire.PeerInfo(models=["a"], embedding_models=[], workers={"a": 1}, device="cpu", version="1")
+    peers = [Identity.generate() for _ in range(3)]
+    for p in peers:
+        table.observe(_signed(info, p))
+    clock[0] += 2.0
+    assert len(table.expire()) == 3
+    status = wire.PeerStatus(load=0.0, queue_depth=0, tokens_per_s=0.0)
+    assert [table.observe(_signed(status, p)).models for p in peers] == [None, ("a",), ("a",)]
 
 
 def test_config_rejects_bad_input_with_clear_errors():
