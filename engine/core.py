@@ -530,7 +530,7 @@ class EngineCore:
     def _loop(self) -> None:
         # OpenMP keeps its thread-count setting per calling thread: the count set in the
         # constructor's thread does not reach this one. Setting it here too measured
-        # batch-1 decode 15-17 -> 26-32 tok/s (SmolLM2 q4, 2 threads; docs/benchmarks.md).
+        # batch-1 decode 15-17 -> 18-32 tok/s (SmolLM2 q4, 2 threads; docs/benchmarks.md).
         if self._num_threads is not None:
             torch.set_num_threads(self._num_threads)
         sched = self.scheduler
