@@ -67,7 +67,9 @@ def test_namespaced_nodes_reach_consensus_without_loopback(netns_testnet):
     topo = net.topology()
     assert [n.host for n in nodes] == [topo.address(i) for i in range(3)]
     assert all(n.api_url.startswith(f"http://{topo.subnet}.") for n in nodes)
-    frame = make_frame("Name a planet.", model=TINY, quorum=3, max_time_ms=120_000, commit_window_ms=10_000)
+    # 30 s to commit: gossip between fresh namespaced daemons was seen to take ~5 s per hop
+    # under the full suite, which pushed a commit past a 10 s window.
+    frame = make_frame("Name a planet.", model=TINY, quorum=3, max_time_ms=120_000, commit_window_ms=30_000)
     with httpx.Client(timeout=10) as http:
         r = http.post(nodes[2].api_url + "/v1/requests", content=frame, headers={"content-type": "application/octet-stream"})
         assert r.status_code == 200, r.text
