@@ -108,7 +108,6 @@ class EngineCore:
         )
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        self._num_threads = num_threads
         model_dir = resolve_model_dir(model_dir)
         self.model_dir = model_dir
         self.recheck_tolerance = recheck_tolerance
@@ -528,11 +527,6 @@ class EngineCore:
 
     # ------------------------------------------------------------------ worker thread
     def _loop(self) -> None:
-        # OpenMP keeps its thread-count setting per calling thread: the count set in the
-        # constructor's thread does not reach this one. Setting it here too measured
-        # batch-1 decode 15-17 -> 18-32 tok/s (SmolLM2 q4, 2 threads; docs/benchmarks.md).
-        if self._num_threads is not None:
-            torch.set_num_threads(self._num_threads)
         sched = self.scheduler
         while True:
             with self._lock:
