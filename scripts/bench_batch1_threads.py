@@ -2,8 +2,14 @@
 
 Why: the engine's worker thread decoded about 3x slower than the same steps driven by
 hand in the main thread (docs/benchmarks.md, "Targets of issue 17"). This script shows
-the gap in one run, so a change to threading (OpenMP settings, thread pools) can be
-judged by the ratio, not by absolute figures on a noisy machine.
+the gap and its cause in one run, so a change to threading (OpenMP settings, thread
+pools) can be judged by ratios, not by absolute figures on a noisy machine:
+
+1. the caller (this thread) steps the engine;
+2. the engine's worker thread runs it with ``--threads`` OpenMP threads, then with one
+   fewer (a fresh worker thread);
+3. the caller again while an idle second thread owns an OpenMP team, then after that
+   thread exited.
 
     .venv/bin/python scripts/bench_batch1_threads.py [--quant q4] [--threads 2] [--tokens 64] [--runs 3]
 """
@@ -11,11 +17,15 @@ judged by the ratio, not by absolute figures on a noisy machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -58,6 +68,26 @@ def on_worker_thread(eng, tokens: int) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
+@contextlib.contextmanager
+def _second_openmp_master(torch: Any) -> Iterator[None]:
+    """A thread that runs one parallel torch op (so it owns an OpenMP team) and waits."""
+    release = threading.Event()
+
+    def idle_master() -> None:
+        x = torch.randn(512, 512)
+        torch.mm(x, x)
+        release.wait()
+
+    t = threading.Thread(target=idle_master, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    try:
+        yield
+    finally:
+        release.set()
+        t.join()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quant", default="q4", help="none (fp32), int8 or q4")
@@ -72,19 +102,41 @@ def main() -> None:
     eng = EngineCore(
         default_llm_dir(), num_threads=args.threads, quant=None if args.quant == "none" else args.quant
     )
-    caller = [stepped_in_caller(eng, args.tokens) for _ in range(args.runs)]
+    import torch
+
+    stepped_in_caller(eng, 8)  # warm-up: first-call allocations and kernel selection
+    runs: dict[str, list[float]] = {}
+    runs["caller, before any worker"] = [stepped_in_caller(eng, args.tokens) for _ in range(args.runs)]
     eng.start()
-    worker = [on_worker_thread(eng, args.tokens) for _ in range(args.runs)]
+    runs[f"worker thread, {args.threads} OpenMP threads"] = [
+        on_worker_thread(eng, args.tokens) for _ in range(args.runs)
+    ]
     eng.stop()
-    med_c, med_w = statistics.median(caller), statistics.median(worker)
+    if args.threads > 1:
+        # A fresh worker thread takes torch's global count when it first runs a parallel op.
+        torch.set_num_threads(args.threads - 1)
+        eng.start()
+        runs[f"worker thread, {args.threads - 1} OpenMP threads"] = [
+            on_worker_thread(eng, args.tokens) for _ in range(args.runs)
+        ]
+        eng.stop()
+        torch.set_num_threads(args.threads)
+    # The caller again while an idle second thread owns an OpenMP team, then after that
+    # thread exited. Slow only while it lives: the cause is process-wide, libgomp's
+    # throttled spin-wait once it manages more threads than there are CPUs (the idle
+    # team's pool thread counts), not something about the engine's worker thread.
+    if args.threads > 1:
+        with _second_openmp_master(torch):
+            runs["caller, a 2nd OpenMP master alive"] = [
+                stepped_in_caller(eng, args.tokens) for _ in range(args.runs)
+            ]
+    runs["caller, after it exited"] = [stepped_in_caller(eng, args.tokens) for _ in range(args.runs)]
     print(f"mode {args.quant}, {args.threads} threads, {args.tokens} tokens, {args.runs} runs each")
-    print(
-        f"stepped in the calling thread: {', '.join(f'{x:.1f}' for x in caller)} tok/s (median {med_c:.1f})"
-    )
-    print(
-        f"on the worker thread:          {', '.join(f'{x:.1f}' for x in worker)} tok/s (median {med_w:.1f})"
-    )
-    print(f"worker / caller: {med_w / med_c:.2f}x")
+    first = statistics.median(next(iter(runs.values())))
+    for name, values in runs.items():
+        med = statistics.median(values)
+        listed = ", ".join(f"{x:.1f}" for x in values)
+        print(f"{name:36s} {listed} tok/s (median {med:.1f}, {med / first:.2f}x the first)")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from engine.types import SamplingParams, TokenEvent
 from node import metrics
 from node.api.errors import ApiError, error_body, error_responses
 from node.api.facade import NodeFacade
+from node.api.schemas import chat_completion_ok
 from node.api.sse import to_json
 from node.logs import get_logger
 
@@ -162,7 +163,8 @@ def _names(items: Any) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _llm_models(node: NodeFacade) -> list[str]:
+def local_llm_models(node: NodeFacade) -> list[str]:
+    """The LLM names this node's own engine serves (the verified path adds the peers')."""
     llm = getattr(node, "llm", None)
     return _names(llm.available_models()) if llm is not None else []
 
@@ -237,7 +239,7 @@ def openai_router(node: NodeFacade) -> APIRouter:
         llm = getattr(node, "llm", None)
         if llm is None:
             raise ApiError(503, "no_llm_engine", "this node runs no local LLM engine")
-        available = _llm_models(node)
+        available = local_llm_models(node)
         if model not in available:
             raise ApiError(
                 404,
@@ -281,7 +283,7 @@ def openai_router(node: NodeFacade) -> APIRouter:
         hashes_of = getattr(node, "model_hashes", None)
         hashes = hashes_of() if callable(hashes_of) else {}  # what the node commits under
         llm = {"object": "model", "created": created, "owned_by": "rakis", "type": "llm"}
-        data = [{"id": name, **llm, "model_hash": hashes.get(name)} for name in _llm_models(node)] + [
+        data = [{"id": name, **llm, "model_hash": hashes.get(name)} for name in local_llm_models(node)] + [
             {"id": name, "object": "model", "created": created, "owned_by": "rakis", "type": "embedding"}
             for name in _embedding_models(node)
         ]
@@ -291,22 +293,10 @@ def openai_router(node: NodeFacade) -> APIRouter:
         "/chat/completions",
         response_model=None,
         responses={
-            200: {
-                "description": "A `chat.completion`, or with `stream: true` `chat.completion.chunk` "
-                "server-sent events ending with `data: [DONE]`",
-                "content": {
-                    "application/json": {"schema": {"type": "object"}},
-                    "text/event-stream": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
-                            "required": ["data"],
-                            "description": "each `data:` a chat.completion.chunk JSON object "
-                            "(or an error object), the last one `[DONE]`",
-                        }
-                    },
-                },
-            },
+            **chat_completion_ok(
+                "A `chat.completion`, or with `stream: true` `chat.completion.chunk` "
+                "server-sent events ending with `data: [DONE]`"
+            ),
             **error_responses(
                 400,
                 404,

@@ -66,6 +66,30 @@ SUBMIT_BODY: dict[str, Any] = {
     },
 }
 # One server-sent event (OpenAPI 3.1: an event stream's `schema` describes each event).
+# One `data:` line of an OpenAI chat stream: a `chat.completion.chunk` (or an error
+# object) as JSON, the last one the literal `[DONE]`.
+CHAT_CHUNK_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"],
+    "description": "each `data:` a chat.completion.chunk JSON object (or an error object), the last one `[DONE]`",
+}
+
+
+def chat_completion_ok(description: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a `/chat/completions` route (local and verified): a JSON
+    `chat.completion`, or with `stream: true` an event stream of chunks."""
+    return {
+        200: {
+            "description": description,
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/event-stream": {"schema": CHAT_CHUNK_EVENT},
+            },
+        }
+    }
+
+
 SSE_EVENT: dict[str, Any] = {
     "type": "object",
     "properties": {

@@ -31,7 +31,8 @@ from node import metrics, wire
 from node.api.access import CallerGate, authenticate
 from node.api.errors import ApiError, error_body, error_responses
 from node.api.facade import NodeFacade
-from node.api.openai_routes import _llm_models
+from node.api.openai_routes import local_llm_models
+from node.api.schemas import chat_completion_ok
 from node.api.sse import JSONSafeResponse, to_json
 from node.api.verified_calls import (
     VerifiedChatRequest,
@@ -173,7 +174,7 @@ def verified_router(node: NodeFacade) -> APIRouter:
     def check_reachable(body: wire.InferenceRequest) -> None:
         aliases = [m.split("@", 1)[0] for m in body.accepted_models]
         peers = node.peers()
-        served = network_models(_llm_models(node), peers, self_serves())
+        served = network_models(local_llm_models(node), peers, self_serves())
         if any(a in served for a in aliases):
             return
         if any(p.get("models") is None for p in peers):
@@ -188,7 +189,7 @@ def verified_router(node: NodeFacade) -> APIRouter:
     @router.get("/models", responses=error_responses(401, 404, s404="The verified path is disabled here"))
     async def models(_caller: str = Depends(caller_of)) -> JSONSafeResponse:  # noqa: B008
         """Models nodes on the network serve (peer_info and this node), with how many nodes each."""
-        local = set(_llm_models(node))
+        local = set(local_llm_models(node))
         peers = node.peers()
         counts = network_models(sorted(local), peers, self_serves())
         hashes_of = getattr(node, "model_hashes", None)
@@ -222,20 +223,10 @@ def verified_router(node: NodeFacade) -> APIRouter:
         "/chat/completions",
         response_model=None,
         responses={
-            200: {
-                "description": "A `chat.completion` agreed by the network (with a `rakis` object), or with "
-                "`stream: true` SSE comment lines of progress, `chat.completion.chunk`s and `data: [DONE]`",
-                "content": {
-                    "application/json": {"schema": {"type": "object"}},
-                    "text/event-stream": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
-                            "required": ["data"],
-                        }
-                    },
-                },
-            },
+            **chat_completion_ok(
+                "A `chat.completion` agreed by the network (with a `rakis` object), or with "
+                "`stream: true` SSE comment lines of progress, `chat.completion.chunk`s and `data: [DONE]`"
+            ),
             **error_responses(
                 400,
                 401,
