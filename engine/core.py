@@ -23,6 +23,7 @@ from pathlib import Path
 import structlog
 import torch
 
+from engine import devices
 from engine.attention import engine_ops
 from engine.config import EngineConfig
 from engine.detok import IncrementalDetokenizer
@@ -108,6 +109,7 @@ class EngineCore:
         )
         if num_threads is not None:
             torch.set_num_threads(num_threads)
+        self._num_threads = num_threads
         model_dir = resolve_model_dir(model_dir)
         self.model_dir = model_dir
         self.recheck_tolerance = recheck_tolerance
@@ -118,7 +120,11 @@ class EngineCore:
         # under a lock: fast tokenizers raise "Already borrowed" when shared concurrently.
         self._detok_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._encode_lock = threading.Lock()
-        self.runner = make_runner(model_dir, device=device, dtype=dtype, quant=quant)
+        # Loading and the KV cache's allocation run parallel ops: on a passing thread, so
+        # the caller keeps no OpenMP team next to the worker's (devices.own_openmp_team).
+        self.runner = devices.on_passing_thread(
+            make_runner, model_dir, device=device, dtype=dtype, quant=quant
+        )
         self.ops = engine_ops(device)
         log.info(
             "engine_worker_ready",
@@ -164,7 +170,8 @@ class EngineCore:
             raise ValueError(
                 f"kv cache of {kv_cache_bytes} bytes holds fewer than 2 blocks of {per_block} bytes"
             )
-        self.kv = KVCache(
+        self.kv = devices.on_passing_thread(
+            KVCache,
             self.runner.num_layers,
             num_blocks,
             block_size,
@@ -527,6 +534,8 @@ class EngineCore:
 
     # ------------------------------------------------------------------ worker thread
     def _loop(self) -> None:
+        if self._num_threads is not None:
+            devices.own_openmp_team(self._num_threads)
         sched = self.scheduler
         while True:
             with self._lock:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
@@ -32,6 +35,8 @@ ENV_DEVICE = "RAKIS_DEVICE"
 ENV_DTYPE = "RAKIS_DTYPE"
 ENV_THREADS = "RAKIS_TORCH_THREADS"
 ENV_NODES_PER_MACHINE = "RAKIS_NODES_PER_MACHINE"
+
+_T = TypeVar("_T")
 
 
 def cuda_available() -> bool:
@@ -135,3 +140,51 @@ def apply_thread_budget(threads: int) -> int:
     except RuntimeError:
         pass
     return threads
+
+
+def own_openmp_team(threads: int) -> None:
+    """Make the calling thread run torch's parallel ops with ``threads`` OpenMP threads.
+
+    Why: libgomp (torch's OpenMP on Linux) gives every thread that runs a parallel op a
+    team of pool threads that lives as long as that thread, and once the process holds
+    more OpenMP threads than CPUs it throttles every team's spin-wait (about 100 spins,
+    then a futex sleep). A decode step runs about 120 short parallel regions per token, so
+    a throttled team sleeps and wakes that often: batch-1 decode measured 2-3x slower
+    (docs/benchmarks.md, "Targets of issue 17"). So a process keeps one long-lived team
+    per LLM engine worker, sized by the thread budget, and its other torch threads (the
+    daemon's embedding worker) run with one thread, which makes no team.
+
+    torch copies its process-wide count into a thread at that thread's first parallel op;
+    asking for the count first makes that happen now, so the count set next sticks to this
+    thread. The process-wide count becomes ``threads`` too (threads that start later take
+    it as their default).
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+
+def on_passing_thread(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Run ``fn`` on a new thread, wait for it, and return its result or raise its error.
+
+    Why: loading weights and allocating the KV cache run parallel torch ops, and the
+    thread that runs them keeps an OpenMP team for as long as it lives (see
+    ``own_openmp_team``). Done on a thread that then exits, they leave no idle team in
+    the caller (often the main thread, which lives as long as the process) to throttle
+    the engine worker's team.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            box["error"] = e
+
+    t = threading.Thread(target=run, name=f"passing-{getattr(fn, '__name__', 'fn')}")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

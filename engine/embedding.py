@@ -133,11 +133,14 @@ class EmbeddingEngine:
         max_batch_texts: int = 64,
         normalize: bool = False,
         log_size: int = 10_000,
+        openmp_threads: int | None = None,
     ) -> None:
         """`dtype` defaults to float32 on every device: nodes compare binary
         embeddings across machines, and half precision flips more sign bits.
         `normalize=True` forces unit-norm vectors for models that lack a Normalize
-        module (it changes nothing for MiniLM)."""
+        module (it changes nothing for MiniLM). `openmp_threads` sets each worker
+        thread's own torch thread count (the daemon passes 1, so that the LLM engine's
+        team is the only one: `devices.own_openmp_team`); None keeps torch's count."""
         if max_batch_texts < 1:
             raise ValueError(f"max_batch_texts must be >= 1, got {max_batch_texts}")
         self.registry = registry or ModelRegistry()
@@ -145,6 +148,9 @@ class EmbeddingEngine:
         self.dtype = devices.resolve_dtype(self.device, dtype)
         self.max_batch_texts = max_batch_texts
         self.normalize = normalize
+        if openmp_threads is not None and openmp_threads < 1:
+            raise ValueError(f"openmp_threads must be >= 1, got {openmp_threads}")
+        self.openmp_threads = openmp_threads
         self._log = EngineLog(log_size)
         self._cond = threading.Condition()
         self._queue: DeadlineQueue[_Job] = DeadlineQueue()
@@ -358,6 +364,8 @@ class EmbeddingEngine:
         return batch, expired
 
     def _worker_loop(self, w: _Worker) -> None:
+        if self.openmp_threads is not None:
+            devices.own_openmp_team(self.openmp_threads)
         try:
             while True:
                 with self._cond:

@@ -95,7 +95,9 @@ async def serve(
     # (EngineCompute.model_hash), so fp32 verifiers call its outputs unavailable, not failed.
     llm_dtype = "float32" if settings.dtype == "auto" else settings.dtype
     llm = LLMEngine(registry, device=device, dtype=llm_dtype, num_threads=threads)
-    embeddings = EmbeddingEngine(registry, device=device)
+    # One OpenMP team per process (the LLM workers'): a second long-lived one throttles
+    # both (engine.devices.own_openmp_team), and embedding a short answer needs no team.
+    embeddings = EmbeddingEngine(registry, device=device, openmp_threads=1)
     advert = NodeAdvert(llm=llm, embeddings=embeddings)
     gossip = GossipNode(
         identity,
@@ -237,7 +239,9 @@ async def serve(
         log.info("stopped")
 
 
-def _history_sync(settings: Settings, gossip: Any, store: Store, orchestrator: Orchestrator, compute: Any) -> Any:
+def _history_sync(
+    settings: Settings, gossip: Any, store: Store, orchestrator: Orchestrator, compute: Any
+) -> Any:
     """``/rakis/sync/1``: serve our history, ask (re)connecting peers for what we missed."""
     from node.p2p.sync import StoreHistory, SyncConfig, SyncService
     from node.p2p.sync_adopt import certificate_sink
