@@ -188,7 +188,9 @@ def _read_add_provider_echo() -> None:
                 answered = True
             return True
         except Exception as exc:  # noqa: BLE001 - as the library's: a failed announcement is False
-            log.debug("dht_add_provider_failed", peer=str(peer_id), error=f"{type(exc).__name__}: {exc}"[:200])
+            log.debug(
+                "dht_add_provider_failed", peer=str(peer_id), error=f"{type(exc).__name__}: {exc}"[:200]
+            )
             return False
         finally:
             if stream is not None:
