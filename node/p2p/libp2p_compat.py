@@ -11,19 +11,27 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import multiaddr
+import trio
 from libp2p import new_host
 from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from libp2p.crypto.keys import KeyPair
+from libp2p.custom_types import TProtocol
 from libp2p.discovery.mdns.mdns import create_mdns_discovery
+from libp2p.kad_dht.common import MAX_DHT_MESSAGE_SIZE
+from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
+from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
+from libp2p.kad_dht.provider_store import ProviderStore
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams
 from libp2p.stream_muxer.mplex.exceptions import MplexUnavailable
 from libp2p.stream_muxer.mplex.mplex import Mplex
+from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
 from node.logs import get_logger
 
@@ -131,6 +139,71 @@ def _harden_mplex_reads() -> None:
     Mplex._rakis_hardened = True  # type: ignore[attr-defined]
 
 
+# How long a provider announcement waits for the receiver's echo (see _read_add_provider_echo).
+ADD_PROVIDER_ECHO_TIMEOUT_S = 5.0
+
+
+def _read_add_provider_echo() -> None:
+    """Read the answer to a DHT provider announcement, so it cannot stall the connection.
+
+    py-libp2p's DHT server answers ``ADD_PROVIDER`` with an echo of the request (as the
+    spec says), in two mplex frames; its client (``ProviderStore._send_add_provider``)
+    treats the message as fire-and-forget and never reads that echo. An mplex stream
+    holds one unread frame; the next one blocks the connection's read loop until
+    mplex gives up on the reader (``RECEIVE_TIMEOUT_SECS``, 5 s) and resets the stream.
+    So after every ``provide()`` (each DHT round, every ``dht_interval_s``) nothing
+    the announcing node received from each peer it announced to got through for 5 s:
+    gossip frames, sync streams and the relayed connections a relay carries inside
+    that one connection, whose dials (``dial_timeout_s``, 5 s) then timed out; a node
+    reachable only through a relay stayed out of reach (tests/e2e/test_netns_relay.py).
+
+    Here the announcement waits for the echo (or the end of the stream, which is how a
+    receiver says no) before closing; a receiver that never answers gets the stream
+    reset after ``ADD_PROVIDER_ECHO_TIMEOUT_S``, so a late echo is dropped instead of
+    blocking. Patched once, on the class (every DHT of the process).
+    """
+    if getattr(ProviderStore, "_rakis_reads_echo", False):
+        return
+
+    async def _send_add_provider(self: ProviderStore, peer_id: ID, key: bytes) -> bool:
+        stream = None
+        answered = False
+        try:
+            stream = await self.host.new_stream(peer_id, [TProtocol(KAD_PROTOCOL_ID)])
+            envelope, _ = env_to_send_in_RPC(self.host)
+            message = KadMessage()
+            message.type = KadMessage.MessageType.ADD_PROVIDER
+            message.key = key
+            message.senderRecord = envelope
+            provider = message.providerPeers.add()
+            provider.id = self.local_peer_id.to_bytes()
+            provider.addrs.extend(addr.to_bytes() for addr in self.host.get_addrs())
+            provider.signedRecord = envelope
+            await stream.write(encode_varint_prefixed(message.SerializeToString()))
+            with trio.move_on_after(ADD_PROVIDER_ECHO_TIMEOUT_S):
+                try:
+                    await read_varint_prefixed_bytes_limited(stream, MAX_DHT_MESSAGE_SIZE)
+                except Exception:  # noqa: BLE001 - closed without an echo: a refusal, still answered
+                    pass
+                answered = True
+            return True
+        except Exception as exc:  # noqa: BLE001 - as the library's: a failed announcement is False
+            log.debug(
+                "dht_add_provider_failed", peer=str(peer_id), error=f"{type(exc).__name__}: {exc}"[:200]
+            )
+            return False
+        finally:
+            if stream is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    try:
+                        await (stream.close() if answered else stream.reset())
+                    except Exception:  # noqa: BLE001 - already gone
+                        pass
+
+    ProviderStore._send_add_provider = _send_add_provider  # type: ignore[method-assign]
+    ProviderStore._rakis_reads_echo = True  # type: ignore[attr-defined]
+
+
 def make_host(seed: bytes, listen: Sequence[multiaddr.Multiaddr], *, mdns: bool) -> IHost:
     """A TCP host keyed by the node's own key.
 
@@ -142,6 +215,7 @@ def make_host(seed: bytes, listen: Sequence[multiaddr.Multiaddr], *, mdns: bool)
     # nearly every frame it reads; with mplex an idle 10-node network used 0.22 instead
     # of 0.33 of a core.
     _harden_mplex_reads()
+    _read_add_provider_echo()
     host = new_host(
         key_pair=key_pair_from_seed(seed),
         listen_addrs=list(listen),

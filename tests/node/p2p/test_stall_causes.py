@@ -1,6 +1,8 @@
 """The library traps behind "outgoing gossip stopped reaching a peer" after a restart
 (see libp2p_compat.allow_redial / drop_stale_streams / first_seqno). The last one was the
-stall itself: a restarted node reused message ids its peers had already seen."""
+stall itself: a restarted node reused message ids its peers had already seen. And the
+5 s stall of a connection after each DHT provider announcement
+(libp2p_compat._read_add_provider_echo)."""
 
 from __future__ import annotations
 
@@ -96,3 +98,30 @@ def test_a_restarted_node_that_was_busy_is_heard_at_once():
             nursery.cancel_scope.cancel()
 
     run_trio(body, timeout_s=90)
+
+
+def test_a_provider_announcement_does_not_stall_the_connection():
+    """py-libp2p's DHT client never read the receiver's echo of ADD_PROVIDER, and mplex
+    then held the whole connection's incoming side for 5 s before resetting that stream:
+    after every DHT round, frames from the peer (gossip, and the relayed connections a
+    relay carries) arrived 5 s late. Now the echo is read and frames pass at once."""
+
+    async def body():
+        async with trio.open_nursery() as nursery:
+            net = Net(nursery)
+            a = await net.start(new_node(dht=True, dht_interval_s=3600))  # rounds by hand only
+            b = await net.start(new_node(dht=True, dht_interval_s=3600))
+            await a.connect(b.listen_multiaddrs()[0])
+            await a.wait_for_topic_peers(1)
+            await b.wait_for_topic_peers(1)
+            discovery = a._discovery
+            assert discovery is not None
+            for k in range(3):
+                assert await discovery.dht.provide(discovery.key)  # announced to b, which echoes
+                await trio.sleep(0.2)  # the echo is on its way back
+                await b.publish_body(request_body(f"after-provide-{k}"))
+                # The stall was 5 s (mplex's RECEIVE_TIMEOUT_SECS); 2 s leaves room for a slow machine.
+                await wait_until(lambda k=k: f"after-provide-{k}" in net.prompts(a), timeout_s=2)
+            nursery.cancel_scope.cancel()
+
+    run_trio(body, timeout_s=60)
