@@ -15,6 +15,9 @@ stay cheap and free of import cycles with the engine core):
 - `EngineConfig`: how each worker is built (KV cache, batching, prefix cache, weight
   mode), validated once; `env_switches()`: the one reader of the engine's documented
   environment overrides (engine.config).
+- `engine.devices`: device, dtype and CPU-thread choices; `own_openmp_team` and
+  `on_passing_thread` keep one OpenMP team per engine worker (libgomp throttles every
+  team once a process holds more OpenMP threads than CPUs).
 
 Subpackages: `engine.native` (C++ CPU kernels built on first use) and `engine.kernels`
 (the op contract: plain-torch references, Triton ops for CUDA, the CUDA-graph runner).
