@@ -6,8 +6,10 @@ the gap and its cause in one run, so a change to threading (OpenMP settings, thr
 pools) can be judged by ratios, not by absolute figures on a noisy machine:
 
 1. the caller (this thread) steps the engine;
-2. the engine's worker thread runs it with ``--threads`` OpenMP threads, then with one
-   fewer (a fresh worker thread);
+2. the engine's worker thread runs it with ``--threads`` OpenMP threads (the worker
+   pins that count itself: ``engine.devices.own_openmp_team``), while step 1 left the
+   caller an OpenMP team of its own: so it is throttled, as the daemon was before the
+   fix (one run here: caller 72.4, worker 31.7 tok/s);
 3. the caller again while an idle second thread owns an OpenMP team, then after that
    thread exited.
 
@@ -112,15 +114,6 @@ def main() -> None:
         on_worker_thread(eng, args.tokens) for _ in range(args.runs)
     ]
     eng.stop()
-    if args.threads > 1:
-        # A fresh worker thread takes torch's global count when it first runs a parallel op.
-        torch.set_num_threads(args.threads - 1)
-        eng.start()
-        runs[f"worker thread, {args.threads - 1} OpenMP threads"] = [
-            on_worker_thread(eng, args.tokens) for _ in range(args.runs)
-        ]
-        eng.stop()
-        torch.set_num_threads(args.threads)
     # The caller again while an idle second thread owns an OpenMP team, then after that
     # thread exited. Slow only while it lives: the cause is process-wide, libgomp's
     # throttled spin-wait once it manages more threads than there are CPUs (the idle

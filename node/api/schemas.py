@@ -65,7 +65,6 @@ SUBMIT_BODY: dict[str, Any] = {
         "application/json": {"schema": SubmitFrame.model_json_schema()},
     },
 }
-# One server-sent event (OpenAPI 3.1: an event stream's `schema` describes each event).
 # One `data:` line of an OpenAI chat stream: a `chat.completion.chunk` (or an error
 # object) as JSON, the last one the literal `[DONE]`.
 CHAT_CHUNK_EVENT: dict[str, Any] = {
@@ -90,6 +89,7 @@ def chat_completion_ok(description: str) -> dict[int | str, dict[str, Any]]:
     }
 
 
+# One server-sent event (OpenAPI 3.1: an event stream's `schema` describes each event).
 SSE_EVENT: dict[str, Any] = {
     "type": "object",
     "properties": {

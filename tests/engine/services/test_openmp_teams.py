@@ -8,21 +8,11 @@ than CPUs, which made the engine's worker thread decode 2-3x slower
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
 
 from engine import devices
-
-
-def _in_thread(fn: Callable[[], Any]) -> Any:
-    box: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: box.setdefault("v", fn()))
-    t.start()
-    t.join()
-    return box["v"]
 
 
 def test_own_openmp_team_sticks_to_its_thread_when_the_process_count_changes_later() -> None:
@@ -48,7 +38,7 @@ def test_own_openmp_team_sticks_to_its_thread_when_the_process_count_changes_lat
         t.join(10)
         assert seen["after_op"] == 1
         # A thread that never pinned its count takes the process-wide one.
-        assert _in_thread(torch.get_num_threads) == 2
+        assert devices.on_passing_thread(torch.get_num_threads) == 2
     finally:
         torch.set_num_threads(before)
 
