@@ -19,6 +19,11 @@ stay cheap and free of import cycles with the engine core):
   `on_passing_thread` keep one OpenMP team per engine worker (libgomp throttles every
   team once a process holds more OpenMP threads than CPUs).
 
+- `engine.quant` keeps projections in GGML's Q4_1 / Q8_0 blocks (int8 / q4 modes);
+  `engine.fused_decode` runs a quantized model's decode-only steps through every layer
+  in one native call (engine/native/decode_step.cpp), the op-by-op forward in
+  engine.model being its oracle.
+
 Subpackages: `engine.native` (C++ CPU kernels built on first use) and `engine.kernels`
 (the op contract: plain-torch references, Triton ops for CUDA, the CUDA-graph runner).
 `engine.kernels` was a top-level `kernels` package until transformers 5.25 began to

@@ -144,6 +144,12 @@ def _native_of(m: _DecodeMeta, block_size: int) -> _NativeArgs:
     return m.native
 
 
+def native_decode_args(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int) -> _NativeArgs:
+    """The native kernels' int32 tables and lengths for this step's decode batch, with
+    whether they are safe to hand over; built once per step (every layer shares them)."""
+    return _native_of(_decode_meta(block_tables, seq_lens), block_size)
+
+
 def _native_decode(lib):
     """paged_attention_decode on the native kernel, falling back to the torch path for
     anything the kernel does not take (non-fp32, unusual layouts)."""

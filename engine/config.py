@@ -12,6 +12,8 @@ stay, as documented overrides for operators and tests (README, "Performance"):
 - ``RAKIS_QUANT``: ``int8 | q4`` weights when no mode is configured;
 - ``RAKIS_CPU_GEMM=mkl``: plain ``F.linear`` instead of oneDNN packed projections;
 - ``RAKIS_NATIVE=0``: no native C kernels (torch ops instead);
+- ``RAKIS_FUSED_DECODE=0``: quantized decode steps go op by op instead of through one
+  native call per step (engine.fused_decode; the op-by-op path is its oracle);
 - ``RAKIS_NATIVE_CACHE`` / ``RAKIS_MODEL_CACHE``: where built kernels and converted
   models are kept (services without a writable home);
 - ``RAKIS_TORCH_THREADS`` / ``RAKIS_NODES_PER_MACHINE``: the thread budget;
@@ -45,6 +47,7 @@ class EnvSwitches:
     quant: str | None = None  # int8 | q4 | None
     cpu_gemm: str = "onednn"  # onednn | mkl
     native: bool = True
+    fused_decode: bool = True
     native_cache: Path | None = None
     model_cache: Path | None = None
     cxx: str | None = None
@@ -66,6 +69,7 @@ class EnvSwitches:
             quant=None if quant in _NO_QUANT else quant,
             cpu_gemm=gemm,
             native=(env.get("RAKIS_NATIVE") or "1").strip().lower() not in _OFF,
+            fused_decode=(env.get("RAKIS_FUSED_DECODE") or "1").strip().lower() not in _OFF,
             native_cache=Path(env["RAKIS_NATIVE_CACHE"]) if env.get("RAKIS_NATIVE_CACHE") else None,
             model_cache=Path(env["RAKIS_MODEL_CACHE"]) if env.get("RAKIS_MODEL_CACHE") else None,
             cxx=env.get("CXX") or None,
@@ -116,7 +120,9 @@ class EngineConfig:
         if self.kv_cache_bytes is not None and self.kv_cache_fraction is not None:
             raise ValueError("give kv_cache_bytes or kv_cache_fraction, not both")
         if self.kv_cache_bytes is not None and (
-            isinstance(self.kv_cache_bytes, bool) or not isinstance(self.kv_cache_bytes, int) or self.kv_cache_bytes < 1
+            isinstance(self.kv_cache_bytes, bool)
+            or not isinstance(self.kv_cache_bytes, int)
+            or self.kv_cache_bytes < 1
         ):
             raise ValueError(f"kv_cache_bytes must be a positive integer, got {self.kv_cache_bytes!r}")
         if self.kv_cache_fraction is not None and not (0.0 < self.kv_cache_fraction <= 1.0):

@@ -203,6 +203,10 @@ class LlamaRunner:
         self.cos = cos.to(dev)
         self.sin = sin.to(dev)
         self.intermediate = self.layers[0].down.in_features
+        from engine.fused_decode import FusedDecode
+
+        # Decode-only steps of a quantized model run as one native call (None: op by op).
+        self.fused_decode = FusedDecode.build(self)
         # Drop the HF module tree now (it holds the unfused q/k/v and gate/up copies);
         # transformers models keep reference cycles, so collect explicitly.
         del hf, base, rot, hl, a, m
@@ -233,7 +237,15 @@ class LlamaRunner:
         contiguous_qkv = getattr(ops, "backend", "") != "engine-cpu"
         h = F.embedding(input_ids, self.embed)
         residual = None
-        for li, L in enumerate(self.layers):
+        fused = None
+        if self.fused_decode is not None and nd == T and ops.backend == "engine-cpu":
+            fused = self.fused_decode.run(
+                h, positions, slot_mapping, attn.decode_block_tables, attn.decode_seq_lens, k_cache, v_cache
+            )
+        layers = self.layers if fused is None else ()
+        if fused is not None:
+            h, residual = fused
+        for li, L in enumerate(layers):
             x, residual = ops.rms_norm(h, L.w_in, self.eps, residual)
             qkv = L.qkv(x)
             q = qkv[:, :qs].reshape(T, hq, d)

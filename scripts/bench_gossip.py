@@ -174,7 +174,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--nodes", type=int, default=5)
-    parser.add_argument("--processes", type=int, default=0, help="N separate node processes (namespaces as root)")
+    parser.add_argument(
+        "--processes", type=int, default=0, help="N separate node processes (namespaces as root)"
+    )
     parser.add_argument("--no-netns", action="store_true", help="with --processes: stay on 127.0.0.1")
     parser.add_argument("--messages", type=int, default=100, help="messages in total (round-robin senders)")
     parser.add_argument("--rate", type=float, default=5.0, help="publish rate, messages/s; 0 = unthrottled")
@@ -204,9 +206,13 @@ def main() -> int:
             seed=args.seed,
             netns=False if args.no_netns else None,
         )
-        print(f"processes          {res['processes']} ({'network namespaces' if res['netns'] else '127.0.0.1'}), "
-              f"{res['children_reporting']} reported")
-        print(f"messages           {res['messages']} at {res['rate'] or 'unthrottled'} msg/s, {res['links']} links/node")
+        print(
+            f"processes          {res['processes']} ({'network namespaces' if res['netns'] else '127.0.0.1'}), "
+            f"{res['children_reporting']} reported"
+        )
+        print(
+            f"messages           {res['messages']} at {res['rate'] or 'unthrottled'} msg/s, {res['links']} links/node"
+        )
         print(f"delivered          {res['delivered']}/{res['expected']} = {res['delivered_ratio']:.4f}")
         print(f"latency            p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms  max {res['max_ms']} ms")
         print(f"outbound dropped   {res['outbound_dropped']}")

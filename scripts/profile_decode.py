@@ -37,6 +37,15 @@ def main() -> None:
             return call(self, x)
 
     quant.QuantLinear.__call__ = labelled
+    from engine import fused_decode
+
+    run = fused_decode.FusedDecode.run
+
+    def labelled_run(self, *args):
+        with torch.profiler.record_function("fused_decode_layers"):
+            return run(self, *args)
+
+    fused_decode.FusedDecode.run = labelled_run
     eng = EngineCore(default_llm_dir(), kv_cache_bytes=64 << 20, num_threads=a.threads)
 
     def gen():

@@ -275,7 +275,9 @@ class QuorumAdapter:
 
     def commit(self, pubkey: bytes, iid: str, commit: bytes, now_ms: int) -> list[tuple]:
         return self._translate(
-            self.machine.commit_seen(pubkey, iid, commit, now_ms, model=self.MODEL, model_hash=self.MODEL_HASH),
+            self.machine.commit_seen(
+                pubkey, iid, commit, now_ms, model=self.MODEL, model_hash=self.MODEL_HASH
+            ),
             now_ms,
         )
 

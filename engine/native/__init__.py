@@ -11,6 +11,8 @@ call.
 
 `quant_gemm.cpp` (quantized-weight GEMM, engine.quant) is built the same way but
 without -march=native: its SIMD paths are chosen at run time from the CPU's flags.
+`decode_step.cpp` (engine.fused_decode) includes both sources and runs a quantized
+model's whole decode step in one call; its cache key covers the included files too.
 
 The cache is `$RAKIS_NATIVE_CACHE` when set. Anything missing (no compiler, an
 unwritable cache, a failed build, `RAKIS_NATIVE=0`) leaves `load()`
@@ -100,20 +102,26 @@ def load() -> ctypes.CDLL | None:
     return load_library(SOURCE, CFLAGS, _declare, "rakis_native")
 
 
-def load_library(source: Path, cflags: tuple[str, ...], declare, prefix: str) -> ctypes.CDLL | None:
-    """Build `source` with `cflags` once per (source, flags, compiler, CPU), load it and
-    let `declare` set its ctypes signatures; None (with a warning) when it cannot be had."""
+def load_library(
+    source: Path, cflags: tuple[str, ...], declare, prefix: str, includes: tuple[Path, ...] = ()
+) -> ctypes.CDLL | None:
+    """Build `source` with `cflags` once per (source and the `includes` it pulls in,
+    flags, compiler, CPU), load it and let `declare` set its ctypes signatures; None
+    (with a warning) when it cannot be had."""
     if not enabled():
         return None
     cxx = _compiler()
-    key_src = "\n".join([source.read_text(), " ".join(cflags), str(cxx), _cpu_id()])
+    texts = [f.read_text() for f in (source, *includes)]
+    key_src = "\n".join([*texts, " ".join(cflags), str(cxx), _cpu_id()])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     with _lock:
         if key in _loaded:
             return _loaded[key]
         lib = None
         if cxx is None:
-            log.warning("native_kernels_unavailable", reason="no C++ compiler (install g++)", fallback="torch ops")
+            log.warning(
+                "native_kernels_unavailable", reason="no C++ compiler (install g++)", fallback="torch ops"
+            )
         else:
             out = cache_dir() / f"{prefix}-{key}.so"
             try:

@@ -182,7 +182,68 @@ AVX2_FNS float dot_q8_0_avx2(const BlockQ8_0* w, QRow x, int nb) {
     }                                                                                      \
     out[0] = hsum8(a0); out[1] = hsum8(a1); out[2] = hsum8(a2); out[3] = hsum8(a3);        \
   }
+// Streaming four rows at once defeats the hardware prefetcher (measured: a cold Q8_0
+// head ran 2.6x slower than row by row), so each pass prefetches the group of rows it
+// will read two groups later, spread evenly over the pass: those four rows are one
+// contiguous run of 4 * ldw blocks, and block b of the pass asks for its b-th share.
+#define RAKIS_PREFETCH_AHEAD(w, b, ldw, bytes)                                               \
+  {                                                                                        \
+    const char* pf = (const char*)(w + 8 * ldw) + (int64_t)(b) * 4 * (bytes);              \
+    for (int o = 0; o < 4 * (int)(bytes); o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);      \
+  }
+
+// One activation row against four weight rows (batch-1 decode): the activation block
+// is loaded and its scale read once for four rows, and the four rows' sums are four
+// independent dependency chains instead of one.
+#define RAKIS_ROWS4_Q4(NAME, ATTR, DOT)                                                      \
+  ATTR void NAME(const BlockQ4_1* w, int64_t ldw, QRow x, int nb, float* out) {            \
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),          \
+                   _mm256_setzero_ps()};                                                   \
+    __m128 mv = _mm_setzero_ps();                                                          \
+    for (int b = 0; b < nb; ++b) {                                                         \
+      const __m256i xv = _mm256_loadu_si256((const __m256i*)(x.qs + b * 32));              \
+      const __m128 xd = _mm_set1_ps(x.d[b]);                                               \
+      const BlockQ4_1 *w0 = w + b, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;         \
+      RAKIS_PREFETCH_AHEAD(w, b, ldw, sizeof(BlockQ4_1));                                     \
+      const __m128i dm = _mm_setr_epi16(w0->d, w1->d, w2->d, w3->d, w0->m, w1->m, w2->m, w3->m); \
+      const __m256 dmf = _mm256_cvtph_ps(dm);                                              \
+      const __m128 dx = _mm_mul_ps(_mm256_castps256_ps128(dmf), xd);                       \
+      mv = _mm_fmadd_ps(_mm256_extractf128_ps(dmf, 1), _mm_set1_ps(x.s[b]), mv);           \
+      alignas(16) float dxs[4];                                                            \
+      _mm_store_ps(dxs, dx);                                                               \
+      _Pragma("GCC unroll 4")                                                              \
+      for (int r = 0; r < 4; ++r) {                                                        \
+        const __m256i p = DOT(unpack_nibbles((w0 + r * ldw)->qs), xv);                     \
+        a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dxs[r]), a[r]);        \
+      }                                                                                    \
+    }                                                                                      \
+    alignas(16) float m[4];                                                                \
+    _mm_store_ps(m, mv);                                                                   \
+    for (int r = 0; r < 4; ++r) out[r] = hsum8(a[r]) + m[r];                               \
+  }
+#define RAKIS_ROWS4_Q8(NAME, ATTR, DOT)                                                      \
+  ATTR void NAME(const BlockQ8_0* w, int64_t ldw, QRow x, int nb, float* out) {            \
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),          \
+                   _mm256_setzero_ps()};                                                   \
+    for (int b = 0; b < nb; ++b) {                                                         \
+      const __m256i xv = _mm256_loadu_si256((const __m256i*)(x.qs + b * 32));              \
+      const BlockQ8_0 *w0 = w + b, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;         \
+      RAKIS_PREFETCH_AHEAD(w, b, ldw, sizeof(BlockQ8_0));                                     \
+      const __m128i dd = _mm_setr_epi16(w0->d, w1->d, w2->d, w3->d, 0, 0, 0, 0);           \
+      alignas(16) float dxs[4];                                                            \
+      _mm_store_ps(dxs, _mm_mul_ps(_mm_cvtph_ps(dd), _mm_set1_ps(x.d[b])));                \
+      _Pragma("GCC unroll 4")                                                              \
+      for (int r = 0; r < 4; ++r) {                                                        \
+        const __m256i wv = _mm256_loadu_si256((const __m256i*)(w0 + r * ldw)->qs);         \
+        const __m256i p = DOT(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));         \
+        a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dxs[r]), a[r]);        \
+      }                                                                                    \
+    }                                                                                      \
+    for (int r = 0; r < 4; ++r) out[r] = hsum8(a[r]);                                      \
+  }
 #define RAKIS_AVX2_DOT(u, s) dot_u8s8_avx2(u, s)
+RAKIS_ROWS4_Q4(rows4_q4_1_avx2, AVX2_FNS, RAKIS_AVX2_DOT)
+RAKIS_ROWS4_Q8(rows4_q8_0_avx2, AVX2_FNS, RAKIS_AVX2_DOT)
 RAKIS_DOT4_Q4(dot4_q4_1_avx2, AVX2_FNS, RAKIS_AVX2_DOT)
 RAKIS_DOT4_Q8(dot4_q8_0_avx2, AVX2_FNS, RAKIS_AVX2_DOT)
 
@@ -212,6 +273,63 @@ VNNI_FNS float dot_q8_0_vnni(const BlockQ8_0* w, QRow x, int nb) {
 #define RAKIS_VNNI_DOT(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
 RAKIS_DOT4_Q4(dot4_q4_1_vnni, VNNI_FNS, RAKIS_VNNI_DOT)
 RAKIS_DOT4_Q8(dot4_q8_0_vnni, VNNI_FNS, RAKIS_VNNI_DOT)
+RAKIS_ROWS4_Q4(rows4_q4_1_vnni, VNNI_FNS, RAKIS_VNNI_DOT)
+RAKIS_ROWS4_Q8(rows4_q8_0_vnni, VNNI_FNS, RAKIS_VNNI_DOT)
+
+// Four weight rows x four activation rows per pass (prefill chunks, decode batches of
+// 4+): each unpacked weight block and each activation block is loaded once for four
+// products, and each product's scale is one vector multiply of two broadcasts. At 16-32
+// rows the kernel is compute bound, and this is ~6 vector ops per 32-MAC block product
+// against ~9 for four activation rows over one weight row. It needs AVX-512VL's 32
+// vector registers (16 accumulators), so it exists on the VNNI path only.
+// out[m * 4 + r] = row r of w (rows ldw blocks apart) . activation row m.
+#define RAKIS_TILE4X4(NAME, BLOCK, WEIGHTS, HAS_MIN)                                          \
+  VNNI_FNS void NAME(const BLOCK* w, int64_t ldw, const QRow* x, int nb, float* out) {      \
+    __m256 acc[4][4];                                                                      \
+    for (int m = 0; m < 4; ++m)                                                            \
+      for (int r = 0; r < 4; ++r) acc[m][r] = _mm256_setzero_ps();                         \
+    __m128 macc[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()}; \
+    for (int b = 0; b < nb; ++b) {                                                         \
+      const BLOCK *w0 = w + b, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;             \
+      RAKIS_PREFETCH_AHEAD(w, b, ldw, sizeof(BLOCK));                                      \
+      alignas(16) float dw[4];                                                             \
+      _mm_store_ps(dw, _mm_cvtph_ps(_mm_setr_epi16(w0->d, w1->d, w2->d, w3->d, 0, 0, 0, 0))); \
+      __m256i wv[4];                                                                       \
+      const BLOCK* wr[4] = {w0, w1, w2, w3};                                               \
+      _Pragma("GCC unroll 4")                                                              \
+      for (int r = 0; r < 4; ++r) wv[r] = WEIGHTS(wr[r]);                                  \
+      if (HAS_MIN) {                                                                       \
+        const __m128 mw = _mm_cvtph_ps(_mm_setr_epi16(((const BlockQ4_1*)w0)->m,            \
+            ((const BlockQ4_1*)w1)->m, ((const BlockQ4_1*)w2)->m, ((const BlockQ4_1*)w3)->m, \
+            0, 0, 0, 0));                                                                  \
+        _Pragma("GCC unroll 4")                                                            \
+        for (int m = 0; m < 4; ++m) macc[m] = _mm_fmadd_ps(mw, _mm_set1_ps(x[m].s[b]), macc[m]); \
+      }                                                                                    \
+      _Pragma("GCC unroll 4")                                                              \
+      for (int m = 0; m < 4; ++m) {                                                        \
+        const __m256i xv = _mm256_loadu_si256((const __m256i*)(x[m].qs + b * 32));          \
+        const __m256 dx = _mm256_set1_ps(x[m].d[b]);                                       \
+        _Pragma("GCC unroll 4")                                                            \
+        for (int r = 0; r < 4; ++r) {                                                      \
+          const __m256i p = HAS_MIN                                                        \
+              ? _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[r], xv)                     \
+              : _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wv[r]),         \
+                                    _mm256_sign_epi8(xv, wv[r]));                          \
+          acc[m][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),                               \
+                                      _mm256_mul_ps(dx, _mm256_set1_ps(dw[r])), acc[m][r]); \
+        }                                                                                  \
+      }                                                                                    \
+    }                                                                                      \
+    for (int m = 0; m < 4; ++m) {                                                          \
+      alignas(16) float mm[4];                                                             \
+      _mm_store_ps(mm, macc[m]);                                                           \
+      for (int r = 0; r < 4; ++r) out[m * 4 + r] = hsum8(acc[m][r]) + mm[r];               \
+    }                                                                                      \
+  }
+#define RAKIS_Q4_WEIGHTS(blk) unpack_nibbles((blk)->qs)
+#define RAKIS_Q8_WEIGHTS(blk) _mm256_loadu_si256((const __m256i*)(blk)->qs)
+RAKIS_TILE4X4(tile4x4_q4_1_vnni, BlockQ4_1, RAKIS_Q4_WEIGHTS, true)
+RAKIS_TILE4X4(tile4x4_q8_0_vnni, BlockQ8_0, RAKIS_Q8_WEIGHTS, false)
 
 #endif
 
@@ -219,6 +337,10 @@ typedef float (*DotQ4)(const BlockQ4_1*, QRow, int);
 typedef float (*DotQ8)(const BlockQ8_0*, QRow, int);
 typedef void (*Dot4Q4)(const BlockQ4_1*, const QRow*, int, float*);
 typedef void (*Dot4Q8)(const BlockQ8_0*, const QRow*, int, float*);
+typedef void (*Rows4Q4)(const BlockQ4_1*, int64_t, QRow, int, float*);
+typedef void (*Rows4Q8)(const BlockQ8_0*, int64_t, QRow, int, float*);
+typedef void (*Tile4Q4)(const BlockQ4_1*, int64_t, const QRow*, int, float*);
+typedef void (*Tile4Q8)(const BlockQ8_0*, int64_t, const QRow*, int, float*);
 
 int g_forced = -1;  // tests pin a path; -1 = best this CPU has
 
@@ -238,6 +360,102 @@ int current_isa() {
   return (g_forced >= 0 && g_forced <= best) ? g_forced : best;
 }
 
+// M activation rows quantized for the kernels: qs [M, K] int8, d and s [M, K/32].
+struct QRows {
+  int8_t* qs; float* d; float* s; int K;
+  QRow row(int m) const { const int nb = K / 32; return QRow{qs + (size_t)m * K, d + (size_t)m * nb, s + (size_t)m * nb}; }
+};
+
+// Owns the buffers of QRows for up to M rows of K.
+struct QRowsBuffer {
+  std::vector<int8_t> qs; std::vector<float> d, s;
+  QRowsBuffer(int M, int K) : qs((size_t)M * K), d((size_t)M * (K / 32)), s((size_t)M * (K / 32)) {}
+  QRows view(int K) { return QRows{qs.data(), d.data(), s.data(), K}; }
+};
+
+// The kernels of one SIMD path; a null entry means the path has no such loop.
+struct Kernels {
+  DotQ4 dq4; DotQ8 dq8;        // 1 weight row x 1 activation row
+  Dot4Q4 d4q4; Dot4Q8 d4q8;    // 1 x 4
+  Rows4Q4 r4q4; Rows4Q8 r4q8;  // 4 x 1
+  Tile4Q4 t4q4; Tile4Q8 t4q8;  // 4 x 4
+};
+
+Kernels kernels_for(int isa) {
+  Kernels k{dot_q4_1_scalar, dot_q8_0_scalar, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+#ifdef RAKIS_X86
+  if (isa == 2)
+    k = Kernels{dot_q4_1_vnni,   dot_q8_0_vnni,   dot4_q4_1_vnni,    dot4_q8_0_vnni,
+                rows4_q4_1_vnni, rows4_q8_0_vnni, tile4x4_q4_1_vnni, tile4x4_q8_0_vnni};
+  else if (isa == 1)
+    k = Kernels{dot_q4_1_avx2,   dot_q8_0_avx2,   dot4_q4_1_avx2, dot4_q8_0_avx2,
+                rows4_q4_1_avx2, rows4_q8_0_avx2, nullptr,        nullptr};
+#endif
+  return k;
+}
+
+// Quantize row m of x into q (one thread's share: callers split rows across the team).
+inline void quantize_one(const float* x, long long ldx, int m, QRows q) {
+  const QRow r = q.row(m);
+  quantize_row(x + (int64_t)m * ldx, q.K, const_cast<int8_t*>(r.qs), const_cast<float*>(r.d),
+               const_cast<float*>(r.s));
+}
+
+// y [M, N] (row stride ldy) = rows of q times W^T + bias, split over the calling OpenMP
+// team by chunks of weight rows; ends with the team's barrier. Must be reached by every
+// thread of the team (it is an orphaned worksharing loop), or from serial code.
+void qgemm_team(const Kernels& k, int wtype, const void* W, QRows q, int M, int N, float* y, long long ldy,
+                const float* bias) {
+  const int nb = q.K / 32;
+  const int m4 = k.d4q4 ? M / 4 * 4 : 0;  // rows done four at a time
+  // A few rows per chunk keep one weight row in L1 while all M activation rows pass
+  // over it; the weights are read from memory once per call.
+  const int chunk = 16;
+  const int nchunks = (N + chunk - 1) / chunk;
+  #pragma omp for schedule(static)
+  for (int c = 0; c < nchunks; ++c) {
+    const int n0 = c * chunk, n1 = std::min(N, n0 + chunk);
+    int n = n0;
+    // Four weight rows per pass where the path has it: 4 x 4 tiles over the activation
+    // rows while four remain (none below four rows), then 4 x 1 for the rest.
+    const bool tiles = k.t4q4 != nullptr, rows4 = k.r4q4 != nullptr && (M < 4 || tiles);
+    if (rows4) {
+      for (; n + 4 <= n1; n += 4) {
+        const int mt = tiles ? M / 4 * 4 : 0;
+        for (int m = 0; m < mt; m += 4) {
+          const QRow r[4] = {q.row(m), q.row(m + 1), q.row(m + 2), q.row(m + 3)};
+          float v[16];
+          if (wtype == 0) k.t4q4((const BlockQ4_1*)W + (int64_t)n * nb, nb, r, nb, v);
+          else k.t4q8((const BlockQ8_0*)W + (int64_t)n * nb, nb, r, nb, v);
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) y[(int64_t)(m + i) * ldy + n + j] = v[i * 4 + j] + (bias ? bias[n + j] : 0.f);
+        }
+        for (int m = mt; m < M; ++m) {
+          float v[4];
+          if (wtype == 0) k.r4q4((const BlockQ4_1*)W + (int64_t)n * nb, nb, q.row(m), nb, v);
+          else k.r4q8((const BlockQ8_0*)W + (int64_t)n * nb, nb, q.row(m), nb, v);
+          for (int i = 0; i < 4; ++i) y[(int64_t)m * ldy + n + i] = v[i] + (bias ? bias[n + i] : 0.f);
+        }
+      }
+    }
+    for (; n < n1; ++n) {
+      const float bn = bias ? bias[n] : 0.f;
+      for (int m = 0; m < m4; m += 4) {
+        const QRow r[4] = {q.row(m), q.row(m + 1), q.row(m + 2), q.row(m + 3)};
+        float v[4];
+        if (wtype == 0) k.d4q4((const BlockQ4_1*)W + (int64_t)n * nb, r, nb, v);
+        else k.d4q8((const BlockQ8_0*)W + (int64_t)n * nb, r, nb, v);
+        for (int i = 0; i < 4; ++i) y[(int64_t)(m + i) * ldy + n] = v[i] + bn;
+      }
+      for (int m = m4; m < M; ++m) {
+        const float v = wtype == 0 ? k.dq4((const BlockQ4_1*)W + (int64_t)n * nb, q.row(m), nb)
+                                   : k.dq8((const BlockQ8_0*)W + (int64_t)n * nb, q.row(m), nb);
+        y[(int64_t)m * ldy + n] = v + bn;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // 0 = scalar, 1 = AVX2, 2 = AVX-512 VNNI: the path rakis_qgemm takes now.
@@ -251,52 +469,13 @@ extern "C" void rakis_quant_force_isa(int isa) { g_forced = isa; }
 // K % 32 == 0 and every pointer valid: the Python caller checks all of it.
 extern "C" void rakis_qgemm(int wtype, const void* W, const float* x, long long ldx, float* y, long long ldy,
                             const float* bias, int M, int N, int K, int nthreads) {
-  const int nb = K / 32;
-  std::vector<int8_t> xq((size_t)M * K);
-  std::vector<float> xd((size_t)M * nb), xs((size_t)M * nb);
-  const int isa = current_isa();
-  DotQ4 dq4 = dot_q4_1_scalar;
-  DotQ8 dq8 = dot_q8_0_scalar;
-  Dot4Q4 d4q4 = nullptr;
-  Dot4Q8 d4q8 = nullptr;
-#ifdef RAKIS_X86
-  if (isa == 2) { dq4 = dot_q4_1_vnni; dq8 = dot_q8_0_vnni; d4q4 = dot4_q4_1_vnni; d4q8 = dot4_q8_0_vnni; }
-  else if (isa == 1) { dq4 = dot_q4_1_avx2; dq8 = dot_q8_0_avx2; d4q4 = dot4_q4_1_avx2; d4q8 = dot4_q8_0_avx2; }
-#endif
-  const int m4 = d4q4 ? M / 4 * 4 : 0;  // rows done four at a time
-  // A few rows per thread-chunk keep one weight row in L1 while all M activation rows
-  // pass over it; the weights are read from memory once per call.
-  const int chunk = 16;
-  const int nchunks = (N + chunk - 1) / chunk;
+  QRowsBuffer buf(M, K);
+  const QRows q = buf.view(K);
+  const Kernels k = kernels_for(current_isa());
   #pragma omp parallel num_threads(nthreads)
   {
     #pragma omp for schedule(static)
-    for (int m = 0; m < M; ++m)
-      quantize_row(x + (int64_t)m * ldx, K, xq.data() + (size_t)m * K, xd.data() + (size_t)m * nb,
-                   xs.data() + (size_t)m * nb);
-    #pragma omp for schedule(static)
-    for (int c = 0; c < nchunks; ++c) {
-      const int n0 = c * chunk, n1 = std::min(N, n0 + chunk);
-      for (int n = n0; n < n1; ++n) {
-        const float bn = bias ? bias[n] : 0.f;
-        for (int m = 0; m < m4; m += 4) {
-          QRow r[4];
-          for (int i = 0; i < 4; ++i)
-            r[i] = QRow{xq.data() + (size_t)(m + i) * K, xd.data() + (size_t)(m + i) * nb,
-                        xs.data() + (size_t)(m + i) * nb};
-          float v[4];
-          if (wtype == 0) d4q4((const BlockQ4_1*)W + (int64_t)n * nb, r, nb, v);
-          else d4q8((const BlockQ8_0*)W + (int64_t)n * nb, r, nb, v);
-          for (int i = 0; i < 4; ++i) y[(int64_t)(m + i) * ldy + n] = v[i] + bn;
-        }
-        for (int m = m4; m < M; ++m) {
-          QRow r{xq.data() + (size_t)m * K, xd.data() + (size_t)m * nb, xs.data() + (size_t)m * nb};
-          float v;
-          if (wtype == 0) v = dq4((const BlockQ4_1*)W + (int64_t)n * nb, r, nb);
-          else v = dq8((const BlockQ8_0*)W + (int64_t)n * nb, r, nb);
-          y[(int64_t)m * ldy + n] = v + bn;
-        }
-      }
-    }
+    for (int m = 0; m < M; ++m) quantize_one(x, ldx, m, q);
+    qgemm_team(k, wtype, W, q, M, N, y, ldy, bias);
   }
 }
