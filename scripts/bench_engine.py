@@ -264,8 +264,14 @@ def main() -> None:
     modes = [m.strip() for m in args.quant.split(",") if m.strip()]
     hf = tok = None
     if not args.skip_hf:
+        from engine.devices import on_passing_thread
+
         tok = AutoTokenizer.from_pretrained(str(model_dir))
-        hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        # Loaded on a thread that exits: loading runs parallel torch ops, and a main
+        # thread left holding an OpenMP team beside the engine worker's would throttle
+        # the worker's (engine.devices.own_openmp_team; measured: q4 batch-1 77 tok/s
+        # with the team, 127 without). HF runs after the engines, in the main thread.
+        hf = on_passing_thread(AutoModelForCausalLM.from_pretrained, str(model_dir), dtype=torch.float32)
         hf.eval()
 
     rounds_items = [

@@ -46,6 +46,7 @@ def test_env_switches_read_every_override_in_one_place() -> None:
             "RAKIS_QUANT": "Q4",
             "RAKIS_CPU_GEMM": "MKL",
             "RAKIS_NATIVE": "off",
+            "RAKIS_FUSED_DECODE": "0",
             "RAKIS_NATIVE_CACHE": "/tmp/k",
             "RAKIS_MODEL_CACHE": "/tmp/m",
             "RAKIS_TORCH_THREADS": "3",
@@ -53,6 +54,7 @@ def test_env_switches_read_every_override_in_one_place() -> None:
         }
     )
     assert (sw.device, sw.dtype, sw.quant, sw.cpu_gemm, sw.native) == ("cpu", "bfloat16", "q4", "mkl", False)
+    assert sw.fused_decode is False
     assert (sw.native_cache, sw.model_cache, sw.torch_threads, sw.cxx) == (
         Path("/tmp/k"),
         Path("/tmp/m"),
@@ -66,6 +68,7 @@ def test_env_switches_read_every_override_in_one_place() -> None:
         True,
         None,
     )
+    assert default.fused_decode is True
 
 
 @pytest.mark.parametrize(
