@@ -62,8 +62,10 @@ def load() -> ctypes.CDLL | None:
 
     Built with -march=native like the paged-attention library (the build is keyed by
     this CPU, so it never moves hosts): the attention loops it includes are plain C++
-    that only the compiler vectorizes, and without it they ran at half the speed of
-    engine.native's (B=32, context 150: +28 ms per step against +14.5 ms). The quant
+    that only the compiler vectorizes. Attention's share of a step at B=32, context 150
+    (one noisy measurement each): +28 ms without the flag, +20 ms with it, against
+    +14.5 ms for engine.native's library called layer by layer; at that size it streams
+    ~220 MB of fp32 K/V per step, so it is close to memory bound either way. The quant
     GEMM's own SIMD paths are still chosen at run time."""
     return native.load_library(SOURCE, native.CFLAGS, _declare, "rakis_decode", INCLUDES)
 
