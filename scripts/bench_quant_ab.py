@@ -39,12 +39,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", default="1,4,16,32,256")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--shapes", default="", help="only shapes whose 'NxK' contains this")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     old = quant._declare(ctypes.CDLL(args.old_lib))
     rows = [int(r) for r in args.rows.split(",")]
     print(f"| shape (type) | M | old us | new us | speed-up |\n|---|---|---|---|---|")
     for n, k, wt in SHAPES:
+        if args.shapes not in f"{n}x{k}":
+            continue
         lin = quant.quantize_linear("q4" if wt == quant.Q4_1 else "int8", torch.randn(n, k) * 0.05)
         plain = lin.blocks.contiguous()
         for m in rows:
