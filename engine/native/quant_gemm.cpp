@@ -10,6 +10,19 @@
 // work is one multiply-add per block. Decode is memory bound: this streams 0.6 (Q4_1)
 // or 1.06 (Q8_0) bytes per weight instead of fp32's 4.
 //
+// Interleaved layouts (wtypes 2 = Q4_1x8, 3 = Q8_0x8; engine.quant.interleave8 makes
+// them at load when N % 8 == 0, and keeps only them): the blocks b of eight weight
+// rows side by side, groups of eight rows stored one after another, each group's
+// blocks in order:
+//   Q4_1x8: {fp16 d[8], fp16 m[8], uint8 qs[4][32]}  (160 B = 8 x 20)
+//   Q8_0x8: {fp16 d[8], int8 qs[8][32]}             (272 B = 8 x 34)
+// where chunk qs[c] holds qs[row][4c .. 4c+3] of rows 0..7 (Q4_1: & 15 gives weights
+// 4c..4c+3, >> 4 weights 16+4c..16+4c+3). Why: at 4+ activation rows the GEMM is
+// compute bound, and then one 32-byte integer dot product against a broadcast 4-byte
+// activation group yields eight rows' partial sums, and the per-block float work
+// (convert, scale, fma) is paid once per eight rows (as llama.cpp's repacked
+// ggml_gemm_q4_0_8x8_q8_0). The plain layouts remain for N % 8 != 0.
+//
 // Built WITHOUT -march=native: every SIMD path is a function compiled for its own ISA
 // (target attributes) and chosen at run time from the CPU's flags, so one build runs
 // on any x86-64 (scalar path on other architectures). Plain C ABI, no torch headers.
