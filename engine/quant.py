@@ -74,6 +74,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rakis_quant_isa.restype = ctypes.c_int
     lib.rakis_quant_force_isa.argtypes = [ctypes.c_int]
     lib.rakis_quant_force_isa.restype = None
+    lib.rakis_quantize_rows.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 3
+    lib.rakis_quantize_rows.restype = None
     return lib
 
 

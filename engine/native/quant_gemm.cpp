@@ -305,6 +305,37 @@ RAKIS_ROWS4_Q8(rows4_q8_0_avx2, AVX2_FNS, RAKIS_AVX2_DOT)
 RAKIS_DOT4_Q4(dot4_q4_1_avx2, AVX2_FNS, RAKIS_AVX2_DOT)
 RAKIS_DOT4_Q8(dot4_q8_0_avx2, AVX2_FNS, RAKIS_AVX2_DOT)
 
+// quantize_row with AVX2, bit for bit the same: |x| max, then x * inv rounded to
+// nearest even (cvtps_epi32 under the default rounding mode, as nearbyint). Why: the
+// scalar loop costs about as much as a 576-row GEMM's integer work at M >= 16.
+AVX2_FNS void quantize_row_avx2(const float* x, int K, int8_t* qs, float* d, float* s) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undo packs' lane interleave
+  for (int b = 0; b < K / 32; ++b) {
+    const float* xb = x + b * 32;
+    __m256 v[4];
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(xb + 8 * i);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absmask), _mm256_and_ps(v[1], absmask)),
+                             _mm256_max_ps(_mm256_and_ps(v[2], absmask), _mm256_and_ps(v[3], absmask)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    const float db = amax / 127.f, inv = db > 0.f ? 1.f / db : 0.f;
+    const __m256 vi = _mm256_set1_ps(inv);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], vi));
+    const __m256i sum4 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256((__m256i*)(qs + b * 32), _mm256_permutevar8x32_epi32(p, order));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(sum4), _mm256_extracti128_si256(sum4, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+    d[b] = db;
+    s[b] = db * (float)_mm_cvtsi128_si32(t);
+  }
+}
+
 // Four activation bytes (one 4-byte group) in every 32-bit lane: against an
 // interleaved chunk, lane i then pairs them with the same four weights of row i.
 AVX2_FNS inline __m256i bcast4(const int8_t* p) {
@@ -705,8 +736,11 @@ Kernels kernels_for(int isa) {
 // Quantize row m of x into q (one thread's share: callers split rows across the team).
 inline void quantize_one(const float* x, long long ldx, int m, QRows q) {
   const QRow r = q.row(m);
-  quantize_row(x + (int64_t)m * ldx, q.K, const_cast<int8_t*>(r.qs), const_cast<float*>(r.d),
-               const_cast<float*>(r.s));
+  auto quantize = quantize_row;
+#ifdef RAKIS_X86
+  if (current_isa() >= 1) quantize = quantize_row_avx2;
+#endif
+  quantize(x + (int64_t)m * ldx, q.K, const_cast<int8_t*>(r.qs), const_cast<float*>(r.d), const_cast<float*>(r.s));
 }
 
 // y [M, N] (row stride ldy) = rows of q times W^T + bias, split over the calling OpenMP
@@ -806,6 +840,13 @@ extern "C" int rakis_quant_isa() { return current_isa(); }
 
 // Pin a path (tests); a path this CPU lacks, or -1, means the best one.
 extern "C" void rakis_quant_force_isa(int isa) { g_forced = isa; }
+
+// The activation quantization the GEMM applies, on the current path (tests check
+// every path gives the same bytes): x [M, K] -> qs [M, K] int8, d and s [M, K/32].
+extern "C" void rakis_quantize_rows(const float* x, int M, int K, int8_t* qs, float* d, float* s) {
+  const QRows q{qs, d, s, K};
+  for (int m = 0; m < M; ++m) quantize_one(x, K, m, q);
+}
 
 // x [M, K] fp32 rows (row stride ldx floats), W [N, K/32] blocks of `wtype`
 // (0 = Q4_1, 1 = Q8_0; 2 = Q4_1x8, 3 = Q8_0x8 as [N/8, K/32] groups, N % 8 == 0),

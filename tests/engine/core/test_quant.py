@@ -85,6 +85,34 @@ def test_all_paths_agree_on_a_model_shape():
         torch.testing.assert_close(o, outs[0], rtol=1e-5, atol=1e-5)
 
 
+@needs_kernel
+def test_activation_quantization_is_the_same_on_every_path():
+    """The SIMD quantize_row rounds exactly as the scalar one (ties to even, zero blocks)."""
+    lib = quant.load()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 1536, generator=g) * torch.logspace(-6, 4, 6)[:, None]
+    x[0, :32] = 0
+    x[1, 32:64] = torch.arange(32) % 3 * 0.5  # halves land on rounding ties
+    got = []
+    try:
+        for i in range(3):
+            lib.rakis_quant_force_isa(i)
+            if lib.rakis_quant_isa() != i:
+                continue
+            qs = torch.empty(6, 1536, dtype=torch.int8)
+            d, s = torch.empty(6, 48), torch.empty(6, 48)
+            lib.rakis_quantize_rows(x.data_ptr(), 6, 1536, qs.data_ptr(), d.data_ptr(), s.data_ptr())
+            got.append((qs, d, s))
+    finally:
+        lib.rakis_quant_force_isa(-1)
+    xb = x.reshape(6, 48, 32)
+    db = xb.abs().amax(2, keepdim=True) / 127
+    inv = torch.where(db > 0, 1 / db, torch.zeros_like(db))  # the kernel's x * (1 / d)
+    torch.testing.assert_close(got[0][0].float(), torch.round(xb * inv).reshape(6, 1536), rtol=0, atol=0)
+    for qs, d, s in got[1:]:
+        assert torch.equal(qs, got[0][0]) and torch.equal(d, got[0][1]) and torch.equal(s, got[0][2])
+
+
 def test_block_formats_round_trip():
     g = torch.Generator().manual_seed(2)
     w = torch.randn(8, 128, generator=g)
