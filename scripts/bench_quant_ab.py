@@ -42,7 +42,9 @@ def main() -> None:
     ap.add_argument("--shapes", default="", help="only shapes whose 'NxK' contains this")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    old = quant._declare(ctypes.CDLL(args.old_lib))
+    old = ctypes.CDLL(args.old_lib)  # only its rakis_qgemm: it may predate the other symbols
+    old.rakis_qgemm.argtypes = quant.load().rakis_qgemm.argtypes
+    old.rakis_qgemm.restype = None
     rows = [int(r) for r in args.rows.split(",")]
     print(f"| shape (type) | M | old us | new us | speed-up |\n|---|---|---|---|---|")
     for n, k, wt in SHAPES:
