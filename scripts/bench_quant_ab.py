@@ -5,7 +5,9 @@ calls alternated, so the shared machine's noise hits both alike. The other build
 main's) is loaded with ctypes and given the plain blocks (it may predate the 8-row
 interleaved layout); this tree's QuantLinear runs with its own kernel layout. Shapes
 are SmolLM2-135M's projections (one layer each: they stay in cache, so this times the
-arithmetic, not memory) and its Q8_0 vocabulary head. Minimum of --rounds.
+arithmetic, not memory; --layers 30 gives each shape 30 distinct weights, called in
+turn, so they stream from memory as in a real step) and its Q8_0 vocabulary head.
+Minimum of --rounds; times are per call.
 
     git show MAIN:engine/native/quant_gemm.cpp > /tmp/old.cpp
     g++ -O3 -fno-math-errno -fopenmp -shared -fPIC -std=c++17 /tmp/old.cpp -o /tmp/old.so
@@ -39,6 +41,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", default="1,4,16,32,256")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--layers", type=int, default=1, help="distinct weights per shape, called in turn")
     ap.add_argument("--shapes", default="", help="only shapes whose 'NxK' contains this")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,25 +53,28 @@ def main() -> None:
     for n, k, wt in SHAPES:
         if args.shapes not in f"{n}x{k}":
             continue
-        lin = quant.quantize_linear("q4" if wt == quant.Q4_1 else "int8", torch.randn(n, k) * 0.05)
-        plain = lin.blocks.contiguous()
+        mode = "q4" if wt == quant.Q4_1 else "int8"
+        lins = [quant.quantize_linear(mode, torch.randn(n, k) * 0.05) for _ in range(args.layers)]
+        plains = [lin.blocks.contiguous() for lin in lins]
         for m in rows:
             x = torch.randn(m, k)
             y = torch.empty(m, n)
 
             def run_old() -> None:
-                old.rakis_qgemm(wt, plain.data_ptr(), x.data_ptr(), k, y.data_ptr(), n, 0, m, n, k,
-                                args.threads)
+                for plain in plains:
+                    old.rakis_qgemm(wt, plain.data_ptr(), x.data_ptr(), k, y.data_ptr(), n, 0, m, n, k,
+                                    args.threads)
 
             def run_new() -> None:
-                lin(x)
+                for lin in lins:
+                    lin(x)
 
-            reps = max(2, int(3e6 / (n * m)))
+            reps = max(2, int(3e6 / (n * m * args.layers)))
             res: dict[str, list[float]] = {"old": [], "new": []}
             for _ in range(args.rounds):
                 res["old"].append(_time(run_old, reps))
                 res["new"].append(_time(run_new, reps))
-            o, nw = min(res["old"]), min(res["new"])
+            o, nw = min(res["old"]) / args.layers, min(res["new"]) / args.layers
             print(f"| {n}x{k} ({'Q4_1' if wt == quant.Q4_1 else 'Q8_0'}) | {m} | {o * 1e6:.0f} | "
                   f"{nw * 1e6:.0f} | {o / nw:.2f}x |", flush=True)
 
