@@ -765,6 +765,13 @@ inline void quantize_one(const float* x, long long ldx, int m, QRows q) {
 // From this many activation rows Q8_0 takes the 512-bit pair kernel: below it the
 // per-block sum(w) is not repaid (measured on the 49152x576 head: one group per pass
 // 332 us against 398 at M = 1, even at 16, pair 14% ahead at 32).
+// Q4_1 from this many rows: below, one group per pass in 256-bit registers. In a
+// pure-GEMM loop the pair was no slower at M = 1-3, but batch-1 decode end to end ran
+// faster without it (min of 4 runs 5.1 against 6.4 ms/token): the 512-bit code costs
+// the rest of the step more than it saves where the weights stream from memory.
+#ifndef PAIR_Q4_ROWS
+#define PAIR_Q4_ROWS 4
+#endif
 #ifndef PAIR_Q8_ROWS
 #define PAIR_Q8_ROWS 16
 #endif
@@ -775,7 +782,7 @@ void qgemm_team(const Kernels& k, int wtype, const void* W, QRows q, int M, int 
     const int64_t gbytes = (int64_t)nb * (wtype == 2 ? sizeof(BlockQ4_1x8) : sizeof(BlockQ8_0x8));
     // Groups per pass: two where the path has the 512-bit pair kernel (Q8_0 from
     // PAIR_Q8_ROWS activation rows: below, its per-block sum(w) is not repaid).
-    const bool pair = wtype == 2 ? k.p8q4 != nullptr : k.p8q8 != nullptr && M >= PAIR_Q8_ROWS;
+    const bool pair = wtype == 2 ? k.p8q4 != nullptr && M >= PAIR_Q4_ROWS : k.p8q8 != nullptr && M >= PAIR_Q8_ROWS;
     const int ngroups = N / 8, step = pair ? 2 : 1;
     #pragma omp for schedule(static)
     for (int p = 0; p < (ngroups + step - 1) / step; ++p) {
