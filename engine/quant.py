@@ -6,7 +6,9 @@ fp32 per token, 143 MB as Q8_0 and 96 MB as q4 (66 MB of Q4_1 layers and the
 weight in GGML's block formats (32 weights per block, fp16 scales; layout in
 engine/native/quant_gemm.cpp) and multiplies with the native kernel, which quantizes
 the activations to int8 blocks and uses VNNI / AVX2 integer dot products, chosen at
-run time from the CPU's flags (scalar C++ elsewhere).
+run time from the CPU's flags (scalar C++ elsewhere). Where out_features % 8 == 0 the
+weight is kept only as eight rows interleaved (`interleave8`), so one integer dot
+product serves eight rows when the GEMM is compute bound (prefill, decode batches).
 
 Where the weights come from:
 - a GGUF file: its Q4_0 / Q4_1 / Q8_0 blocks are taken as they are (Q4_0 rewritten
@@ -216,7 +218,16 @@ class QuantLinear:
     plain GGML blocks (deinterleaved on demand, for tests and dequantizing).
     """
 
-    __slots__ = ("kernel_blocks", "kernel_wtype", "wtype", "_b", "out_features", "in_features", "_lib", "packed")
+    __slots__ = (
+        "kernel_blocks",
+        "kernel_wtype",
+        "wtype",
+        "_b",
+        "out_features",
+        "in_features",
+        "_lib",
+        "packed",
+    )
 
     def __init__(
         self,

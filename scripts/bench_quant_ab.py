@@ -24,14 +24,32 @@ import torch
 
 from engine import quant
 
-SHAPES = [(3072, 576, quant.Q4_1), (960, 576, quant.Q4_1), (576, 1536, quant.Q4_1),
-          (576, 576, quant.Q4_1), (49152, 576, quant.Q8_0)]
+SHAPES = [
+    (3072, 576, quant.Q4_1),
+    (960, 576, quant.Q4_1),
+    (576, 1536, quant.Q4_1),
+    (576, 576, quant.Q4_1),
+    (49152, 576, quant.Q8_0),
+]
 
 
-def _time(fn, reps: int) -> float:
+def _time_old(lib, wt: int, plains: list, x: torch.Tensor, y: torch.Tensor, threads: int, reps: int) -> float:
+    """Seconds per pass of the other build over every weight (plain blocks)."""
+    m, k = x.shape
+    n = y.shape[1]
     t0 = time.perf_counter()
     for _ in range(reps):
-        fn()
+        for plain in plains:
+            lib.rakis_qgemm(wt, plain.data_ptr(), x.data_ptr(), k, y.data_ptr(), n, 0, m, n, k, threads)
+    return (time.perf_counter() - t0) / reps
+
+
+def _time_new(lins: list, x: torch.Tensor, reps: int) -> float:
+    """Seconds per pass of this tree's QuantLinear over every weight (its kernel layout)."""
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for lin in lins:
+            lin(x)
     return (time.perf_counter() - t0) / reps
 
 
@@ -49,7 +67,7 @@ def main() -> None:
     old.rakis_qgemm.argtypes = quant.load().rakis_qgemm.argtypes
     old.rakis_qgemm.restype = None
     rows = [int(r) for r in args.rows.split(",")]
-    print(f"| shape (type) | M | old us | new us | speed-up |\n|---|---|---|---|---|")
+    print("| shape (type) | M | old us | new us | speed-up |\n|---|---|---|---|---|")
     for n, k, wt in SHAPES:
         if args.shapes not in f"{n}x{k}":
             continue
@@ -60,23 +78,17 @@ def main() -> None:
             x = torch.randn(m, k)
             y = torch.empty(m, n)
 
-            def run_old() -> None:
-                for plain in plains:
-                    old.rakis_qgemm(wt, plain.data_ptr(), x.data_ptr(), k, y.data_ptr(), n, 0, m, n, k,
-                                    args.threads)
-
-            def run_new() -> None:
-                for lin in lins:
-                    lin(x)
-
             reps = max(2, int(3e6 / (n * m * args.layers)))
             res: dict[str, list[float]] = {"old": [], "new": []}
             for _ in range(args.rounds):
-                res["old"].append(_time(run_old, reps))
-                res["new"].append(_time(run_new, reps))
+                res["old"].append(_time_old(old, wt, plains, x, y, args.threads, reps))
+                res["new"].append(_time_new(lins, x, reps))
             o, nw = min(res["old"]) / args.layers, min(res["new"]) / args.layers
-            print(f"| {n}x{k} ({'Q4_1' if wt == quant.Q4_1 else 'Q8_0'}) | {m} | {o * 1e6:.0f} | "
-                  f"{nw * 1e6:.0f} | {o / nw:.2f}x |", flush=True)
+            print(
+                f"| {n}x{k} ({'Q4_1' if wt == quant.Q4_1 else 'Q8_0'}) | {m} | {o * 1e6:.0f} | "
+                f"{nw * 1e6:.0f} | {o / nw:.2f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

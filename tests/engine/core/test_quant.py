@@ -129,7 +129,9 @@ def test_block_formats_round_trip():
     assert (err4 <= step4 * 0.51 + 2e-3).all()
 
 
-@pytest.mark.parametrize("wtype,quantize", [(quant.Q4_1, quant.quantize_q4_1), (quant.Q8_0, quant.quantize_q8_0)])
+@pytest.mark.parametrize(
+    "wtype,quantize", [(quant.Q4_1, quant.quantize_q4_1), (quant.Q8_0, quant.quantize_q8_0)]
+)
 def test_interleave8_round_trips_and_places_rows(wtype, quantize):
     """The 8-row layout holds the same bytes: scales of rows 0..7, then chunks of four
     quant bytes of each row; deinterleave8 restores the plain blocks exactly."""
