@@ -49,7 +49,9 @@ def isa(request):
 @pytest.mark.parametrize("n", [72, 70])
 def test_kernel_matches_dequantized_reference(isa, mode, wtype, rows, n):
     """Every row count takes its own loop. n = 72 runs the 8-row interleaved kernels
-    (tiles of up to four / two activation rows, with partial last tiles); n = 70 has no
+    (tiles of up to four / two activation rows, with partial last tiles; on VNNI four
+    512-bit passes of two groups and one single group, Q4_1 from 4 rows and Q8_0 from
+    16); n = 70 has no
     whole groups of eight, so the plain kernels run (four weight rows per pass below
     four activation rows, four activation rows per pass at and above, and chunks
     whose rows are not a multiple of four)."""
