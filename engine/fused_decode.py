@@ -102,8 +102,8 @@ class FusedDecode:
             arr = (RakisLayer * len(self._runner.layers))()
             for i, L in enumerate(self._runner.layers):
                 projs = (L.qkv, L.o, L.gate_up, L.down)
-                arr[i].w = (ctypes.c_void_p * 4)(*[p.blocks.data_ptr() for p in projs])
-                arr[i].wtype = (ctypes.c_int * 4)(*[p.wtype for p in projs])
+                arr[i].w = (ctypes.c_void_p * 4)(*[p.kernel_blocks.data_ptr() for p in projs])
+                arr[i].wtype = (ctypes.c_int * 4)(*[p.kernel_wtype for p in projs])
                 arr[i].qkv_bias = None if L.qkv._b is None else L.qkv._b.data_ptr()
                 arr[i].norm_in = L.w_in.data_ptr()
                 arr[i].norm_post = L.w_post.data_ptr()

@@ -6,7 +6,9 @@ fp32 per token, 143 MB as Q8_0 and 96 MB as q4 (66 MB of Q4_1 layers and the
 weight in GGML's block formats (32 weights per block, fp16 scales; layout in
 engine/native/quant_gemm.cpp) and multiplies with the native kernel, which quantizes
 the activations to int8 blocks and uses VNNI / AVX2 integer dot products, chosen at
-run time from the CPU's flags (scalar C++ elsewhere).
+run time from the CPU's flags (scalar C++ elsewhere). Where out_features % 8 == 0 the
+weight is kept only as eight rows interleaved (`interleave8`), so one integer dot
+product serves eight rows when the GEMM is compute bound (prefill, decode batches).
 
 Where the weights come from:
 - a GGUF file: its Q4_0 / Q4_1 / Q8_0 blocks are taken as they are (Q4_0 rewritten
@@ -44,8 +46,11 @@ SOURCE = Path(native.__file__).with_name("quant_gemm.cpp")
 CFLAGS = ("-O3", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 
 Q4_1, Q8_0 = 0, 1  # the kernel's weight types
+Q4_1X8, Q8_0X8 = 2, 3  # the same blocks, eight rows interleaved (`interleave8`)
+INTERLEAVED = {Q4_1: Q4_1X8, Q8_0: Q8_0X8}
 BLOCK = 32
 BLOCK_BYTES = {Q4_1: 20, Q8_0: 34}
+_SCALE_BYTES = {Q4_1: 4, Q8_0: 2}  # fp16 d (and m) ahead of each block's quants
 WEIGHT_MODES = ("int8", "q4")
 ENV_QUANT = "RAKIS_QUANT"
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512-vnni"}
@@ -71,6 +76,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rakis_quant_isa.restype = ctypes.c_int
     lib.rakis_quant_force_isa.argtypes = [ctypes.c_int]
     lib.rakis_quant_force_isa.restype = None
+    lib.rakis_quantize_rows.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 3
+    lib.rakis_quantize_rows.restype = None
     return lib
 
 
@@ -151,6 +158,39 @@ def q4_0_to_q4_1(blocks: np.ndarray) -> np.ndarray:
     return out.reshape(b.shape[0], -1)
 
 
+def interleave8(wtype: int, blocks: np.ndarray) -> np.ndarray:
+    """Plain blocks [N, nb * bytes] (N % 8 == 0) -> the kernel's 8-row layout [N/8, nb * 8 * bytes].
+
+    Why: the GEMM is compute bound at 16+ activation rows, and with eight rows' weights
+    side by side one 32-byte integer dot product serves eight rows (the layout is
+    described in engine/native/quant_gemm.cpp). Per group g and block b: the eight
+    rows' fp16 d (then m for Q4_1), then 32-byte chunks c holding qs[row][4c:4c+4] of
+    rows 0..7. Same bytes, reordered: `deinterleave8` undoes it exactly.
+    """
+    n = blocks.shape[0]
+    if n % 8 or wtype not in INTERLEAVED:
+        raise ValueError(f"cannot interleave {n} rows of type {wtype} in groups of 8")
+    bb, sb = BLOCK_BYTES[wtype], _SCALE_BYTES[wtype]
+    b = blocks.reshape(n // 8, 8, -1, bb).transpose(0, 2, 1, 3)  # [G, nb, 8 rows, bytes]
+    g, nb = b.shape[0], b.shape[1]
+    scales = b[..., :sb].reshape(g, nb, 8, sb // 2, 2).transpose(0, 1, 3, 2, 4)  # d[8] then m[8]
+    qs = b[..., sb:].reshape(g, nb, 8, -1, 4).transpose(0, 1, 3, 2, 4)  # [G, nb, chunk, row, 4]
+    out = np.concatenate([scales.reshape(g, nb, -1), qs.reshape(g, nb, -1)], axis=2)
+    return np.ascontiguousarray(out.reshape(g, nb * 8 * bb))
+
+
+def deinterleave8(wtype: int, packed: np.ndarray) -> np.ndarray:
+    """The exact inverse of `interleave8`: [N/8, nb * 8 * bytes] -> plain [N, nb * bytes]."""
+    bb, sb = BLOCK_BYTES[wtype], _SCALE_BYTES[wtype]
+    g = packed.shape[0]
+    p = packed.reshape(g, -1, 8 * bb)
+    nb = p.shape[1]
+    scales = p[..., : 8 * sb].reshape(g, nb, sb // 2, 8, 2).transpose(0, 1, 3, 2, 4).reshape(g, nb, 8, sb)
+    qs = p[..., 8 * sb :].reshape(g, nb, -1, 8, 4).transpose(0, 1, 3, 2, 4).reshape(g, nb, 8, bb - sb)
+    b = np.concatenate([scales, qs], axis=3).transpose(0, 2, 1, 3)  # [G, 8 rows, nb, bytes]
+    return np.ascontiguousarray(b.reshape(g * 8, nb * bb))
+
+
 def dequantize(wtype: int, blocks: np.ndarray | torch.Tensor, k: int) -> torch.Tensor:
     """The fp32 matrix [N, k] that `blocks` encode: the reference the kernel is tested against."""
     raw = blocks.numpy() if isinstance(blocks, torch.Tensor) else blocks
@@ -173,9 +213,21 @@ class QuantLinear:
     """Drop-in for engine.linear.Linear with the weight in Q4_1 or Q8_0 blocks.
 
     `packed` is True like oneDNN's packed Linear: the weight is not a plain matrix.
+    When out_features % 8 == 0 only the 8-row interleaved copy is kept (`kernel_blocks`,
+    type `kernel_wtype`, see `interleave8`); `blocks` and `wtype` still describe the
+    plain GGML blocks (deinterleaved on demand, for tests and dequantizing).
     """
 
-    __slots__ = ("blocks", "wtype", "_b", "out_features", "in_features", "_lib", "packed")
+    __slots__ = (
+        "kernel_blocks",
+        "kernel_wtype",
+        "wtype",
+        "_b",
+        "out_features",
+        "in_features",
+        "_lib",
+        "packed",
+    )
 
     def __init__(
         self,
@@ -196,16 +248,27 @@ class QuantLinear:
             raise ValueError(
                 f"blocks {tuple(t.shape)} {t.dtype} do not fit type {wtype} with K={in_features}"
             )
-        self.blocks = t
         self.wtype = wtype
         self.out_features, self.in_features = t.shape[0], in_features
+        if t.shape[0] % 8 == 0 and t.shape[0]:
+            self.kernel_wtype = INTERLEAVED[wtype]
+            self.kernel_blocks = torch.from_numpy(interleave8(wtype, t.numpy()))
+        else:  # no whole groups of eight rows: the plain kernels
+            self.kernel_wtype, self.kernel_blocks = wtype, t
         self._b = None if bias is None else bias.detach().float().contiguous()
         self._lib = lib
         self.packed = True
 
     @property
+    def blocks(self) -> torch.Tensor:
+        """The plain GGML blocks [N, K/32 * bytes] of `wtype` (a copy when interleaved)."""
+        if self.kernel_wtype == self.wtype:
+            return self.kernel_blocks
+        return torch.from_numpy(deinterleave8(self.wtype, self.kernel_blocks.numpy()))
+
+    @property
     def nbytes(self) -> int:
-        return self.blocks.numel()
+        return self.kernel_blocks.numel()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != self.in_features:
@@ -218,8 +281,8 @@ class QuantLinear:
         y = torch.empty((m, self.out_features), dtype=torch.float32)
         if m:
             self._lib.rakis_qgemm(
-                self.wtype,
-                self.blocks.data_ptr(),
+                self.kernel_wtype,
+                self.kernel_blocks.data_ptr(),
                 x.data_ptr(),
                 x.stride(0),
                 y.data_ptr(),

@@ -19,7 +19,7 @@
 // One layer's weights and cache, as engine/fused_decode.py lays them out (ctypes).
 struct RakisLayer {
   const void* w[4];  // fused qkv, o, fused gate_up, down: blocks of wtype[i]
-  int wtype[4];      // 0 = Q4_1, 1 = Q8_0
+  int wtype[4];      // 0 = Q4_1, 1 = Q8_0, 2 = Q4_1x8, 3 = Q8_0x8 (QuantLinear.kernel_wtype)
   const float* qkv_bias;  // [(Hq + 2 Hkv) D] or null
   const float* norm_in;   // [H]
   const float* norm_post; // [H]

@@ -10,6 +10,19 @@
 // work is one multiply-add per block. Decode is memory bound: this streams 0.6 (Q4_1)
 // or 1.06 (Q8_0) bytes per weight instead of fp32's 4.
 //
+// Interleaved layouts (wtypes 2 = Q4_1x8, 3 = Q8_0x8; engine.quant.interleave8 makes
+// them at load when N % 8 == 0, and keeps only them): the blocks b of eight weight
+// rows side by side, groups of eight rows stored one after another, each group's
+// blocks in order:
+//   Q4_1x8: {fp16 d[8], fp16 m[8], uint8 qs[4][32]}  (160 B = 8 x 20)
+//   Q8_0x8: {fp16 d[8], int8 qs[8][32]}             (272 B = 8 x 34)
+// where chunk qs[c] holds qs[row][4c .. 4c+3] of rows 0..7 (Q4_1: & 15 gives weights
+// 4c..4c+3, >> 4 weights 16+4c..16+4c+3). Why: at 4+ activation rows the GEMM is
+// compute bound, and then one 32-byte integer dot product against a broadcast 4-byte
+// activation group yields eight rows' partial sums, and the per-block float work
+// (convert, scale, fma) is paid once per eight rows (as llama.cpp's repacked
+// ggml_gemm_q4_0_8x8_q8_0). The plain layouts remain for N % 8 != 0.
+//
 // Built WITHOUT -march=native: every SIMD path is a function compiled for its own ISA
 // (target attributes) and chosen at run time from the CPU's flags, so one build runs
 // on any x86-64 (scalar path on other architectures). Plain C ABI, no torch headers.
@@ -94,6 +107,51 @@ float dot_q8_0_scalar(const BlockQ8_0* w, QRow x, int nb) {
     acc += half_to_float(w[b].d) * x.d[b] * (float)isum;
   }
   return acc;
+}
+
+// ---------------------------------------------------------------- 8-row interleaved layouts
+// Q4_1x8 / Q8_0x8 (wtypes 2, 3; QuantLinear packs them at load when N % 8 == 0): eight
+// weight rows' block b side by side, so one 32-byte load holds four weights of each of
+// eight rows and one dpbusd against a broadcast 4-byte activation group gives eight
+// rows' partial sums (as llama.cpp's ggml_gemm_q4_0_8x8_q8_0). The scale work (cvt,
+// multiply, fma) is then paid once per eight rows, not once per row.
+struct BlockQ4_1x8 { uint16_t d[8], m[8]; uint8_t qs[4][32]; };  // qs[c] = rows 0..7 x qs[row][4c..4c+3]
+struct BlockQ8_0x8 { uint16_t d[8]; int8_t qs[8][32]; };         // qs[c] = rows 0..7 x qs[row][4c..4c+3]
+static_assert(sizeof(BlockQ4_1x8) == 160, "Q4_1x8 block is 160 bytes");
+static_assert(sizeof(BlockQ8_0x8) == 272, "Q8_0x8 block is 272 bytes");
+
+// Eight weight rows (one group: nb interleaved blocks) x mt activation rows:
+// out[r * 8 + i] = weight row i . activation row r.
+void group_q4_1x8_scalar(const BlockQ4_1x8* w, const QRow* x, int mt, int nb, float* out, const char* pf) {
+  for (int r = 0; r < mt; ++r)
+    for (int i = 0; i < 8; ++i) {
+      float acc = 0.f;
+      for (int b = 0; b < nb; ++b) {
+        const int8_t* xq = x[r].qs + b * 32;
+        int isum = 0;
+        for (int c = 0; c < 4; ++c)
+          for (int j = 0; j < 4; ++j) {
+            const uint8_t q = w[b].qs[c][i * 4 + j];
+            isum += (q & 15) * xq[4 * c + j] + (q >> 4) * xq[16 + 4 * c + j];
+          }
+        acc += half_to_float(w[b].d[i]) * x[r].d[b] * (float)isum + half_to_float(w[b].m[i]) * x[r].s[b];
+      }
+      out[r * 8 + i] = acc;
+    }
+}
+void group_q8_0x8_scalar(const BlockQ8_0x8* w, const QRow* x, int mt, int nb, float* out, const char* pf) {
+  for (int r = 0; r < mt; ++r)
+    for (int i = 0; i < 8; ++i) {
+      float acc = 0.f;
+      for (int b = 0; b < nb; ++b) {
+        const int8_t* xq = x[r].qs + b * 32;
+        int isum = 0;
+        for (int c = 0; c < 8; ++c)
+          for (int j = 0; j < 4; ++j) isum += w[b].qs[c][i * 4 + j] * xq[4 * c + j];
+        acc += half_to_float(w[b].d[i]) * x[r].d[b] * (float)isum;
+      }
+      out[r * 8 + i] = acc;
+    }
 }
 
 #ifdef RAKIS_X86
@@ -247,8 +305,121 @@ RAKIS_ROWS4_Q8(rows4_q8_0_avx2, AVX2_FNS, RAKIS_AVX2_DOT)
 RAKIS_DOT4_Q4(dot4_q4_1_avx2, AVX2_FNS, RAKIS_AVX2_DOT)
 RAKIS_DOT4_Q8(dot4_q8_0_avx2, AVX2_FNS, RAKIS_AVX2_DOT)
 
+// quantize_row with AVX2, bit for bit the same: |x| max, then x * inv rounded to
+// nearest even (cvtps_epi32 under the default rounding mode, as nearbyint). Why: the
+// scalar loop costs about as much as a 576-row GEMM's integer work at M >= 16.
+AVX2_FNS void quantize_row_avx2(const float* x, int K, int8_t* qs, float* d, float* s) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undo packs' lane interleave
+  for (int b = 0; b < K / 32; ++b) {
+    const float* xb = x + b * 32;
+    __m256 v[4];
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(xb + 8 * i);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absmask), _mm256_and_ps(v[1], absmask)),
+                             _mm256_max_ps(_mm256_and_ps(v[2], absmask), _mm256_and_ps(v[3], absmask)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    const float db = amax / 127.f, inv = db > 0.f ? 1.f / db : 0.f;
+    const __m256 vi = _mm256_set1_ps(inv);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], vi));
+    const __m256i sum4 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256((__m256i*)(qs + b * 32), _mm256_permutevar8x32_epi32(p, order));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(sum4), _mm256_extracti128_si256(sum4, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+    d[b] = db;
+    s[b] = db * (float)_mm_cvtsi128_si32(t);
+  }
+}
+
+// Memory-bound passes (few activation rows, weights streaming from memory) want the
+// weights of a later pass requested ahead: block b of a pass asks for the b-th share
+// of the pass it is given (pf, two passes on; null: none), so the requests spread
+// evenly over the pass. Measured on 30 distinct 3072x576 Q4_1 weights at M = 1.
+#define RAKIS_PREFETCH_PASS(pf, b, bytes)                                                     \
+  if (pf) {                                                                                \
+    const char* p_ = (pf) + (int64_t)(b) * (bytes);                                        \
+    for (int o_ = 0; o_ < (int)(bytes); o_ += 64) _mm_prefetch(p_ + o_, _MM_HINT_T0);     \
+  }
+
+// Four activation bytes (one 4-byte group) in every 32-bit lane: against an
+// interleaved chunk, lane i then pairs them with the same four weights of row i.
+AVX2_FNS inline __m256i bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// Eight interleaved weight rows x MT activation rows (MT <= 2: AVX2 has 16 vector
+// registers). maddubs' int16 lanes are summed over all eight chunks before one madd:
+// each lane is at most 8 * 2 * 15 * 127 = 30480, inside int16.
+template <int MT>
+AVX2_FNS void g8_q4_1_avx2(const BlockQ4_1x8* w, const QRow* x, int nb, float* out, const char* pf) {
+  __m256 acc[MT], macc[MT];
+  for (int r = 0; r < MT; ++r) acc[r] = macc[r] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+  for (int b = 0; b < nb; ++b) {
+    RAKIS_PREFETCH_PASS(pf, b, sizeof(BlockQ4_1x8));
+    __m256i lo[4], hi[4];
+    for (int c = 0; c < 4; ++c) {
+      const __m256i q = _mm256_loadu_si256((const __m256i*)w[b].qs[c]);
+      lo[c] = _mm256_and_si256(q, low);
+      hi[c] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+    }
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)w[b].d));
+    const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)w[b].m));
+    for (int r = 0; r < MT; ++r) {
+      const int8_t* xq = x[r].qs + b * 32;
+      __m256i s16 = _mm256_maddubs_epi16(lo[0], bcast4(xq));
+      s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[0], bcast4(xq + 16)));
+      for (int c = 1; c < 4; ++c) {
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo[c], bcast4(xq + 4 * c)));
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[c], bcast4(xq + 16 + 4 * c)));
+      }
+      const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+      acc[r] = _mm256_fmadd_ps(p, _mm256_mul_ps(d, _mm256_set1_ps(x[r].d[b])), acc[r]);
+      macc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(x[r].s[b]), macc[r]);
+    }
+  }
+  for (int r = 0; r < MT; ++r) _mm256_storeu_ps(out + r * 8, _mm256_add_ps(acc[r], macc[r]));
+}
+// Q8_0 weights are signed: |w| x (x with w's sign) as u8 x s8; those int16 pair sums
+// reach 2 * 127 * 127, so each chunk is widened to int32 on its own.
+template <int MT>
+AVX2_FNS void g8_q8_0_avx2(const BlockQ8_0x8* w, const QRow* x, int nb, float* out, const char* pf) {
+  __m256 acc[MT];
+  for (int r = 0; r < MT; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int b = 0; b < nb; ++b) {
+    RAKIS_PREFETCH_PASS(pf, b, sizeof(BlockQ8_0x8));
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)w[b].d));
+    for (int r = 0; r < MT; ++r) {
+      const int8_t* xq = x[r].qs + b * 32;
+      __m256i s = _mm256_setzero_si256();
+      for (int c = 0; c < 8; ++c) {
+        const __m256i wq = _mm256_loadu_si256((const __m256i*)w[b].qs[c]);
+        const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(bcast4(xq + 4 * c), wq));
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+      }
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(x[r].d[b])), acc[r]);
+    }
+  }
+  for (int r = 0; r < MT; ++r) _mm256_storeu_ps(out + r * 8, acc[r]);
+}
+void group_q4_1x8_avx2(const BlockQ4_1x8* w, const QRow* x, int mt, int nb, float* out, const char* pf) {
+  mt == 1 ? g8_q4_1_avx2<1>(w, x, nb, out, pf) : g8_q4_1_avx2<2>(w, x, nb, out, pf);
+}
+void group_q8_0x8_avx2(const BlockQ8_0x8* w, const QRow* x, int mt, int nb, float* out, const char* pf) {
+  mt == 1 ? g8_q8_0_avx2<1>(w, x, nb, out, pf) : g8_q8_0_avx2<2>(w, x, nb, out, pf);
+}
+
 // ---------------------------------------------------------------- AVX-512 VNNI (256-bit ops)
 #define VNNI_FNS __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+#define AVX512_FNS VNNI_FNS  // the same ISA, for the functions that use 512-bit registers
 VNNI_FNS float dot_q4_1_vnni(const BlockQ4_1* w, QRow x, int nb) {
   __m256 acc = _mm256_setzero_ps();
   float macc = 0.f;
@@ -331,6 +502,181 @@ RAKIS_ROWS4_Q8(rows4_q8_0_vnni, VNNI_FNS, RAKIS_VNNI_DOT)
 RAKIS_TILE4X4(tile4x4_q4_1_vnni, BlockQ4_1, RAKIS_Q4_WEIGHTS, true)
 RAKIS_TILE4X4(tile4x4_q8_0_vnni, BlockQ8_0, RAKIS_Q8_WEIGHTS, false)
 
+// Eight interleaved weight rows x MT <= 4 activation rows with dpbusd: per block and
+// activation row, eight dpbusd (one per 4-weight group of all eight rows) and one
+// scale fma serve eight weight rows; the weights are loaded and unpacked once per MT
+// rows. ~2.5 vector ops per 32-weight block product against ~6.5 in the 4x4 tile.
+template <int MT>
+VNNI_FNS void g8_q4_1_vnni(const BlockQ4_1x8* w, const QRow* x, int nb, float* out, const char* pf) {
+  __m256 acc[MT], macc[MT];
+  for (int r = 0; r < MT; ++r) acc[r] = macc[r] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(15);
+  for (int b = 0; b < nb; ++b) {
+    RAKIS_PREFETCH_PASS(pf, b, sizeof(BlockQ4_1x8));
+    __m256i lo[4], hi[4];
+    for (int c = 0; c < 4; ++c) {
+      const __m256i q = _mm256_loadu_si256((const __m256i*)w[b].qs[c]);
+      lo[c] = _mm256_and_si256(q, low);
+      hi[c] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+    }
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)w[b].d));
+    const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)w[b].m));
+    for (int r = 0; r < MT; ++r) {
+      const int8_t* xq = x[r].qs + b * 32;
+      // two chains (low and high nibbles) halve the dpbusd latency a row waits on
+      __m256i s0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo[0], bcast4(xq));
+      __m256i s1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), hi[0], bcast4(xq + 16));
+      for (int c = 1; c < 4; ++c) {
+        s0 = _mm256_dpbusd_epi32(s0, lo[c], bcast4(xq + 4 * c));
+        s1 = _mm256_dpbusd_epi32(s1, hi[c], bcast4(xq + 16 + 4 * c));
+      }
+      const __m256 p = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+      acc[r] = _mm256_fmadd_ps(p, _mm256_mul_ps(d, _mm256_set1_ps(x[r].d[b])), acc[r]);
+      macc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(x[r].s[b]), macc[r]);
+    }
+  }
+  for (int r = 0; r < MT; ++r) _mm256_storeu_ps(out + r * 8, _mm256_add_ps(acc[r], macc[r]));
+}
+// Signed Q8_0 weights: dpbusd of |w| (once per block) and x with w's sign (per row).
+template <int MT>
+VNNI_FNS void g8_q8_0_vnni(const BlockQ8_0x8* w, const QRow* x, int nb, float* out, const char* pf) {
+  __m256 acc[MT];
+  for (int r = 0; r < MT; ++r) acc[r] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; ++b) {
+    RAKIS_PREFETCH_PASS(pf, b, sizeof(BlockQ8_0x8));
+    __m256i wq[8], wa[8];
+    for (int c = 0; c < 8; ++c) {
+      wq[c] = _mm256_loadu_si256((const __m256i*)w[b].qs[c]);
+      wa[c] = _mm256_abs_epi8(wq[c]);
+    }
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)w[b].d));
+    for (int r = 0; r < MT; ++r) {
+      const int8_t* xq = x[r].qs + b * 32;
+      __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+      for (int c = 0; c < 8; c += 2) {
+        s0 = _mm256_dpbusd_epi32(s0, wa[c], _mm256_sign_epi8(bcast4(xq + 4 * c), wq[c]));
+        s1 = _mm256_dpbusd_epi32(s1, wa[c + 1], _mm256_sign_epi8(bcast4(xq + 4 * c + 4), wq[c + 1]));
+      }
+      const __m256 p = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+      acc[r] = _mm256_fmadd_ps(p, _mm256_mul_ps(d, _mm256_set1_ps(x[r].d[b])), acc[r]);
+    }
+  }
+  for (int r = 0; r < MT; ++r) _mm256_storeu_ps(out + r * 8, acc[r]);
+}
+void group_q4_1x8_vnni(const BlockQ4_1x8* w, const QRow* x, int mt, int nb, float* out, const char* pf) {
+  switch (mt) {
+    case 1: g8_q4_1_vnni<1>(w, x, nb, out, pf); break;
+    case 2: g8_q4_1_vnni<2>(w, x, nb, out, pf); break;
+    case 3: g8_q4_1_vnni<3>(w, x, nb, out, pf); break;
+    default: g8_q4_1_vnni<4>(w, x, nb, out, pf);
+  }
+}
+void group_q8_0x8_vnni(const BlockQ8_0x8* w, const QRow* x, int mt, int nb, float* out, const char* pf) {
+  switch (mt) {
+    case 1: g8_q8_0_vnni<1>(w, x, nb, out, pf); break;
+    case 2: g8_q8_0_vnni<2>(w, x, nb, out, pf); break;
+    case 3: g8_q8_0_vnni<3>(w, x, nb, out, pf); break;
+    default: g8_q8_0_vnni<4>(w, x, nb, out, pf);
+  }
+}
+
+// Two adjacent groups (sixteen weight rows) per pass in 512-bit registers: the same
+// dpbusd count per weight byte, but each activation broadcast and each scale multiply
+// now serves sixteen rows, and on this path's CPUs a 512-bit dpbusd issues at the
+// 256-bit rate (measured: 1.77 G/s both), so the integer work runs at twice the MACs.
+// out[r * 16 + j]: j < 8 is row j of w0's group, j >= 8 row j - 8 of w1's.
+AVX512_FNS inline __m512i load_pair(const void* a, const void* b) {
+  return _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)a)),
+                            _mm256_loadu_si256((const __m256i*)b), 1);
+}
+AVX512_FNS inline __m512 half_pair(const uint16_t* a, const uint16_t* b) {
+  return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)a)),
+                                                 _mm_loadu_si128((const __m128i*)b), 1));
+}
+AVX512_FNS inline __m512i bcast4_512(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+template <int MT>
+AVX512_FNS void g16_q4_1_vnni(const BlockQ4_1x8* w0, const BlockQ4_1x8* w1, const QRow* x, int nb, float* out, const char* pf) {
+  __m512 acc[MT], macc[MT];
+  for (int r = 0; r < MT; ++r) acc[r] = macc[r] = _mm512_setzero_ps();
+  const __m512i low = _mm512_set1_epi8(15);
+  for (int b = 0; b < nb; ++b) {
+    RAKIS_PREFETCH_PASS(pf, b, 2 * sizeof(BlockQ4_1x8));
+    __m512i lo[4], hi[4];
+    for (int c = 0; c < 4; ++c) {
+      const __m512i q = load_pair(w0[b].qs[c], w1[b].qs[c]);
+      lo[c] = _mm512_and_si512(q, low);
+      hi[c] = _mm512_and_si512(_mm512_srli_epi16(q, 4), low);
+    }
+    const __m512 d = half_pair(w0[b].d, w1[b].d), m = half_pair(w0[b].m, w1[b].m);
+    for (int r = 0; r < MT; ++r) {
+      const int8_t* xq = x[r].qs + b * 32;
+      __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[0], bcast4_512(xq));
+      __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[0], bcast4_512(xq + 16));
+      for (int c = 1; c < 4; ++c) {
+        s0 = _mm512_dpbusd_epi32(s0, lo[c], bcast4_512(xq + 4 * c));
+        s1 = _mm512_dpbusd_epi32(s1, hi[c], bcast4_512(xq + 16 + 4 * c));
+      }
+      const __m512 p = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+      acc[r] = _mm512_fmadd_ps(p, _mm512_mul_ps(d, _mm512_set1_ps(x[r].d[b])), acc[r]);
+      macc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(x[r].s[b]), macc[r]);
+    }
+  }
+  for (int r = 0; r < MT; ++r) _mm512_storeu_ps(out + r * 16, _mm512_add_ps(acc[r], macc[r]));
+}
+// Signed Q8_0 weights against dpbusd's u8 x s8: the activations go in as x + 128 (u8)
+// and the 128 * sum(w) this adds is taken off by starting each block's int32 sums at
+// -128 * sum(w), computed once per block for all rows (512-bit has no sign_epi8).
+template <int MT>
+AVX512_FNS void g16_q8_0_vnni(const BlockQ8_0x8* w0, const BlockQ8_0x8* w1, const QRow* x, int nb, float* out, const char* pf) {
+  __m512 acc[MT];
+  for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_ps();
+  const __m512i ones = _mm512_set1_epi8(1);
+  const __m256i flip = _mm256_set1_epi8((char)0x80);
+  alignas(32) int8_t xu[32];  // one block of x + 128, read back by 4-byte broadcasts
+  for (int b = 0; b < nb; ++b) {
+    RAKIS_PREFETCH_PASS(pf, b, 2 * sizeof(BlockQ8_0x8));
+    __m512i wq[8], wsum = _mm512_setzero_si512();
+    for (int c = 0; c < 8; ++c) {
+      wq[c] = load_pair(w0[b].qs[c], w1[b].qs[c]);
+      wsum = _mm512_dpbusd_epi32(wsum, ones, wq[c]);
+    }
+    const __m512i base = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(wsum, 7));
+    const __m512 d = half_pair(w0[b].d, w1[b].d);
+    for (int r = 0; r < MT; ++r) {
+      const __m256i xv = _mm256_loadu_si256((const __m256i*)(x[r].qs + b * 32));
+      _mm256_store_si256((__m256i*)xu, _mm256_xor_si256(xv, flip));
+      __m512i s0 = base, s1 = _mm512_setzero_si512();
+      for (int c = 0; c < 8; c += 2) {
+        s0 = _mm512_dpbusd_epi32(s0, bcast4_512(xu + 4 * c), wq[c]);
+        s1 = _mm512_dpbusd_epi32(s1, bcast4_512(xu + 4 * c + 4), wq[c + 1]);
+      }
+      const __m512 p = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+      acc[r] = _mm512_fmadd_ps(p, _mm512_mul_ps(d, _mm512_set1_ps(x[r].d[b])), acc[r]);
+    }
+  }
+  for (int r = 0; r < MT; ++r) _mm512_storeu_ps(out + r * 16, acc[r]);
+}
+void pair_q4_1x8_vnni(const BlockQ4_1x8* w0, const BlockQ4_1x8* w1, const QRow* x, int mt, int nb, float* out, const char* pf) {
+  switch (mt) {
+    case 1: g16_q4_1_vnni<1>(w0, w1, x, nb, out, pf); break;
+    case 2: g16_q4_1_vnni<2>(w0, w1, x, nb, out, pf); break;
+    case 3: g16_q4_1_vnni<3>(w0, w1, x, nb, out, pf); break;
+    default: g16_q4_1_vnni<4>(w0, w1, x, nb, out, pf);
+  }
+}
+void pair_q8_0x8_vnni(const BlockQ8_0x8* w0, const BlockQ8_0x8* w1, const QRow* x, int mt, int nb, float* out, const char* pf) {
+  switch (mt) {
+    case 1: g16_q8_0_vnni<1>(w0, w1, x, nb, out, pf); break;
+    case 2: g16_q8_0_vnni<2>(w0, w1, x, nb, out, pf); break;
+    case 3: g16_q8_0_vnni<3>(w0, w1, x, nb, out, pf); break;
+    default: g16_q8_0_vnni<4>(w0, w1, x, nb, out, pf);
+  }
+}
+
 #endif
 
 typedef float (*DotQ4)(const BlockQ4_1*, QRow, int);
@@ -341,6 +687,10 @@ typedef void (*Rows4Q4)(const BlockQ4_1*, int64_t, QRow, int, float*);
 typedef void (*Rows4Q8)(const BlockQ8_0*, int64_t, QRow, int, float*);
 typedef void (*Tile4Q4)(const BlockQ4_1*, int64_t, const QRow*, int, float*);
 typedef void (*Tile4Q8)(const BlockQ8_0*, int64_t, const QRow*, int, float*);
+typedef void (*Group8Q4)(const BlockQ4_1x8*, const QRow*, int, int, float*, const char*);
+typedef void (*Group8Q8)(const BlockQ8_0x8*, const QRow*, int, int, float*, const char*);
+typedef void (*Pair8Q4)(const BlockQ4_1x8*, const BlockQ4_1x8*, const QRow*, int, int, float*, const char*);
+typedef void (*Pair8Q8)(const BlockQ8_0x8*, const BlockQ8_0x8*, const QRow*, int, int, float*, const char*);
 
 int g_forced = -1;  // tests pin a path; -1 = best this CPU has
 
@@ -379,17 +729,22 @@ struct Kernels {
   Dot4Q4 d4q4; Dot4Q8 d4q8;    // 1 x 4
   Rows4Q4 r4q4; Rows4Q8 r4q8;  // 4 x 1
   Tile4Q4 t4q4; Tile4Q8 t4q8;  // 4 x 4
+  Group8Q4 g8q4; Group8Q8 g8q8; int g8rows;  // 8 interleaved x up to g8rows
+  Pair8Q4 p8q4; Pair8Q8 p8q8;                // 2 x 8 interleaved x up to g8rows (or null)
 };
 
 Kernels kernels_for(int isa) {
-  Kernels k{dot_q4_1_scalar, dot_q8_0_scalar, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  Kernels k{dot_q4_1_scalar, dot_q8_0_scalar, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+            group_q4_1x8_scalar, group_q8_0x8_scalar, 4, nullptr, nullptr};
 #ifdef RAKIS_X86
   if (isa == 2)
     k = Kernels{dot_q4_1_vnni,   dot_q8_0_vnni,   dot4_q4_1_vnni,    dot4_q8_0_vnni,
-                rows4_q4_1_vnni, rows4_q8_0_vnni, tile4x4_q4_1_vnni, tile4x4_q8_0_vnni};
+                rows4_q4_1_vnni, rows4_q8_0_vnni, tile4x4_q4_1_vnni, tile4x4_q8_0_vnni,
+                group_q4_1x8_vnni, group_q8_0x8_vnni, 4, pair_q4_1x8_vnni, pair_q8_0x8_vnni};
   else if (isa == 1)
     k = Kernels{dot_q4_1_avx2,   dot_q8_0_avx2,   dot4_q4_1_avx2, dot4_q8_0_avx2,
-                rows4_q4_1_avx2, rows4_q8_0_avx2, nullptr,        nullptr};
+                rows4_q4_1_avx2, rows4_q8_0_avx2, nullptr,        nullptr,
+                group_q4_1x8_avx2, group_q8_0x8_avx2, 2, nullptr, nullptr};
 #endif
   return k;
 }
@@ -397,16 +752,63 @@ Kernels kernels_for(int isa) {
 // Quantize row m of x into q (one thread's share: callers split rows across the team).
 inline void quantize_one(const float* x, long long ldx, int m, QRows q) {
   const QRow r = q.row(m);
-  quantize_row(x + (int64_t)m * ldx, q.K, const_cast<int8_t*>(r.qs), const_cast<float*>(r.d),
-               const_cast<float*>(r.s));
+  auto quantize = quantize_row;
+#ifdef RAKIS_X86
+  if (current_isa() >= 1) quantize = quantize_row_avx2;
+#endif
+  quantize(x + (int64_t)m * ldx, q.K, const_cast<int8_t*>(r.qs), const_cast<float*>(r.d), const_cast<float*>(r.s));
 }
 
 // y [M, N] (row stride ldy) = rows of q times W^T + bias, split over the calling OpenMP
 // team by chunks of weight rows; ends with the team's barrier. Must be reached by every
 // thread of the team (it is an orphaned worksharing loop), or from serial code.
+// From this many activation rows Q8_0 takes the 512-bit pair kernel: below it the
+// per-block sum(w) is not repaid (measured on the 49152x576 head: one group per pass
+// 332 us against 398 at M = 1, even at 16, pair 14% ahead at 32).
+// Q4_1 from this many rows: below, one group per pass in 256-bit registers. In a
+// pure-GEMM loop the pair was no slower at M = 1-3, but batch-1 decode end to end ran
+// faster without it (min of 4 runs 5.1 against 6.4 ms/token): the 512-bit code costs
+// the rest of the step more than it saves where the weights stream from memory.
+#ifndef PAIR_Q4_ROWS
+#define PAIR_Q4_ROWS 4
+#endif
+#ifndef PAIR_Q8_ROWS
+#define PAIR_Q8_ROWS 16
+#endif
 void qgemm_team(const Kernels& k, int wtype, const void* W, QRows q, int M, int N, float* y, long long ldy,
                 const float* bias) {
   const int nb = q.K / 32;
+  if (wtype >= 2) {  // interleaved: N % 8 == 0, split by groups of eight weight rows
+    const int64_t gbytes = (int64_t)nb * (wtype == 2 ? sizeof(BlockQ4_1x8) : sizeof(BlockQ8_0x8));
+    // Groups per pass: two where the path has the 512-bit pair kernel (Q8_0 from
+    // PAIR_Q8_ROWS activation rows: below, its per-block sum(w) is not repaid).
+    const bool pair = wtype == 2 ? k.p8q4 != nullptr && M >= PAIR_Q4_ROWS : k.p8q8 != nullptr && M >= PAIR_Q8_ROWS;
+    const int ngroups = N / 8, step = pair ? 2 : 1;
+    #pragma omp for schedule(static)
+    for (int p = 0; p < (ngroups + step - 1) / step; ++p) {
+      const int g = p * step, ng = std::min(step, ngroups - g);
+      const uint8_t* wg = (const uint8_t*)W + g * gbytes;
+      // groups outer, activation tiles inner: the groups (nb * 160 B each) stay in L1
+      // while every activation row passes over them, so weights leave memory once
+      for (int m = 0; m < M; m += k.g8rows) {
+        const int mt = std::min(k.g8rows, M - m);
+        QRow r[4];
+        for (int i = 0; i < mt; ++i) r[i] = q.row(m + i);
+        float v[64];
+        // the first tile prefetches the pass two on (this thread's next but one)
+        const char* pf = m == 0 && g + 3 * ng <= ngroups ? (const char*)wg + 2 * ng * gbytes : nullptr;
+        if (ng == 2 && wtype == 2) k.p8q4((const BlockQ4_1x8*)wg, (const BlockQ4_1x8*)(wg + gbytes), r, mt, nb, v, pf);
+        else if (ng == 2) k.p8q8((const BlockQ8_0x8*)wg, (const BlockQ8_0x8*)(wg + gbytes), r, mt, nb, v, pf);
+        else if (wtype == 2) k.g8q4((const BlockQ4_1x8*)wg, r, mt, nb, v, pf);
+        else k.g8q8((const BlockQ8_0x8*)wg, r, mt, nb, v, pf);
+        const int w = ng * 8;  // outputs per activation row in v
+        for (int i = 0; i < mt; ++i)
+          for (int j = 0; j < w; ++j)
+            y[(int64_t)(m + i) * ldy + g * 8 + j] = v[i * w + j] + (bias ? bias[g * 8 + j] : 0.f);
+      }
+    }
+    return;  // the worksharing loop's barrier has been passed by the whole team
+  }
   const int m4 = k.d4q4 ? M / 4 * 4 : 0;  // rows done four at a time
   // A few rows per chunk keep one weight row in L1 while all M activation rows pass
   // over it; the weights are read from memory once per call.
@@ -464,8 +866,16 @@ extern "C" int rakis_quant_isa() { return current_isa(); }
 // Pin a path (tests); a path this CPU lacks, or -1, means the best one.
 extern "C" void rakis_quant_force_isa(int isa) { g_forced = isa; }
 
+// The activation quantization the GEMM applies, on the current path (tests check
+// every path gives the same bytes): x [M, K] -> qs [M, K] int8, d and s [M, K/32].
+extern "C" void rakis_quantize_rows(const float* x, int M, int K, int8_t* qs, float* d, float* s) {
+  const QRows q{qs, d, s, K};
+  for (int m = 0; m < M; ++m) quantize_one(x, K, m, q);
+}
+
 // x [M, K] fp32 rows (row stride ldx floats), W [N, K/32] blocks of `wtype`
-// (0 = Q4_1, 1 = Q8_0), y [M, N] fp32 (row stride ldy), bias [N] or null.
+// (0 = Q4_1, 1 = Q8_0; 2 = Q4_1x8, 3 = Q8_0x8 as [N/8, K/32] groups, N % 8 == 0),
+// y [M, N] fp32 (row stride ldy), bias [N] or null.
 // K % 32 == 0 and every pointer valid: the Python caller checks all of it.
 extern "C" void rakis_qgemm(int wtype, const void* W, const float* x, long long ldx, float* y, long long ldy,
                             const float* bias, int M, int N, int K, int nthreads) {

@@ -45,18 +45,23 @@ def isa(request):
 
 @needs_kernel
 @pytest.mark.parametrize("mode,wtype", [("q4", quant.Q4_1), ("int8", quant.Q8_0)])
-@pytest.mark.parametrize("rows", [1, 3, 4, 7, 32])
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 7, 16, 32, 33])
 @pytest.mark.parametrize("n", [72, 70])
 def test_kernel_matches_dequantized_reference(isa, mode, wtype, rows, n):
-    """Every row count takes its own loop (four weight rows per pass below four
-    activation rows, four activation rows per pass at and above); n = 70 leaves
-    chunks whose rows are not a multiple of four."""
+    """Every row count takes its own loop. n = 72 runs the 8-row interleaved kernels
+    (tiles of up to four / two activation rows, with partial last tiles; on VNNI four
+    512-bit passes of two groups and one single group, Q4_1 from 4 rows and Q8_0 from
+    16); n = 70 has no
+    whole groups of eight, so the plain kernels run (four weight rows per pass below
+    four activation rows, four activation rows per pass at and above, and chunks
+    whose rows are not a multiple of four)."""
     g = torch.Generator().manual_seed(rows)
     k = 160
     w = torch.randn(n, k, generator=g)
     bias = torch.randn(n, generator=g)
     lin = quant.quantize_linear(mode, w, bias)
     assert isinstance(lin, quant.QuantLinear) and lin.wtype == wtype
+    assert lin.kernel_wtype == (quant.INTERLEAVED[wtype] if n % 8 == 0 else wtype)
     x = torch.randn(rows, k + 32, generator=g)[:, 16 : 16 + k]  # a strided view, like q/k/v slices
     y = lin(x)
     ref = _reference(wtype, lin.blocks, x.contiguous(), bias)
@@ -82,6 +87,34 @@ def test_all_paths_agree_on_a_model_shape():
         torch.testing.assert_close(o, outs[0], rtol=1e-5, atol=1e-5)
 
 
+@needs_kernel
+def test_activation_quantization_is_the_same_on_every_path():
+    """The SIMD quantize_row rounds exactly as the scalar one (ties to even, zero blocks)."""
+    lib = quant.load()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 1536, generator=g) * torch.logspace(-6, 4, 6)[:, None]
+    x[0, :32] = 0
+    x[1, 32:64] = torch.arange(32) % 3 * 0.5  # halves land on rounding ties
+    got = []
+    try:
+        for i in range(3):
+            lib.rakis_quant_force_isa(i)
+            if lib.rakis_quant_isa() != i:
+                continue
+            qs = torch.empty(6, 1536, dtype=torch.int8)
+            d, s = torch.empty(6, 48), torch.empty(6, 48)
+            lib.rakis_quantize_rows(x.data_ptr(), 6, 1536, qs.data_ptr(), d.data_ptr(), s.data_ptr())
+            got.append((qs, d, s))
+    finally:
+        lib.rakis_quant_force_isa(-1)
+    xb = x.reshape(6, 48, 32)
+    db = xb.abs().amax(2, keepdim=True) / 127
+    inv = torch.where(db > 0, 1 / db, torch.zeros_like(db))  # the kernel's x * (1 / d)
+    torch.testing.assert_close(got[0][0].float(), torch.round(xb * inv).reshape(6, 1536), rtol=0, atol=0)
+    for qs, d, s in got[1:]:
+        assert torch.equal(qs, got[0][0]) and torch.equal(d, got[0][1]) and torch.equal(s, got[0][2])
+
+
 def test_block_formats_round_trip():
     g = torch.Generator().manual_seed(2)
     w = torch.randn(8, 128, generator=g)
@@ -96,6 +129,37 @@ def test_block_formats_round_trip():
     step4 = (wb.amax(2, keepdim=True) - wb.amin(2, keepdim=True)) / 15
     err4 = (quant.dequantize(quant.Q4_1, q4, 128) - w).abs().reshape(8, 4, 32)
     assert (err4 <= step4 * 0.51 + 2e-3).all()
+
+
+@pytest.mark.parametrize(
+    "wtype,quantize", [(quant.Q4_1, quant.quantize_q4_1), (quant.Q8_0, quant.quantize_q8_0)]
+)
+def test_interleave8_round_trips_and_places_rows(wtype, quantize):
+    """The 8-row layout holds the same bytes: scales of rows 0..7, then chunks of four
+    quant bytes of each row; deinterleave8 restores the plain blocks exactly."""
+    g = torch.Generator().manual_seed(4)
+    blocks = quantize(torch.randn(24, 96, generator=g))
+    packed = quant.interleave8(wtype, blocks)
+    bb = quant.BLOCK_BYTES[wtype]
+    assert packed.shape == (3, 3 * 8 * bb) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(quant.deinterleave8(wtype, packed), blocks)
+    # group 1, block 2: row 5's d, then its quant bytes 4..7 in chunk 1
+    grp = packed[1].reshape(3, 8 * bb)[2]
+    row = blocks[8 + 5].reshape(3, bb)[2]
+    sb = 4 if wtype == quant.Q4_1 else 2
+    np.testing.assert_array_equal(grp[5 * 2 : 5 * 2 + 2], row[0:2])
+    np.testing.assert_array_equal(grp[8 * sb + 32 + 5 * 4 : 8 * sb + 32 + 5 * 4 + 4], row[sb + 4 : sb + 8])
+    with pytest.raises(ValueError):
+        quant.interleave8(wtype, blocks[:20])
+
+
+@needs_kernel
+def test_quant_linear_keeps_only_the_interleaved_copy():
+    w = torch.randn(16, 64)
+    lin = quant.quantize_linear("q4", w)
+    assert lin.kernel_wtype == quant.Q4_1X8 and lin.wtype == quant.Q4_1
+    assert lin.kernel_blocks.shape == (2, 2 * 160) and lin.nbytes == 16 * 2 * 20
+    np.testing.assert_array_equal(lin.blocks.numpy(), quant.quantize_q4_1(w))
 
 
 def test_q4_0_becomes_q4_1_exactly():
