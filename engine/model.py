@@ -238,7 +238,7 @@ class LlamaRunner:
         h = F.embedding(input_ids, self.embed)
         residual = None
         fused = None
-        if self.fused_decode is not None and nd == T and ops.backend == "engine-cpu":
+        if self.fused_decode is not None and nd == T and getattr(ops, "backend", "") == "engine-cpu":
             fused = self.fused_decode.run(
                 h, positions, slot_mapping, attn.decode_block_tables, attn.decode_seq_lens, k_cache, v_cache
             )
