@@ -52,7 +52,9 @@ def _check(model_dir, hf):
         eng.stop()
 
 
-def test_qwen2_biases(tiny_dir, tmp_path):
+def make_tiny_qwen2(tiny_dir, out):
+    """A tiny random Qwen2 (q/k/v biases, one KV head for four query heads) saved to
+    `out` with the tiny model's tokenizer; returns (directory, HF model)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     cfg = Qwen2Config(
@@ -69,8 +71,13 @@ def test_qwen2_biases(tiny_dir, tmp_path):
     )
     m = Qwen2ForCausalLM(cfg)
     _randomize(m, 1)
+    return _save(m, cfg, tiny_dir, out), m
+
+
+def test_qwen2_biases(tiny_dir, tmp_path):
+    model_dir, m = make_tiny_qwen2(tiny_dir, tmp_path / "qwen2")
     assert m.model.layers[0].self_attn.q_proj.bias is not None
-    _check(_save(m, cfg, tiny_dir, tmp_path / "qwen2"), m)
+    _check(model_dir, m)
 
 
 def test_llama3_rope_scaling_untied(tiny_dir, tmp_path):

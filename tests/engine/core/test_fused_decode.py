@@ -62,25 +62,9 @@ def _forward(runner, args, fused: bool):
 @pytest.fixture(scope="module")
 def qwen2_dir(tiny_dir, tmp_path_factory):
     """A tiny Qwen2: q/k/v biases and one KV head for four query heads."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from tests.engine.core.test_architectures import make_tiny_qwen2
 
-    from tests.engine.core.test_architectures import _randomize, _save
-
-    cfg = Qwen2Config(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    m = Qwen2ForCausalLM(cfg)
-    _randomize(m, 1)
-    return _save(m, cfg, tiny_dir, tmp_path_factory.mktemp("fused") / "qwen2")
+    return make_tiny_qwen2(tiny_dir, tmp_path_factory.mktemp("fused") / "qwen2")[0]
 
 
 @pytest.fixture(scope="module", params=[("llama", "q4"), ("llama", "int8"), ("qwen2", "q4")], ids="-".join)
