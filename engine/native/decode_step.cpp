@@ -64,14 +64,12 @@ extern "C" void rakis_decode_layers(const RakisLayer* layers, int n_layers, floa
                                     const int32_t* tables, const int32_t* lens, int maxnb, int bs,
                                     const float* cos, const float* sin, int B, int H, int Hq, int Hkv, int D,
                                     int I, float eps, float scale, int nthreads) {
-  const int Nqkv = (Hq + 2 * Hkv) * D, half = D / 2, g = Hq / Hkv;
+  const int Nqkv = (Hq + 2 * Hkv) * D, half = D / 2;
   const int kmax = std::max(std::max(H, Hq * D), I);
   std::vector<float> x((size_t)B * H), qkv((size_t)B * Nqkv), att((size_t)B * Hq * D),
       gu((size_t)B * 2 * I), act((size_t)B * I);
   QRowsBuffer qbuf(B, kmax);
   const Kernels k = kernels_for(current_isa());
-  const bool per_head = B < 2 * nthreads;
-  const int attn_jobs = per_head ? B * Hkv : B;
   #pragma omp parallel num_threads(nthreads)
   {
     std::vector<float> scores;
@@ -100,14 +98,8 @@ extern "C" void rakis_decode_layers(const RakisLayer* layers, int n_layers, floa
           std::memcpy(L.v_cache + at, row + (size_t)(Hq + Hkv + kh) * D, sizeof(float) * D);
         }
       }
-      #pragma omp for schedule(dynamic, 1)
-      for (int job = 0; job < attn_jobs; ++job) {
-        const int b = per_head ? job / Hkv : job;
-        const int h0 = per_head ? job % Hkv : 0, h1 = per_head ? h0 + 1 : Hkv;
-        scores.resize((size_t)Hq * lens[b]);
-        attend(qkv.data() + (size_t)b * Nqkv, L.k_cache, L.v_cache, tables + (int64_t)b * maxnb, 0, lens[b],
-               att.data() + (size_t)b * Hq * D, h0, h1, Hq, Hkv, D, bs, scale, scores.data());
-      }
+      paged_decode_team(qkv.data(), L.k_cache, L.v_cache, tables, lens, att.data(), B, Hq, Hkv, D, bs, maxnb,
+                        scale, nthreads, Nqkv, 0, scores);
       const QRows qa = qbuf.view(Hq * D);
       #pragma omp for schedule(static)
       for (int b = 0; b < B; ++b) quantize_one(att.data(), Hq * D, b, qa);

@@ -62,6 +62,26 @@ static void attend(const float* q, const float* kc, const float* vc, const int32
     }
   }
 }
+// Decode attention split over the calling OpenMP team (an orphaned worksharing loop:
+// every thread of the team must reach it, as engine/native/decode_step.cpp's layers
+// do); `s` is the calling thread's score buffer. Arguments as below.
+static void paged_decode_team(const float* q, const float* kc, const float* vc, const int32_t* tables,
+                              const int32_t* lens, float* out, int B, int Hq, int Hkv, int D, int bs, int maxnb,
+                              float scale, int nthreads, long long q_stride, int window, std::vector<float>& s) {
+  const bool per_head = B < 2 * nthreads;
+  const int jobs = per_head ? B * Hkv : B;
+  #pragma omp for schedule(dynamic, 1)
+  for (int job = 0; job < jobs; ++job) {
+    const int b = per_head ? job / Hkv : job;
+    const int h0 = per_head ? job % Hkv : 0, h1 = per_head ? h0 + 1 : Hkv;
+    const int L = lens[b];
+    const int t0 = (window > 0 && L > window) ? L - window : 0;
+    s.resize((size_t)Hq * (L - t0));
+    attend(q + (int64_t)b * q_stride, kc, vc, tables + (int64_t)b * maxnb, t0, L,
+           out + (int64_t)b * Hq * D, h0, h1, Hq, Hkv, D, bs, scale, s.data());
+  }
+}
+
 // q [B, Hq, D] with rows q_stride floats apart (heads contiguous), out [B, Hq, D],
 // k/v cache [NB, bs, Hkv, D], tables [B, maxnb], lens [B];
 // every pointer contiguous, every lens[b] in [1, maxnb * bs], every table entry used in
@@ -72,21 +92,10 @@ extern "C" void rakis_paged_decode_window_f32(
     const float* q, const float* kc, const float* vc, const int32_t* tables, const int32_t* lens,
     float* out, int B, int Hq, int Hkv, int D, int bs, int maxnb, float scale, int nthreads,
     long long q_stride, int window) {
-  const bool per_head = B < 2 * nthreads;
-  const int jobs = per_head ? B * Hkv : B;
   #pragma omp parallel num_threads(nthreads)
   {
     std::vector<float> s;
-    #pragma omp for schedule(dynamic, 1)
-    for (int job = 0; job < jobs; ++job) {
-      const int b = per_head ? job / Hkv : job;
-      const int h0 = per_head ? job % Hkv : 0, h1 = per_head ? h0 + 1 : Hkv;
-      const int L = lens[b];
-      const int t0 = (window > 0 && L > window) ? L - window : 0;
-      s.resize((size_t)Hq * (L - t0));
-      attend(q + (int64_t)b * q_stride, kc, vc, tables + (int64_t)b * maxnb, t0, L,
-             out + (int64_t)b * Hq * D, h0, h1, Hq, Hkv, D, bs, scale, s.data());
-    }
+    paged_decode_team(q, kc, vc, tables, lens, out, B, Hq, Hkv, D, bs, maxnb, scale, nthreads, q_stride, window, s);
   }
 }
 
