@@ -43,11 +43,18 @@ def wall_ms_to_mono(until_ms: int) -> float:
 
 class SenderPolicy:
     """What a signing key's failed re-checks cost it: each failure throttles the key to
-    ``throttled_rate`` frames/s for ``throttle_s``; enough failures (``ban_points``,
-    decaying with ``half_life_s``) ban it for ``ban_s``.
+    ``throttled_rate`` frames/s (bursts of ``throttled_burst``) for ``throttle_s``; enough
+    failures (``ban_points``, decaying with ``half_life_s``) ban it for ``ban_s``.
 
-    Throttling first lets an honest node that failed once (a bug, a corrupted model) keep
-    talking while its operator notices; a key that fails again and again is cut off."""
+    Throttling first lets an honest node that failed once (float noise outside the
+    re-check budget, a corrupted model) keep taking part while its operator notices, so
+    the throttled rate must fit a node's ordinary traffic: a ``peer_status`` every 2 s,
+    ``peer_info``, and a commit and a reveal per request, several requests at once. At
+    1 frame/s with no burst (the first setting) the status heartbeat alone used half
+    the budget and concurrent commits were dropped: one unlucky re-check took an honest
+    node out of every quorum for 10 minutes. The gossip node sets a tenth of its sender
+    limits (10 frames/s, bursts of 40 by default): a flood from the key is still cut
+    tenfold, and a key that fails again and again is cut off by the ban."""
 
     def __init__(
         self,
@@ -56,12 +63,13 @@ class SenderPolicy:
         half_life_s: float = 3600.0,
         ban_s: float = 86_400.0,
         throttle_s: float = 600.0,
-        throttled_rate: float = 1.0,
+        throttled_rate: float = 10.0,
+        throttled_burst: float = 40.0,
     ) -> None:
         self.penalties = PenaltyBox(ban_points, half_life_s, ban_s)
         self.throttle_s = throttle_s
         self._throttled_until: dict[str, float] = {}
-        self._throttle = KeyedRateLimiter(throttled_rate, max(1.0, throttled_rate))
+        self._throttle = KeyedRateLimiter(throttled_rate, throttled_burst)
 
     def is_banned(self, sender_id: str, now: float) -> bool:
         return self.penalties.is_banned(sender_id, now)

@@ -194,7 +194,10 @@ class GossipNode:
         self._sender_limiter = KeyedRateLimiter(cfg.sender_rate, cfg.sender_burst)
         self._peer_limiter = KeyedRateLimiter(cfg.peer_rate, cfg.peer_burst)
         self._penalties = PenaltyBox(cfg.ban_threshold, cfg.penalty_half_life_s, cfg.ban_s)
-        self._senders = SenderPolicy()
+        # A key that failed a re-check keeps a tenth of the sender limits (SenderPolicy).
+        self._senders = SenderPolicy(
+            throttled_rate=cfg.sender_rate / 10, throttled_burst=max(1.0, cfg.sender_burst / 10)
+        )
         self._ban_book = ban_book
         self._restore_bans()
         self._queue_send, self._queue_recv = trio.open_memory_channel[wire.SignedPacket](cfg.queue_size)
@@ -416,7 +419,11 @@ class GossipNode:
                                         dial=lambda info: nursery.start_soon(self._dial, info),
                                     )
                                     await nursery.start(self._discovery.run)
-                                log.info("gossip_listening", peer_id=self.peer_id, listen_addrs=self.listen_multiaddrs())
+                                log.info(
+                                    "gossip_listening",
+                                    peer_id=self.peer_id,
+                                    listen_addrs=self.listen_multiaddrs(),
+                                )
                                 task_status.started()
                                 await stop.wait()
                                 self._nursery = None
@@ -606,10 +613,14 @@ class GossipNode:
 
     def _ban(self, peer: ID) -> None:
         self.counters.bans += 1
-        log.warning("gossip_peer_banned", peer=str(peer), ban_s=self.config.ban_s, cause="too many invalid frames")
+        log.warning(
+            "gossip_peer_banned", peer=str(peer), ban_s=self.config.ban_s, cause="too many invalid frames"
+        )
         ends = self._penalties.ban_ends(peer)
         if self._ban_book is not None and ends is not None:
-            self._ban_book.save_ban("peer", str(peer), until_ms=mono_to_wall_ms(ends), reason="invalid frames")
+            self._ban_book.save_ban(
+                "peer", str(peer), until_ms=mono_to_wall_ms(ends), reason="invalid frames"
+            )
         if self._pubsub is not None:
             blacklist(self._pubsub, peer)
         if self._nursery is not None:
@@ -724,7 +735,9 @@ class GossipNode:
     def _make_info(self) -> Any:
         if self.peer_info_provider is not None:
             return self.peer_info_provider()
-        return wire.PeerInfo(models=[], embedding_models=[], workers={}, device="none", version=package_version())
+        return wire.PeerInfo(
+            models=[], embedding_models=[], workers={}, device="none", version=package_version()
+        )
 
     def _make_status(self) -> Any:
         if self.status_provider is not None:

@@ -18,7 +18,7 @@ from tests.node.p2p.conftest import request_body, run_trio, wait_until
 
 
 def test_sender_policy_throttles_then_bans() -> None:
-    policy = SenderPolicy(throttle_s=10.0, throttled_rate=1.0)
+    policy = SenderPolicy(throttle_s=10.0, throttled_rate=1.0, throttled_burst=1.0)
     assert policy.allow("k", 0.0) and not policy.is_banned("k", 0.0)
     assert not policy.fail("k", 0.0)  # first failure: throttled, not banned
     assert policy.allow("k", 0.1) and not policy.allow("k", 0.2)  # a burst of 1 at 1 frame/s
@@ -26,6 +26,24 @@ def test_sender_policy_throttles_then_bans() -> None:
     assert not policy.fail("k", 21.0)
     assert policy.fail("k", 22.0)  # third failure in a short time: banned
     assert policy.is_banned("k", 23.0)
+
+
+def test_a_throttled_key_keeps_an_honest_nodes_traffic_and_loses_a_flood() -> None:
+    """One failed re-check must not take an honest node out of consensus: under the
+    gossip node's throttle (a tenth of its sender limits) a node's ordinary minute passes
+    whole (a peer_status every 2 s, and every 5 s a burst of 8 requests' commits, then
+    their reveals), while a flood at the normal sender rate loses nine frames in ten."""
+    cfg = local_config()
+    policy = SenderPolicy(throttled_rate=cfg.sender_rate / 10, throttled_burst=cfg.sender_burst / 10)
+    policy.fail("honest", 0.0)
+    policy.fail("flooder", 0.0)
+    ordinary = [t * 2.0 for t in range(30)]  # peer_status
+    for start in range(0, 60, 5):
+        ordinary += [start + 0.5] * 8 + [start + 2.5] * 8  # commits, then reveals
+    assert all(policy.allow("honest", t) for t in sorted(ordinary))
+    flood = [i / cfg.sender_rate for i in range(int(60 * cfg.sender_rate))]
+    passed = sum(policy.allow("flooder", t) for t in flood)
+    assert passed <= 0.1 * len(flood) + cfg.sender_burst / 10
 
 
 def test_bans_are_kept_in_the_store_and_restored(tmp_path) -> None:
