@@ -246,13 +246,36 @@ class Daemon:
         except httpx.HTTPError:
             return False
 
+    def _log_lines(self) -> list[str]:
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
     def tail(self, n: int = 40) -> str:
         """The last lines of the daemon's log (all runs on this data dir)."""
+        return "\n".join(self._log_lines()[-n:])
+
+    def recent_failures(self, limit: int = 20) -> str:
+        """This node's recent requests that did not succeed, one outcome summary each
+        (for assertion messages about a batch of requests)."""
         try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
+            views = self.get(f"/v1/requests?limit={limit}").json()["requests"]
+        except Exception as e:  # noqa: BLE001 - a message helper never raises
+            return f"requests unavailable: {e}"
+        failed = [v for v in views if v.get("state") != "succeeded"]
+        lines = [f"{v.get('request_id', '')[:12]}: {outcome_summary(v)}" for v in failed]
+        return "\n".join(lines + [self.penalty_log()]) if failed else "none"
+
+    def penalty_log(self) -> str:
+        """The daemon's log lines about senders and peers it penalized or banned: a node
+        that throttled an honest peer drops its commits, which looks like a slow peer."""
+        marks = ("gossip_sender_penalized", "gossip_peer_banned")
+        return "\n".join([line for line in self._log_lines() if any(m in line for m in marks)][-10:])
+
+    def log_lines_about(self, needle: str, n: int = 60) -> str:
+        """The last `n` lines of the daemon's log that mention `needle` (a request id)."""
+        return "\n".join([line for line in self._log_lines() if needle in line][-n:])
 
     def signal(self, sig: int) -> None:
         """Send `sig` (e.g. SIGSTOP/SIGCONT) if the daemon is running; never waits."""
@@ -364,6 +387,46 @@ class Daemon:
             raise TimeoutError(
                 f"{e}\nlast view on {self.data_dir.name}: {json.dumps(brief)[:3000]}"
             ) from None
+
+    def wait_succeeded(self, rid: str, timeout: float | None = None) -> dict[str, Any]:
+        """Until this node's view of `rid` is final; that view, which must have succeeded.
+        A failure names its reason, the commits and the reveals with their verdicts, the
+        log lines about the request, and whom this node penalized."""
+        view = self.wait_final(rid, timeout)
+        assert view["state"] == "succeeded", (
+            f"request {rid[:12]} {view['state']} on {self.data_dir.name}: "
+            f"{outcome_summary(view)}\n{self.log_lines_about(rid)}\n{self.penalty_log()}"
+        )
+        return view
+
+
+def outcome_summary(view: dict[str, Any] | None) -> str:
+    """The facts that explain a request's outcome on one node, for assertion messages:
+    its state and reason, who committed, and each reveal's status, reason and verdict."""
+    if view is None:
+        return "no view"
+    brief = {
+        "state": view.get("state"),
+        "reason": view.get("reason"),
+        "stage": view.get("stage"),
+        "own_inference": view.get("own_inference"),
+        "commit_close_ms": view.get("commit_close_ms"),
+        "created_at": view.get("created_at"),
+        "finished_at": view.get("finished_at"),
+        "commits": [c.get("node_id", "")[:12] for c in view.get("commits") or []],
+        "reveals": [
+            {
+                "node": r.get("node_id", "")[:12],
+                "status": r.get("status"),
+                "reason": r.get("reason"),
+                "recheck": r.get("recheck"),
+                "output": (r.get("output") or "")[:80],
+            }
+            for r in view.get("reveals") or []
+        ],
+        "members": [str(m)[:12] for m in view.get("members") or []],
+    }
+    return json.dumps(brief)[:4000]
 
 
 def stop_all(daemons: list[Daemon]) -> None:
