@@ -22,6 +22,44 @@ _TOKENIZER_FILES = (
 )
 
 
+def copy_tokenizer(path: Path) -> None:
+    """SmolLM2's tokenizer and chat template into `path` (made if missing)."""
+    from engine.model_files import default_llm_dir
+
+    path.mkdir(parents=True, exist_ok=True)
+    src = default_llm_dir()
+    for name in _TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy(src / name, path / name)
+
+
+def randomize_weights(model, seed: int, *, init_std: float = 0.25, norm_center: float = 1.0) -> None:
+    """Draw every weight from N(0, init_std), norms from N(norm_center, 0.1), with
+    `seed`; eval mode. A large init spreads the logits, so greedy decoding rarely
+    meets near-ties (see the module docstring). Gemma norms scale by (1 + w): center 0."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(norm_center + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(init_std * torch.randn(p.shape, generator=gen))
+    model.eval()
+
+
+def save_model_dir(model, config, path: Path) -> Path:
+    """`model` as safetensors with its config and generation config, beside the
+    tokenizer files already in `path`; returns `path`."""
+    from safetensors.torch import save_model
+
+    save_model(model, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(str(path))
+    model.generation_config.save_pretrained(str(path))
+    return path
+
+
 def make_tiny_llama_dir(
     path: str | Path,
     *,
@@ -41,20 +79,12 @@ def make_tiny_llama_dir(
     default model has been converted (the tokenizer is copied from there).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from safetensors.torch import save_model
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from engine.model_files import default_llm_dir
 
     if hidden_size % num_heads or num_heads % num_kv_heads:
         raise ValueError("hidden_size must divide by num_heads and num_heads by num_kv_heads")
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    src = default_llm_dir()
-    for name in _TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy(src / name, path / name)
+    copy_tokenizer(path)
 
     config = LlamaConfig(
         vocab_size=49152,
@@ -73,19 +103,9 @@ def make_tiny_llama_dir(
         pad_token_id=2,
         initializer_range=init_std,
     )
-    gen = torch.Generator().manual_seed(seed)
     model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or "layernorm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(init_std * torch.randn(p.shape, generator=gen))
-    model.eval()
-    save_model(model, str(path / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(str(path))
-    model.generation_config.save_pretrained(str(path))
-    return path
+    randomize_weights(model, seed, init_std=init_std)
+    return save_model_dir(model, config, path)
 
 
 def make_tiny_gemma3_dir(
@@ -112,18 +132,10 @@ def make_tiny_gemma3_dir(
     final logit softcapping. SmolLM2's tokenizer and chat template, as for the tiny Llama.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from safetensors.torch import save_model
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from engine.model_files import default_llm_dir
-
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    src = default_llm_dir()
-    for name in _TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy(src / name, path / name)
+    copy_tokenizer(path)
     full = {"rope_type": "default", "rope_theta": 1_000_000.0}
     if rope_scaling_factor is not None:
         full = {"rope_type": "linear", "factor": rope_scaling_factor, "rope_theta": 1_000_000.0}
@@ -150,16 +162,31 @@ def make_tiny_gemma3_dir(
         eos_token_id=2,
         pad_token_id=2,
     )
-    gen = torch.Generator().manual_seed(seed)
     model = Gemma3ForCausalLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:  # Gemma norms scale by (1 + w): w around 0
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(init_std * torch.randn(p.shape, generator=gen))
-    model.eval()
-    save_model(model, str(path / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(str(path))
-    model.generation_config.save_pretrained(str(path))
-    return path
+    randomize_weights(model, seed, init_std=init_std, norm_center=0.0)
+    return save_model_dir(model, config, path)
+
+
+def make_tiny_qwen2_dir(path: str | Path, *, seed: int = 1) -> Path:
+    """Write a tiny random Qwen2 (q/k/v biases, one KV head for four query heads,
+    untied lm_head) to `path`, with SmolLM2's tokenizer as for the tiny Llama."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    path = Path(path)
+    copy_tokenizer(path)
+    config = Qwen2Config(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = Qwen2ForCausalLM(config)
+    randomize_weights(model, seed)
+    return save_model_dir(model, config, path)

@@ -3,39 +3,14 @@ lm_head, multi-query attention. Greedy output must equal HF `generate`."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 from engine.core import EngineCore, GenerationRequest, SamplingParams
 from tests.engine.core.helpers import chat_ids, hf_greedy
+from tests.tiny_models import copy_tokenizer, make_tiny_qwen2_dir, randomize_weights, save_model_dir
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _save(model, config, src_tok_dir, out):
-    from safetensors.torch import save_model
-
-    out.mkdir(parents=True)
-    for f in src_tok_dir.iterdir():
-        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
-            shutil.copy(f, out / f.name)
-    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(str(out))
-    model.generation_config.save_pretrained(str(out))
-    return out
-
-
-def _randomize(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.25 * torch.randn(p.shape, generator=g))
-    model.eval()
 
 
 def _check(model_dir, hf):
@@ -52,35 +27,16 @@ def _check(model_dir, hf):
         eng.stop()
 
 
-def make_tiny_qwen2(tiny_dir, out):
-    """A tiny random Qwen2 (q/k/v biases, one KV head for four query heads) saved to
-    `out` with the tiny model's tokenizer; returns (directory, HF model)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def test_qwen2_biases(tmp_path):
+    from transformers import AutoModelForCausalLM
 
-    cfg = Qwen2Config(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    m = Qwen2ForCausalLM(cfg)
-    _randomize(m, 1)
-    return _save(m, cfg, tiny_dir, out), m
-
-
-def test_qwen2_biases(tiny_dir, tmp_path):
-    model_dir, m = make_tiny_qwen2(tiny_dir, tmp_path / "qwen2")
+    model_dir = make_tiny_qwen2_dir(tmp_path / "qwen2")
+    m = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     assert m.model.layers[0].self_attn.q_proj.bias is not None
     _check(model_dir, m)
 
 
-def test_llama3_rope_scaling_untied(tiny_dir, tmp_path):
+def test_llama3_rope_scaling_untied(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
@@ -104,8 +60,10 @@ def test_llama3_rope_scaling_untied(tiny_dir, tmp_path):
         eos_token_id=2,
     )
     m = LlamaForCausalLM(cfg)
-    _randomize(m, 2)
-    _check(_save(m, cfg, tiny_dir, tmp_path / "llama3"), m)
+    randomize_weights(m, 2)
+    out = tmp_path / "llama3"
+    copy_tokenizer(out)
+    _check(save_model_dir(m, cfg, out), m)
 
 
 def test_unsupported_architecture_is_a_clear_error(tiny_dir, tmp_path):

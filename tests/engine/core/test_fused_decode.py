@@ -60,11 +60,11 @@ def _forward(runner, args, fused: bool):
 
 
 @pytest.fixture(scope="module")
-def qwen2_dir(tiny_dir, tmp_path_factory):
+def qwen2_dir(tmp_path_factory):
     """A tiny Qwen2: q/k/v biases and one KV head for four query heads."""
-    from tests.engine.core.test_architectures import make_tiny_qwen2
+    from tests.tiny_models import make_tiny_qwen2_dir
 
-    return make_tiny_qwen2(tiny_dir, tmp_path_factory.mktemp("fused") / "qwen2")[0]
+    return make_tiny_qwen2_dir(tmp_path_factory.mktemp("fused") / "qwen2")
 
 
 @pytest.fixture(scope="module", params=[("llama", "q4"), ("llama", "int8"), ("qwen2", "q4")], ids="-".join)
