@@ -40,6 +40,7 @@ def _members(view: dict) -> set[str]:
 
 def _all_succeed(rid: str, nodes: list[Daemon], timeout: float = 150) -> list[dict]:
     views = [d.wait_succeeded(rid, timeout) for d in nodes]
+    assert all(v["reason"] is None for v in views), [v["reason"] for v in views]
     assert len({v["answer"] for v in views}) == 1
     return views
 
