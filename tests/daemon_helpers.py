@@ -382,10 +382,8 @@ class Daemon:
         try:
             return self.wait_for(final, timeout, f"request {rid[:12]} final")
         except TimeoutError as e:
-            v = last[0] or {}
-            brief = {k: v.get(k) for k in ("state", "stage", "commits", "reveals", "own_inference")}
             raise TimeoutError(
-                f"{e}\nlast view on {self.data_dir.name}: {json.dumps(brief)[:3000]}"
+                f"{e}\nlast view on {self.data_dir.name}: {outcome_summary(last[0])}"
             ) from None
 
     def wait_succeeded(self, rid: str, timeout: float | None = None) -> dict[str, Any]:
